@@ -1,0 +1,48 @@
+"""The whole bridge: the session supervisor and the gRPC front door, in one nursery."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import trio
+import trio_asyncio
+
+from .front_door import serve_front_door
+from .runtime import Child, RestartPolicy, Supervisor
+from .session_supervisor import SessionSupervisor
+from .settings import BridgeSettings
+
+
+@dataclasses.dataclass(frozen=True)
+class RunningBridge:
+    #: "host:port" or "unix:/path" the front door listens on.
+    address: str
+    sessions: Child
+
+
+async def run_bridge(
+    settings: BridgeSettings, *, task_status: trio.TaskStatus[RunningBridge] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Run the bridge until cancelled; reports a RunningBridge once it serves.
+
+    Opens the process's one asyncio loop (trio-asyncio) unless the caller
+    already runs inside one. On cancellation the front door stops listening
+    first, then every session is torn down.
+    """
+    if trio_asyncio.current_loop.get() is None:
+        async with trio_asyncio.open_loop():
+            await _run(settings, task_status)
+    else:
+        await _run(settings, task_status)
+
+
+async def _run(settings: BridgeSettings, task_status: trio.TaskStatus[RunningBridge]) -> None:
+    async with trio.open_nursery() as nursery:
+        root = Supervisor(nursery)
+        # A crashed session supervisor loses its sessions (they live in its
+        # nursery) but comes back clean; the cloud's next JoinRoom recreates them.
+        sessions = await root.start(
+            lambda: SessionSupervisor(settings), policy=RestartPolicy(max_restarts=3, within_seconds=60)
+        )
+        address = await nursery.start(serve_front_door, sessions, settings)
+        task_status.started(RunningBridge(address, sessions))

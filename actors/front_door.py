@@ -1,0 +1,326 @@
+"""The gRPC front door: each RPC becomes a message to an actor.
+
+Handlers hold no session state. They check the request, ask the session
+supervisor (or, for audio, work through the StreamLease a session hands out)
+and turn the answer into a protobuf reply or a gRPC status. grpclib is asyncio
+code hosted in Trio by trio-asyncio; each handler body runs as Trio code.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpclib.const
+import grpclib.server
+import trio
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
+from grpclib.protocol import H2Protocol
+from h2.settings import SettingCodes
+from loguru import logger
+from trio_asyncio import aio_as_trio, trio_as_aio
+
+from proto.mentra.livekit import bridge as pb
+from proto.mentra.livekit.bridge import debug as debug_pb
+
+from .messages import AttachStream, DescribeTree, GetHealth, GetStatus, Join, Leave
+from .mic_audio import MIC_CHANNELS, MIC_SAMPLE_RATE
+from .runtime import ActorGone, Child, MailboxFull
+from .settings import BridgeSettings
+from .stream_lease import CloudChunk, StreamLease
+
+SERVICE = "/mentra.livekit.bridge.LiveKitBridge/"
+DEBUG_SERVICE = "/mentra.livekit.bridge.debug.BridgeDebug/"
+SUPPORTED_SAMPLE_RATES = (8_000, 16_000, 22_050, 24_000, 32_000, 44_100, 48_000)
+#: How long one outgoing audio message may take before the client counts as stuck.
+SEND_GRACE_SECONDS = 2.0
+
+try:
+    from importlib.metadata import version as _package_version
+
+    SERVER_VERSION = _package_version("livekit-bridge")
+except Exception:  # running from a source tree that was never installed
+    SERVER_VERSION = "0.0.0+unknown"
+
+
+async def read_message(stream: grpclib.server.Stream, limit: int) -> Any:
+    """Receive the next message, or None once the client has finished sending.
+
+    Unlike grpclib's own recv_message, the length prefix is checked before the
+    body is read, so an oversized message is refused without being buffered.
+
+    Raises:
+        GRPCError(RESOURCE_EXHAUSTED): the message is larger than ``limit`` bytes.
+    """
+    h2_stream = stream._stream
+    prefix = await h2_stream.recv_data(5)
+    if not prefix:
+        return None
+    compressed, length = struct.unpack(">?I", prefix)
+    if compressed:
+        raise GRPCError(Status.UNIMPLEMENTED, "compressed messages are not supported; send them uncompressed")
+    if length > limit:
+        raise GRPCError(
+            Status.RESOURCE_EXHAUSTED,
+            f"message of {length} bytes exceeds the bridge's limit of {limit} bytes",
+        )
+    body = await h2_stream.recv_data(length)
+    return stream._codec.decode(body, stream._recv_type)
+
+
+class FrontDoor:
+    """The LiveKitBridge service (and the BridgeDebug service) for grpclib."""
+
+    def __init__(self, sessions: Child, settings: BridgeSettings) -> None:
+        self._sessions = sessions
+        self._settings = settings
+        self._started = time.monotonic()
+        self.active_streams = 0
+
+    def __mapping__(self) -> dict[str, grpclib.const.Handler]:
+        unary = grpclib.const.Cardinality.UNARY_UNARY
+        return {
+            SERVICE + "StreamAudio": self._handler(
+                self._stream_audio, grpclib.const.Cardinality.STREAM_STREAM, pb.AudioChunk, pb.AudioChunk),
+            SERVICE + "JoinRoom": self._unary(self._join_room, pb.JoinRoomRequest, pb.JoinRoomResponse),
+            SERVICE + "LeaveRoom": self._unary(self._leave_room, pb.LeaveRoomRequest, pb.LeaveRoomResponse),
+            SERVICE + "PlayAudio": self._handler(
+                _unimplemented("PlayAudio"), grpclib.const.Cardinality.UNARY_STREAM,
+                pb.PlayAudioRequest, pb.PlayAudioEvent),
+            SERVICE + "StopAudio": self._handler(
+                _unimplemented("StopAudio"), unary, pb.StopAudioRequest, pb.StopAudioResponse),
+            SERVICE + "HealthCheck": self._unary(
+                self._health_check, pb.HealthCheckRequest, pb.HealthCheckResponse),
+            SERVICE + "GetStatus": self._unary(
+                self._get_status, pb.BridgeStatusRequest, pb.BridgeStatusResponse),
+            DEBUG_SERVICE + "DescribeActors": self._unary(
+                self._describe_actors, debug_pb.DescribeActorsRequest, debug_pb.DescribeActorsResponse),
+        }
+
+    # -- plumbing ------------------------------------------------------------
+
+    def _handler(self, body: Callable[[Any], Awaitable[None]], cardinality: grpclib.const.Cardinality,
+                 request_type: type, reply_type: type) -> grpclib.const.Handler:
+        async def asyncio_handler(stream: grpclib.server.Stream) -> None:
+            await trio_as_aio(body)(stream)
+
+        return grpclib.const.Handler(asyncio_handler, cardinality, request_type, reply_type)
+
+    def _unary(self, body: Callable[[Any], Awaitable[Any]], request_type: type,
+               reply_type: type) -> grpclib.const.Handler:
+        async def unary_body(stream: grpclib.server.Stream) -> None:
+            request = await self._read(stream)
+            if request is None:
+                raise GRPCError(Status.INVALID_ARGUMENT, "the request message is missing")
+            reply = await body(request)
+            await aio_as_trio(stream.send_message)(reply)
+
+        return self._handler(unary_body, grpclib.const.Cardinality.UNARY_UNARY, request_type, reply_type)
+
+    async def _read(self, stream: grpclib.server.Stream) -> Any:
+        return await aio_as_trio(read_message)(stream, self._settings.max_message_bytes)
+
+    async def _ask(self, request: Any, *, timeout: float | None = None) -> Any:
+        try:
+            return await self._sessions.ask(request, timeout=timeout or self._settings.ask_timeout)
+        except MailboxFull as error:
+            raise GRPCError(Status.RESOURCE_EXHAUSTED, f"the bridge is overloaded: {error}; retry later") from None
+        except ActorGone as error:
+            raise GRPCError(Status.UNAVAILABLE, f"the bridge is shutting down: {error}") from None
+        except TimeoutError as error:
+            raise GRPCError(Status.DEADLINE_EXCEEDED, str(error)) from None
+
+    # -- session lifecycle -------------------------------------------------
+
+    async def _join_room(self, request: pb.JoinRoomRequest) -> pb.JoinRoomResponse:
+        url = request.livekit_url or self._settings.default_livekit_url
+        _require(request.user_id, "user_id")
+        _require(request.token, "token")
+        _require(url, "livekit_url (and the bridge has no LIVEKIT_URL default)")
+        if not url.startswith(("ws://", "wss://", "http://", "https://")):
+            raise GRPCError(Status.INVALID_ARGUMENT, f"livekit_url {url!r} is not a ws://, wss://, http:// or https:// URL")
+        joined = await self._ask(
+            Join(request.user_id, request.room_name, request.token, url, request.target_identity),
+            timeout=self._settings.join_timeout,
+        )
+        return pb.JoinRoomResponse(
+            success=joined.success, error=joined.error,
+            participant_id=joined.participant_id, participant_count=joined.participant_count,
+        )
+
+    async def _leave_room(self, request: pb.LeaveRoomRequest) -> pb.LeaveRoomResponse:
+        _require(request.user_id, "user_id")
+        error = await self._ask(Leave(request.user_id, request.reason), timeout=self._settings.join_timeout)
+        return pb.LeaveRoomResponse(success=error is None, error=error or "")
+
+    async def _get_status(self, request: pb.BridgeStatusRequest) -> pb.BridgeStatusResponse:
+        _require(request.user_id, "user_id")
+        status = await self._ask(GetStatus(request.user_id))
+        if status is None:
+            return pb.BridgeStatusResponse(connected=False)
+        return pb.BridgeStatusResponse(
+            connected=status.connected,
+            participant_id=status.participant_id,
+            participant_count=status.participant_count,
+            last_disconnect_at=status.last_disconnect_at_ms,
+            last_disconnect_reason=status.last_disconnect_reason,
+            server_version=SERVER_VERSION,
+        )
+
+    async def _health_check(self, request: pb.HealthCheckRequest) -> pb.HealthCheckResponse:
+        health = await self._ask(GetHealth())
+        return pb.HealthCheckResponse(
+            status=pb.HealthCheckResponseServingStatus.SERVING,
+            active_sessions=health.active_sessions,
+            active_streams=self.active_streams,
+            uptime_seconds=int(time.monotonic() - self._started),
+        )
+
+    async def _describe_actors(self, request: debug_pb.DescribeActorsRequest) -> debug_pb.DescribeActorsResponse:
+        tree = await self._ask(DescribeTree())
+        tree["front_door"] = {"active_streams": self.active_streams}
+        return debug_pb.DescribeActorsResponse(tree_json=json.dumps(tree, indent=2, default=str))
+
+    # -- audio ---------------------------------------------------------------
+
+    async def _stream_audio(self, stream: grpclib.server.Stream) -> None:
+        """One consumer per user: this call ends cleanly (OK) when a newer
+        StreamAudio of the same user replaces it, or when the session is left
+        or replaced."""
+        first = await self._read(stream)
+        if first is None:
+            return
+        user_id = first.user_id
+        _require(user_id, "user_id in the first AudioChunk")
+        lease: StreamLease | None = await self._ask(AttachStream(user_id))
+        if lease is None:
+            raise GRPCError(Status.NOT_FOUND, f"user {user_id!r} has no session; call JoinRoom first")
+        self.active_streams += 1
+        try:
+            with lease.scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._send_mic_audio, stream, lease, user_id)
+                    await self._publish_client_audio(stream, lease, first)
+                    await trio.sleep_forever()  # the client finished sending; keep serving it audio
+        finally:
+            self.active_streams -= 1
+            lease.released.set()
+        if lease.refusal is not None:
+            raise GRPCError(Status.INVALID_ARGUMENT, lease.refusal)
+
+    async def _send_mic_audio(self, stream: grpclib.server.Stream, lease: StreamLease, user_id: str) -> None:
+        while True:
+            try:
+                chunk = await lease.mic.get()
+            except trio.EndOfChannel:
+                return
+            message = pb.AudioChunk(
+                pcm_data=chunk.pcm, sample_rate=MIC_SAMPLE_RATE, channels=MIC_CHANNELS,
+                timestamp_ms=chunk.timestamp_ms, user_id=user_id,
+            )
+            # A message cut in half would corrupt the stream, so a send is not
+            # cancelled midway; a client that stops reading for longer is dropped.
+            with trio.CancelScope(shield=True) as sending:
+                sending.deadline = trio.current_time() + SEND_GRACE_SECONDS
+                await aio_as_trio(stream.send_message)(message)
+            if sending.cancelled_caught:
+                raise GRPCError(Status.UNAVAILABLE, f"client of user {user_id!r} stopped reading audio")
+
+    async def _publish_client_audio(self, stream: grpclib.server.Stream, lease: StreamLease,
+                                    chunk: pb.AudioChunk | None) -> None:
+        user_id = chunk.user_id if chunk is not None else ""
+        while chunk is not None:
+            if chunk.user_id and chunk.user_id != user_id:
+                raise GRPCError(Status.INVALID_ARGUMENT,
+                                f"this stream belongs to user {user_id!r}; a chunk names {chunk.user_id!r}")
+            if chunk.pcm_data:
+                try:
+                    await lease.publish.send(_cloud_chunk(chunk))
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return  # the session is ending; it ends this stream too
+            chunk = await self._read(stream)
+
+
+def _cloud_chunk(chunk: pb.AudioChunk) -> CloudChunk:
+    sample_rate = chunk.sample_rate or MIC_SAMPLE_RATE
+    channels = chunk.channels or MIC_CHANNELS
+    if sample_rate not in SUPPORTED_SAMPLE_RATES:
+        raise GRPCError(Status.INVALID_ARGUMENT,
+                        f"sample_rate {chunk.sample_rate} is not supported; use one of {SUPPORTED_SAMPLE_RATES}")
+    if channels not in (1, 2):
+        raise GRPCError(Status.INVALID_ARGUMENT, f"channels {chunk.channels} is not supported; use 1 or 2")
+    if chunk.track_id < 0:
+        raise GRPCError(Status.INVALID_ARGUMENT, f"track_id {chunk.track_id} is negative")
+    if len(chunk.pcm_data) % (2 * channels):
+        raise GRPCError(Status.INVALID_ARGUMENT,
+                        f"pcm_data of {len(chunk.pcm_data)} bytes is not whole 16-bit frames of {channels} channel(s)")
+    return CloudChunk(bytes(chunk.pcm_data), sample_rate, channels, chunk.track_id)
+
+
+def _require(value: str, what: str) -> None:
+    if not value:
+        raise GRPCError(Status.INVALID_ARGUMENT, f"{what} is required")
+
+
+def _unimplemented(rpc: str) -> Callable[[Any], Awaitable[None]]:
+    async def body(stream: grpclib.server.Stream) -> None:
+        raise GRPCError(Status.UNIMPLEMENTED, f"{rpc} is not implemented yet")
+
+    return body
+
+
+class _ManyStreamsProtocol(H2Protocol):
+    """grpclib's protocol with h2's limit of 100 concurrent streams lifted.
+
+    The cloud multiplexes every user's StreamAudio on one HTTP/2 connection;
+    past the limit its calls would wait forever for a free stream.
+    """
+
+    max_concurrent_streams = 100
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        self.connection._connection.update_settings(
+            {SettingCodes.MAX_CONCURRENT_STREAMS: self.max_concurrent_streams}
+        )
+        self.connection.flush()
+
+
+class FrontDoorServer(grpclib.server.Server):
+    def __init__(self, handlers: list[Any], *, max_concurrent_streams: int) -> None:
+        super().__init__(handlers)
+        self._protocol_class = type(
+            "_Protocol", (_ManyStreamsProtocol,), {"max_concurrent_streams": max_concurrent_streams}
+        )
+
+    def _protocol_factory(self) -> H2Protocol:
+        protocol = super()._protocol_factory()
+        return self._protocol_class(protocol.handler, protocol.config, protocol.h2_config)
+
+
+async def serve_front_door(
+    sessions: Child, settings: BridgeSettings, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Serve gRPC until cancelled; reports the address it listens on once ready."""
+    front_door = FrontDoor(sessions, settings)
+    server = FrontDoorServer([front_door], max_concurrent_streams=settings.max_concurrent_streams)
+    if settings.unix_socket:
+        await aio_as_trio(server.start)(path=settings.unix_socket)
+        address = f"unix:{settings.unix_socket}"
+    else:
+        await aio_as_trio(server.start)(settings.host, settings.port)
+        host, port = server._server.sockets[0].getsockname()[:2]
+        address = f"{host}:{port}"
+    logger.info("gRPC front door listening on {}", address)
+    try:
+        task_status.started(address)
+        await trio.sleep_forever()
+    finally:
+        with trio.CancelScope(shield=True):
+            server.close()
+            with trio.move_on_after(settings.teardown_timeout):
+                await aio_as_trio(server.wait_closed)()

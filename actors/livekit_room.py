@@ -1,0 +1,112 @@
+"""A LiveKit room joined from Trio, left completely on the way out.
+
+The livekit SDK is asyncio code; everything here crosses into it through
+trio-asyncio, so callers stay in Trio. :func:`joined_room` guarantees that when
+its block exits, for any reason, the local tracks have been unpublished and
+the room disconnected (each step bounded in time, shielded from the
+cancellation that is tearing the caller down).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import trio
+from livekit import rtc
+from livekit.rtc._ffi_client import FfiClient
+from loguru import logger
+from trio_asyncio import aio_as_trio
+
+
+class RoomConnectError(Exception):
+    """Joining the LiveKit room failed; the message says why."""
+
+
+@contextlib.asynccontextmanager
+async def joined_room(
+    url: str,
+    token: str,
+    *,
+    connect_timeout: float,
+    teardown_timeout: float,
+    subscribe: dict[str, Any],
+) -> AsyncIterator[rtc.Room]:
+    """Join the room at ``url`` with ``token`` (auto-subscribe off).
+
+    ``subscribe`` maps room event names to callbacks; they are registered
+    before connecting, so no event is missed, and run on the event loop thread.
+
+    Raises:
+        RoomConnectError: the server refused, could not be reached, or did not
+            answer within ``connect_timeout`` seconds. Nothing is left joined.
+    """
+    room = await aio_as_trio(_new_room)()
+    for event, callback in subscribe.items():
+        room.on(event, callback)
+    try:
+        with trio.fail_after(connect_timeout):
+            await aio_as_trio(room.connect)(url, token, rtc.RoomOptions(auto_subscribe=False))
+    except trio.TooSlowError:
+        await _leave(room, teardown_timeout)
+        raise RoomConnectError(f"no answer from LiveKit at {url} within {connect_timeout:g} s") from None
+    except rtc.ConnectError as error:
+        raise RoomConnectError(f"LiveKit at {url} refused the connection: {error}") from None
+    except BaseException:
+        await _leave(room, teardown_timeout)
+        raise
+    receive_only_own_events(room)
+    try:
+        yield room
+    finally:
+        await _leave(room, teardown_timeout)
+
+
+async def _new_room() -> rtc.Room:
+    # rtc.Room binds itself to the running asyncio loop when constructed.
+    return rtc.Room()
+
+
+async def _leave(room: rtc.Room, timeout: float) -> None:
+    with trio.CancelScope(shield=True) as scope:
+        scope.deadline = trio.current_time() + timeout
+        try:
+            if room.isconnected():
+                for publication in list(room.local_participant.track_publications.values()):
+                    await aio_as_trio(room.local_participant.unpublish_track)(publication.sid)
+            await aio_as_trio(room.disconnect)()
+        except Exception as error:
+            logger.warning("leaving LiveKit room {} failed: {}", room.name, error)
+    if scope.cancelled_caught:
+        logger.warning("leaving LiveKit room {} took longer than {:g} s; abandoned", room.name, timeout)
+
+
+def receive_only_own_events(room: rtc.Room) -> None:
+    """Make the SDK deliver to ``room`` only the FFI events meant for it.
+
+    livekit 1.2.x puts every FFI event of the process into every Room's queue
+    (python-sdks issue 812) and each Room wakes for each of them, so with N
+    rooms every data packet costs N deliveries. This narrows the room's
+    subscription to its own room events, its own RPC invocations and the
+    publish/unpublish answers its local participant waits for through the
+    room's queue. It reaches into the SDK's FFI queue, so the livekit version is
+    pinned and tests/test_room_event_filter.py checks it still holds.
+    """
+    room_handle = room._ffi_handle.handle
+    participant_handle = room.local_participant._ffi_handle.handle
+
+    def is_own(event: Any) -> bool:
+        which = event.WhichOneof("message")
+        if which == "room_event":
+            return event.room_event.room_handle == room_handle
+        if which == "rpc_method_invocation":
+            return event.rpc_method_invocation.local_participant_handle == participant_handle
+        return which in ("publish_track", "unpublish_track")
+
+    queue = FfiClient.instance.queue
+    with queue._lock:
+        queue._subscribers = [
+            (q, loop, is_own if q is room._ffi_queue else keep)
+            for q, loop, keep in queue._subscribers
+        ]

@@ -1,0 +1,79 @@
+"""The messages the front door sends to the bridge's actors, and their answers.
+
+Requests carry their own reply slot (see actors.runtime.Request). Answers are
+plain data: an RPC handler turns them into protobuf, and no actor state
+escapes through them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from .runtime import Request
+
+
+@dataclasses.dataclass(repr=False)
+class Join(Request["Joined"]):
+    user_id: str
+    room_name: str
+    token: str
+    livekit_url: str
+    target_identity: str
+
+    def __repr__(self) -> str:  # the token is a secret: never in logs
+        return f"Join(user_id={self.user_id!r}, room_name={self.room_name!r}, livekit_url={self.livekit_url!r})"
+
+
+@dataclasses.dataclass(frozen=True)
+class Joined:
+    success: bool
+    error: str = ""
+    participant_id: str = ""
+    participant_count: int = 0
+
+
+@dataclasses.dataclass
+class Leave(Request[str | None]):
+    """Answered with None when left, or with why not."""
+
+    user_id: str
+    reason: str = ""
+
+
+@dataclasses.dataclass
+class GetStatus(Request["SessionStatus | None"]):
+    """Answered with None when the user has no session."""
+
+    user_id: str
+
+
+@dataclasses.dataclass(frozen=True)
+class SessionStatus:
+    connected: bool
+    participant_id: str
+    participant_count: int
+    last_disconnect_at_ms: int
+    last_disconnect_reason: str
+
+
+@dataclasses.dataclass
+class AttachStream(Request[Any]):
+    """Answered with a StreamLease, or None when the user has no session."""
+
+    user_id: str
+
+
+@dataclasses.dataclass
+class GetHealth(Request["Health"]):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class Health:
+    active_sessions: int
+
+
+@dataclasses.dataclass
+class DescribeTree(Request[dict[str, Any]]):
+    pass

@@ -1,0 +1,202 @@
+"""Supervision: children that run in a nursery, and what became of them.
+
+A :class:`Supervisor` lives inside its owner's nursery. It starts each child
+in a cancel scope of its own, learns of every exit (clean, cancelled or
+crashed), restarts a crashed child when its policy allows, and describes its
+subtree for operators. Stopping a child is *cancel, then wait for the whole
+teardown*: when :meth:`Supervisor.stop` returns, the child's ``finally``
+blocks have finished.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from typing import Any
+
+import trio
+from loguru import logger
+
+from .actor import Actor
+
+
+class ChildState:
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    CRASHED = "crashed"
+
+
+@dataclasses.dataclass(frozen=True)
+class RestartPolicy:
+    """Restart a crashed child at most ``max_restarts`` times in ``within_seconds``.
+
+    A child that crashes more often is given up on, as Erlang supervisors do:
+    a fault that repeats at once is not cured by restarting.
+    """
+
+    max_restarts: int = 0
+    within_seconds: float = 60.0
+
+
+NEVER_RESTART = RestartPolicy(max_restarts=0)
+
+
+class Child:
+    """A supervisor's handle on one child: where to send messages, and its state.
+
+    The handle stays valid across restarts: ``actor`` is always the current
+    incarnation. ``done`` is set once the child has finished for good.
+    """
+
+    def __init__(self, factory: Callable[[], Actor], policy: RestartPolicy) -> None:
+        self.factory = factory
+        self.policy = policy
+        self.actor = factory()
+        self.state = ChildState.STARTING
+        self.started_at = time.time()
+        self.restarts = 0
+        self.last_error: str | None = None
+        self.start_value: Any = None
+        self.done = trio.Event()
+        self._cancel_scope = trio.CancelScope()
+        self._restart_times: list[float] = []
+
+    @property
+    def name(self) -> str:
+        return self.actor.name
+
+    def tell(self, message: Any) -> None:
+        self.actor.mailbox.tell(message)
+
+    async def ask(self, request: Any, *, timeout: float) -> Any:
+        return await self.actor.mailbox.ask(request, timeout=timeout)
+
+    def describe(self) -> dict[str, Any]:
+        mailbox = self.actor.mailbox
+        return {
+            "name": self.name,
+            "kind": type(self.actor).__name__,
+            "state": self.state,
+            "started_at": self.started_at,
+            "restarts": self.restarts,
+            "last_error": self.last_error,
+            "mailbox": {"depth": mailbox.depth, "capacity": mailbox.capacity, "refused_full": mailbox.refused_full},
+            "counters": self.actor.counters(),
+            "children": self.actor.children(),
+        }
+
+    def _may_restart(self) -> bool:
+        now = trio.current_time()
+        window_start = now - self.policy.within_seconds
+        self._restart_times = [t for t in self._restart_times if t >= window_start]
+        if len(self._restart_times) >= self.policy.max_restarts:
+            return False
+        self._restart_times.append(now)
+        return True
+
+
+ExitCallback = Callable[[Child, BaseException | None], None]
+
+
+class Supervisor:
+    """Starts, stops and watches children in a nursery its owner opened.
+
+    ``on_exit(child, error)`` is called once a child has finished for good,
+    with the error that crashed it or None; it runs synchronously in the
+    child's task, so the owner's bookkeeping is current before anyone awaits
+    ``child.done``.
+    """
+
+    def __init__(self, nursery: trio.Nursery, *, on_exit: ExitCallback | None = None) -> None:
+        self._nursery = nursery
+        self._on_exit = on_exit
+        self._children: set[Child] = set()
+
+    def __len__(self) -> int:
+        return len(self._children)
+
+    async def start(self, factory: Callable[[], Actor], *, policy: RestartPolicy = NEVER_RESTART) -> Child:
+        """Start a child and return once it reported itself started.
+
+        The child's ``run`` is called with a task status; the value it passes
+        to ``started()`` is kept as ``child.start_value``.
+
+        Raises:
+            Exception: whatever the child raised before it had started; nothing
+                of it is left running.
+        """
+        child = Child(factory, policy)
+        child.start_value = await self._nursery.start(self._supervise, child)
+        return child
+
+    async def stop(self, child: Child) -> None:
+        """Cancel the child and wait until its teardown has finished."""
+        if not child.done.is_set():
+            child.state = ChildState.STOPPING
+            child._cancel_scope.cancel()
+        await child.done.wait()
+
+    async def stop_all(self) -> None:
+        for child in list(self._children):
+            child.state = ChildState.STOPPING
+            child._cancel_scope.cancel()
+        for child in list(self._children):
+            await child.done.wait()
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [child.describe() for child in sorted(self._children, key=lambda c: c.started_at)]
+
+    async def _supervise(self, child: Child, task_status: trio.TaskStatus[Any]) -> None:
+        self._children.add(child)
+        crash: Exception | None = None
+        try:
+            with child._cancel_scope:
+                crash = await self._run_until_given_up(child, _StartSignal(child, task_status))
+        except Exception as error:  # crashed before it had started: start() re-raises it
+            crash = error
+            raise
+        finally:
+            child.actor.mailbox.close()
+            self._children.discard(child)
+            child.state = ChildState.CRASHED if crash is not None else ChildState.STOPPED
+            if self._on_exit is not None:
+                self._on_exit(child, crash)
+            child.done.set()
+
+    async def _run_until_given_up(self, child: Child, start_signal: _StartSignal) -> Exception | None:
+        """Run the child, restarting it as its policy allows; return the crash
+        that ended it, or None when it returned or was cancelled."""
+        while True:
+            try:
+                await child.actor.run(start_signal)
+                return None
+            except Exception as exc:
+                if not start_signal.fired:
+                    raise
+                child.last_error = f"{type(exc).__name__}: {exc}"
+                if not child._may_restart():
+                    logger.opt(exception=exc).error("actor {} crashed; not restarting", child.name)
+                    return exc
+                logger.opt(exception=exc).warning("actor {} crashed; restarting", child.name)
+                child.restarts += 1
+                child.actor.mailbox.close()
+                child.actor = child.factory()
+                child.state = ChildState.STARTING
+                start_signal = _StartSignal(child, trio.TASK_STATUS_IGNORED)
+
+
+class _StartSignal:
+    """The task status handed to an actor's run(): marks the child running."""
+
+    def __init__(self, child: Child, task_status: trio.TaskStatus[Any]) -> None:
+        self._child = child
+        self._task_status = task_status
+        self.fired = False
+
+    def started(self, value: Any = None) -> None:
+        self.fired = True
+        self._child.state = ChildState.RUNNING
+        self._task_status.started(value)

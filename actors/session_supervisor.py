@@ -1,0 +1,162 @@
+"""The session supervisor: the one place that decides which session a user has.
+
+It guarantees, by structure rather than by checks:
+- a user has at most one session: a JoinRoom for a user who has one cancels
+  the old session and waits for its whole teardown (stream ended, tracks
+  unpublished, room left) before the replacement starts;
+- one user's JoinRoom and LeaveRoom calls are carried out one at a time, in
+  arrival order, so the last join wins;
+- different users never wait for each other: each user's commands run in a
+  task of their own, so a slow or unreachable LiveKit URL delays only its user.
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Any
+
+import trio
+from loguru import logger
+
+from .livekit_room import RoomConnectError
+from .messages import AttachStream, DescribeTree, GetHealth, GetStatus, Health, Join, Joined, Leave
+from .runtime import Actor, ActorGone, Child, MailboxFull, Supervisor
+from .settings import BridgeSettings
+from .user_session import UserSession
+
+UserCommand = Join | Leave
+
+
+class SessionSupervisor(Actor):
+    mailbox_capacity = 4096
+
+    def __init__(self, settings: BridgeSettings, *, name: str = "sessions") -> None:
+        super().__init__(name)
+        self._settings = settings
+        self._sessions: dict[str, Child] = {}
+        self._pending: dict[str, collections.deque[UserCommand]] = {}
+        self._supervisor: Supervisor | None = None
+        self._nursery: trio.Nursery | None = None
+        self._joins = 0
+        self._replacements = 0
+        self._failed_joins = 0
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            self._supervisor = Supervisor(nursery, on_exit=self._on_session_exit)
+            task_status.started()
+            try:
+                await self.serve()
+            finally:
+                with trio.CancelScope(shield=True):
+                    await self._supervisor.stop_all()
+
+    async def handle(self, message: Any) -> None:
+        if isinstance(message, (Join, Leave)):
+            self._enqueue(message)
+        elif isinstance(message, (GetStatus, AttachStream)):
+            self._forward_to_session(message)
+        elif isinstance(message, GetHealth):
+            message.reply.send(Health(active_sessions=len(self._sessions)))
+        elif isinstance(message, DescribeTree):
+            message.reply.send(self.describe())
+        else:
+            raise TypeError(f"the session supervisor does not handle {type(message).__name__}")
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": type(self).__name__,
+            "state": "running",
+            "mailbox": {"depth": self.mailbox.depth, "capacity": self.mailbox.capacity,
+                        "refused_full": self.mailbox.refused_full},
+            "counters": self.counters(),
+            "children": self.children(),
+        }
+
+    def counters(self) -> dict[str, int]:
+        return {
+            "sessions": len(self._sessions),
+            "users_with_pending_commands": len(self._pending),
+            "joins": self._joins,
+            "replacements": self._replacements,
+            "failed_joins": self._failed_joins,
+        }
+
+    def children(self) -> list[dict[str, Any]]:
+        return self._supervisor.describe() if self._supervisor is not None else []
+
+    # -- per-user command queues -------------------------------------------
+
+    def _enqueue(self, command: UserCommand) -> None:
+        queue = self._pending.get(command.user_id)
+        if queue is None:
+            queue = self._pending[command.user_id] = collections.deque()
+            assert self._nursery is not None
+            self._nursery.start_soon(self._run_user_commands, command.user_id, queue)
+        queue.append(command)
+
+    async def _run_user_commands(self, user_id: str, queue: collections.deque[UserCommand]) -> None:
+        try:
+            while queue:
+                command = queue.popleft()
+                if isinstance(command, Join):
+                    command.reply.send(await self._join(command))
+                else:
+                    command.reply.send(await self._leave(command))
+        finally:
+            # No await between the last check of the queue and this: a command
+            # enqueued meanwhile would have found the queue and been run above.
+            del self._pending[user_id]
+            for command in queue:
+                command.reply.fail(ActorGone("the bridge is shutting down; try again"))
+
+    async def _join(self, join: Join) -> Joined:
+        assert self._supervisor is not None
+        self._joins += 1
+        old = self._sessions.pop(join.user_id, None)
+        if old is not None:
+            self._replacements += 1
+            logger.info("Replacing existing bridge session for user {}", join.user_id)
+            await self._supervisor.stop(old)
+        try:
+            child = await self._supervisor.start(lambda: UserSession(join, self._settings))
+        except RoomConnectError as error:
+            self._failed_joins += 1
+            logger.warning("user {}: JoinRoom failed: {}", join.user_id, error)
+            return Joined(False, error=str(error))
+        except Exception as error:
+            self._failed_joins += 1
+            logger.opt(exception=error).error("user {}: JoinRoom failed unexpectedly", join.user_id)
+            return Joined(False, error=f"could not join the room: {type(error).__name__}: {error}")
+        self._sessions[join.user_id] = child
+        return child.start_value
+
+    async def _leave(self, leave: Leave) -> str | None:
+        assert self._supervisor is not None
+        session = self._sessions.pop(leave.user_id, None)
+        if session is None:
+            return "session not found"
+        logger.info("user {} leaves ({})", leave.user_id, leave.reason or "no reason given")
+        await self._supervisor.stop(session)
+        return None
+
+    def _on_session_exit(self, child: Child, crash: BaseException | None) -> None:
+        for user_id, session in list(self._sessions.items()):
+            if session is child:
+                del self._sessions[user_id]
+        if crash is not None:
+            logger.error("session {} crashed: {}", child.name, crash)
+
+    # -- questions for one session -------------------------------------------
+
+    def _forward_to_session(self, message: GetStatus | AttachStream) -> None:
+        session = self._sessions.get(message.user_id)
+        if session is None:
+            message.reply.send(None)
+            return
+        try:
+            session.tell(message)
+        except (MailboxFull, ActorGone) as error:
+            message.reply.fail(error)

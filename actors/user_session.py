@@ -1,0 +1,242 @@
+"""One user's bridge session: a LiveKit room joined on the user's behalf.
+
+The session is an actor. It owns the room connection, the microphone buffer
+that feeds the user's StreamAudio, and the tracks it publishes the cloud's
+audio on. When its scope is cancelled it ends the stream, unpublishes its
+tracks and leaves the room before it reports itself stopped, so its
+supervisor can start a replacement knowing nothing of the old one remains.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import trio
+from livekit import rtc
+from loguru import logger
+from trio_asyncio import aio_as_trio
+
+from .livekit_room import joined_room
+from .messages import AttachStream, GetStatus, Join, Joined, SessionStatus
+from .mic_audio import DropOldestBuffer, SequenceTracker, pcm_from_packet
+from .runtime import Actor
+from .settings import BridgeSettings
+from .stream_lease import CloudChunk, MicChunk, StreamLease
+
+TRACK_NAMES = {0: "speaker", 1: "app_audio", 2: "tts"}
+
+
+def track_name(track_id: int) -> str:
+    return TRACK_NAMES.get(track_id, f"track_{track_id}")
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class _RoomChanged:
+    """A LiveKit room event the session must reflect in its status."""
+
+    def __init__(self, disconnect_reason: str | None = None) -> None:
+        self.disconnect_reason = disconnect_reason
+
+
+class UserSession(Actor):
+    def __init__(self, join: Join, settings: BridgeSettings) -> None:
+        super().__init__(f"session:{join.user_id}")
+        self._join = join
+        self._settings = settings
+        self._room: rtc.Room | None = None
+        self._lease: StreamLease | None = None
+        self._tracks: dict[int, tuple[rtc.AudioSource, CloudChunk]] = {}
+        self._mic = DropOldestBuffer[MicChunk](settings.mic_buffer_packets)
+        self._sequence = SequenceTracker()
+        self._publish_send, self._publish_receive = trio.open_memory_channel[CloudChunk](
+            settings.publish_buffer_chunks
+        )
+        self._connected = False
+        self._participant_count = 0
+        self._last_disconnect_at_ms = 0
+        self._last_disconnect_reason = ""
+        self._packets_received = 0
+        self._packets_ignored = 0
+        self._packets_empty = 0
+        self._chunks_published = 0
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def run(self, task_status: trio.TaskStatus[Joined] = trio.TASK_STATUS_IGNORED) -> None:
+        join = self._join
+        async with joined_room(
+            join.livekit_url,
+            join.token,
+            connect_timeout=self._settings.connect_timeout,
+            teardown_timeout=self._settings.teardown_timeout,
+            subscribe={
+                "data_received": self._on_data,
+                "participant_connected": lambda _participant: self._tell_room_changed(),
+                "participant_disconnected": lambda _participant: self._tell_room_changed(),
+                "connection_state_changed": lambda _state: self._tell_room_changed(),
+                "disconnected": lambda reason: self._tell_room_changed(_reason_name(reason)),
+            },
+        ) as room:
+            self._room = room
+            self._refresh_room_state()
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._publish_cloud_audio)
+                    task_status.started(
+                        Joined(True, participant_id=room.local_participant.identity,
+                               participant_count=self._participant_count)
+                    )
+                    logger.info("user {} joined room {} as {}", join.user_id, join.room_name,
+                                room.local_participant.identity)
+                    await self.serve()
+            finally:
+                await self._end_stream()
+                self._mic.close()
+                await self._close_tracks()
+
+    async def _end_stream(self) -> None:
+        lease, self._lease = self._lease, None
+        if lease is None:
+            return
+        lease.end()
+        with trio.move_on_after(self._settings.teardown_timeout) as waited:
+            waited.shield = True
+            await lease.released.wait()
+
+    async def _close_tracks(self) -> None:
+        with trio.CancelScope(shield=True):
+            for source, _ in self._tracks.values():
+                await aio_as_trio(source.aclose)()
+        self._tracks.clear()
+
+    # -- messages ----------------------------------------------------------
+
+    async def handle(self, message: Any) -> None:
+        if isinstance(message, GetStatus):
+            message.reply.send(self.status())
+        elif isinstance(message, AttachStream):
+            message.reply.send(self._attach_stream())
+        elif isinstance(message, _RoomChanged):
+            if message.disconnect_reason is not None:
+                self._last_disconnect_at_ms = now_ms()
+                self._last_disconnect_reason = message.disconnect_reason
+                logger.warning("user {}: LiveKit room disconnected ({})", self._join.user_id,
+                               message.disconnect_reason)
+            self._refresh_room_state()
+        else:
+            raise TypeError(f"a user session does not handle {type(message).__name__}")
+
+    def status(self) -> SessionStatus:
+        room = self._room
+        return SessionStatus(
+            connected=self._connected,
+            participant_id=room.local_participant.identity if room is not None else "",
+            participant_count=self._participant_count,
+            last_disconnect_at_ms=self._last_disconnect_at_ms,
+            last_disconnect_reason=self._last_disconnect_reason,
+        )
+
+    def _attach_stream(self) -> StreamLease:
+        if self._lease is not None:
+            logger.info("user {}: a newer StreamAudio replaces the current one", self._join.user_id)
+            self._lease.end()
+        self._lease = StreamLease(self._mic, self._publish_send)
+        return self._lease
+
+    def _tell_room_changed(self, disconnect_reason: str | None = None) -> None:
+        try:
+            self.mailbox.tell(_RoomChanged(disconnect_reason))
+        except Exception as error:  # a full mailbox must not break the SDK's event loop
+            logger.warning("user {}: room event not delivered: {}", self._join.user_id, error)
+
+    def _refresh_room_state(self) -> None:
+        room = self._room
+        if room is None:
+            return
+        self._connected = room.connection_state == rtc.ConnectionState.CONN_CONNECTED
+        self._participant_count = len(room.remote_participants) + 1
+
+    # -- microphone: LiveKit -> cloud ----------------------------------------
+
+    def _on_data(self, packet: rtc.DataPacket) -> None:
+        """Runs for every data packet of this room: keep it cheap."""
+        target = self._join.target_identity
+        if target and (packet.participant is None or packet.participant.identity != target):
+            self._packets_ignored += 1
+            return
+        self._packets_received += 1
+        sequence, pcm = pcm_from_packet(packet.data)
+        if sequence is not None:
+            self._sequence.observe(sequence)
+        if not pcm:
+            self._packets_empty += 1
+            return
+        self._mic.push(MicChunk(pcm, now_ms()))
+
+    # -- cloud audio: cloud -> LiveKit ---------------------------------------
+
+    async def _publish_cloud_audio(self) -> None:
+        async with self._publish_receive:
+            async for chunk in self._publish_receive:
+                source = await self._source_for(chunk)
+                if source is None:
+                    continue
+                frame = rtc.AudioFrame(
+                    chunk.pcm, chunk.sample_rate, chunk.channels,
+                    len(chunk.pcm) // (2 * chunk.channels),
+                )
+                await aio_as_trio(source.capture_frame)(frame)
+                self._chunks_published += 1
+
+    async def _source_for(self, chunk: CloudChunk) -> rtc.AudioSource | None:
+        """The track's audio source, published on first use (an empty published
+        track is heard as static on the phone, so none is made in advance)."""
+        known = self._tracks.get(chunk.track_id)
+        if known is not None:
+            source, first = known
+            if (first.sample_rate, first.channels) != (chunk.sample_rate, chunk.channels):
+                if self._lease is not None:
+                    self._lease.refuse(
+                        f"track {chunk.track_id} carries {first.sample_rate} Hz, {first.channels} channel(s); "
+                        f"a chunk of {chunk.sample_rate} Hz, {chunk.channels} channel(s) cannot join it"
+                    )
+                return None
+            return source
+        assert self._room is not None
+        source = rtc.AudioSource(chunk.sample_rate, chunk.channels)
+        track = rtc.LocalAudioTrack.create_audio_track(track_name(chunk.track_id), source)
+        options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
+        await aio_as_trio(self._room.local_participant.publish_track)(track, options)
+        self._tracks[chunk.track_id] = (source, chunk)
+        logger.info("user {}: published track {}", self._join.user_id, track_name(chunk.track_id))
+        return source
+
+    # -- observability -----------------------------------------------------
+
+    def counters(self) -> dict[str, int]:
+        return {
+            "connected": int(self._connected),
+            "participant_count": self._participant_count,
+            "stream_attached": int(self._lease is not None and self._lease.active),
+            "mic_packets_received": self._packets_received,
+            "mic_packets_lost": self._sequence.lost,
+            "mic_packets_out_of_order": self._sequence.out_of_order,
+            "mic_packets_empty": self._packets_empty,
+            "mic_packets_ignored_other_sender": self._packets_ignored,
+            "mic_buffer_depth": len(self._mic),
+            "mic_buffer_capacity": self._mic.capacity,
+            "mic_buffer_dropped": self._mic.dropped,
+            "cloud_chunks_published": self._chunks_published,
+            "published_tracks": len(self._tracks),
+        }
+
+
+def _reason_name(reason: Any) -> str:
+    try:
+        return rtc.DisconnectReason.Name(reason)
+    except (ValueError, TypeError, AttributeError):
+        return str(reason)

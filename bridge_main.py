@@ -1,0 +1,93 @@
+"""Command line of the LiveKit bridge.
+
+    python bridge_main.py serve    the bridge alone, configured by the environment
+    python bridge_main.py dev      a local livekit-server (dev mode, loopback) plus the bridge;
+                                   with LIVEKIT_URL, LIVEKIT_API_KEY and LIVEKIT_API_SECRET set it
+                                   uses that server instead and starts none
+    python bridge_main.py tree     print a running bridge's live actor tree
+
+Environment: PORT (default 9090), LIVEKIT_GRPC_SOCKET (listen on this Unix
+socket instead of TCP), LIVEKIT_URL (used when a JoinRoom names no URL).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import os
+import pathlib
+import sys
+import tempfile
+
+import trio
+from loguru import logger
+
+from actors.bridge import run_bridge
+from actors.dev_livekit import start_dev_livekit
+from actors.settings import BridgeSettings, SettingsError
+
+
+def serve(settings: BridgeSettings) -> None:
+    trio.run(run_bridge, settings)
+
+
+def dev(settings: BridgeSettings) -> None:
+    if all(os.environ.get(name) for name in ("LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET")):
+        logger.info("using the LiveKit server at {} (from LIVEKIT_URL); starting none", settings.default_livekit_url)
+        serve(settings)
+        return
+    workdir = pathlib.Path(tempfile.mkdtemp(prefix="bridge-dev-livekit-"))
+    livekit = start_dev_livekit(workdir, port=7880)
+    try:
+        where = f"unix:{settings.unix_socket}" if settings.unix_socket else f"127.0.0.1:{settings.port}"
+        print(
+            f"\nLiveKit dev server: {livekit.url}  (API key {livekit.api_key!r}; its secret is in "
+            f"{workdir / 'livekit.yaml'})\n"
+            f"LiveKit bridge gRPC: {where}  (service mentra.livekit.bridge.LiveKitBridge)\n"
+            f"Actor tree:          python bridge_main.py tree\n"
+            f"Stop with Ctrl-C.\n",
+            flush=True,
+        )
+        serve(dataclasses.replace(settings, default_livekit_url=livekit.url))
+    finally:
+        livekit.stop()
+
+
+def tree(settings: BridgeSettings) -> None:
+    from grpclib.client import Channel
+
+    from proto.mentra.livekit.bridge.debug import BridgeDebugStub, DescribeActorsRequest
+
+    async def describe() -> str:
+        if settings.unix_socket:
+            channel = Channel(path=settings.unix_socket)
+        else:
+            channel = Channel("127.0.0.1", settings.port)
+        try:
+            reply = await BridgeDebugStub(channel).describe_actors(DescribeActorsRequest(), timeout=5)
+            return reply.tree_json
+        finally:
+            channel.close()
+
+    print(asyncio.run(describe()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["serve", "dev", "tree"], nargs="?", default="serve")
+    args = parser.parse_args(argv)
+    try:
+        settings = BridgeSettings.from_env()
+    except SettingsError as error:
+        print(f"bridge: {error}", file=sys.stderr)
+        return 2
+    try:
+        {"serve": serve, "dev": dev, "tree": tree}[args.command](settings)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

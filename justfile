@@ -1,0 +1,63 @@
+# LiveKit bridge. Prerequisites on a fresh machine: Python 3.11+, pip, Go, and
+# `just` (pip install rust-just). Everything else is installed by the recipes.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+python := ".venv/bin/python"
+livekit_version := "1.13.5"
+livekit_server := ".tools/bin/livekit-server"
+
+# A local LiveKit dev server plus the bridge (or only the bridge, when LIVEKIT_URL,
+# LIVEKIT_API_KEY and LIVEKIT_API_SECRET name a server).
+run: setup
+    {{python}} bridge_main.py dev
+
+# Install what is missing, then run the whole suite (in a loopback-only network
+# namespace where the machine allows one).
+test *args: setup
+    tests/isolated {{python}} -m pytest {{args}}
+
+# Benchmarks: join and replace latency, per-packet cost.
+bench: setup
+    tests/isolated {{python}} -m bench
+
+# Regenerate proto/mentra/** from proto/*.proto.
+proto: venv
+    {{python}} -m proto.generate
+
+# Everything the bridge and its tests need.
+setup: venv libopus livekit-server
+
+# The virtualenv with the pinned packages, refreshed when pyproject.toml changes.
+venv:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+    if [ ! -f "$stamp" ]; then
+        python3 -m venv .venv
+        .venv/bin/pip install --quiet --upgrade pip
+        .venv/bin/pip install --quiet -e '.[test]'
+        rm -f .venv/.installed-* && touch "$stamp"
+    fi
+
+# The system libopus that opuslib loads.
+libopus: venv
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if ! {{python}} -c "import opuslib" 2>/dev/null; then
+        echo "installing libopus0 (needs root or sudo)"
+        sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+        $sudo apt-get update -qq && $sudo apt-get install -y -qq libopus0 >/dev/null
+        {{python}} -c "import opuslib"
+    fi
+
+# livekit-server from the Go module proxy, into the git-ignored .tools folder.
+livekit-server:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if ! {{livekit_server}} --version 2>/dev/null | grep -q "{{livekit_version}}"; then
+        echo "building livekit-server {{livekit_version}} with go install (a few minutes the first time)"
+        tmp=$(mktemp -d)
+        GOBIN=$tmp go install github.com/livekit/livekit-server/cmd/server@v{{livekit_version}}
+        mkdir -p .tools/bin && mv "$tmp/server" {{livekit_server}} && rmdir "$tmp"
+    fi

@@ -1,0 +1,163 @@
+"""What the end-to-end tests drive the bridge with: a phone in the room and a cloud client.
+
+The phone is a real LiveKit participant (livekit rtc) that sends lossy data
+packets as the glasses' phone app does; the cloud is a real gRPC client
+(grpclib over TCP or a Unix socket). Both are asyncio libraries, wrapped here
+so tests are plain Trio.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpclib.client
+import grpclib.const
+import trio
+from livekit import api, rtc
+from trio_asyncio import aio_as_trio
+
+from actors.dev_livekit import DevLiveKit
+from actors.livekit_room import joined_room
+from proto.mentra.livekit import bridge as pb
+
+SERVICE = "/mentra.livekit.bridge.LiveKitBridge/"
+PACKET_PCM_BYTES = 3200  # 100 ms of 16 kHz mono PCM16
+
+
+def token(livekit: DevLiveKit, identity: str, room: str) -> str:
+    grants = api.VideoGrants(room_join=True, room=room, can_publish=True, can_subscribe=True,
+                             can_publish_data=True)
+    return (api.AccessToken(livekit.api_key, livekit.api_secret)
+            .with_identity(identity).with_grants(grants).to_jwt())
+
+
+def bridge_identity(user_id: str) -> str:
+    return f"cloud-agent:{user_id}"
+
+
+def join_request(livekit: DevLiveKit, user_id: str, room: str | None = None, **overrides: Any) -> pb.JoinRoomRequest:
+    room = room or f"room-{user_id}"
+    fields = dict(user_id=user_id, room_name=room, token=token(livekit, bridge_identity(user_id), room),
+                  livekit_url=livekit.url, target_identity=user_id)
+    fields.update(overrides)
+    return pb.JoinRoomRequest(**fields)
+
+
+def pcm_packet(index: int) -> bytes:
+    """100 ms of PCM whose bytes say which packet they are."""
+    return bytes((index + offset) % 251 for offset in range(PACKET_PCM_BYTES))
+
+
+class Phone:
+    """The user's phone in the room: identity = user id, sends microphone packets."""
+
+    def __init__(self, room: rtc.Room) -> None:
+        self.room = room
+
+    async def send_mic(self, sequence: int, pcm: bytes) -> None:
+        await aio_as_trio(self.room.local_participant.publish_data)(bytes([sequence % 256]) + pcm, reliable=False)
+
+
+@contextlib.asynccontextmanager
+async def phone_in_room(livekit: DevLiveKit, user_id: str, room: str | None = None,
+                        subscribe: dict[str, Any] | None = None) -> AsyncIterator[Phone]:
+    room = room or f"room-{user_id}"
+    async with joined_room(livekit.url, token(livekit, user_id, room), connect_timeout=10,
+                           teardown_timeout=5, subscribe=subscribe or {}) as lk_room:
+        yield Phone(lk_room)
+
+
+class Cloud:
+    """The cloud's gRPC client: one HTTP/2 connection, as the Node cloud keeps."""
+
+    def __init__(self, address: str) -> None:
+        if address.startswith("unix:"):
+            self.channel = grpclib.client.Channel(path=address[len("unix:"):])
+        else:
+            host, port = address.rsplit(":", 1)
+            self.channel = grpclib.client.Channel(host, int(port))
+
+    async def close(self) -> None:
+        self.channel.close()
+
+    async def unary(self, rpc: str, request: Any, reply_type: type, timeout: float = 30) -> Any:
+        async def call() -> Any:
+            async with self.channel.request(SERVICE + rpc, grpclib.const.Cardinality.UNARY_UNARY,
+                                            type(request), reply_type, timeout=timeout) as stream:
+                await stream.send_message(request, end=True)
+                return await stream.recv_message()
+
+        return await aio_as_trio(call)()
+
+    async def join(self, request: pb.JoinRoomRequest) -> pb.JoinRoomResponse:
+        return await self.unary("JoinRoom", request, pb.JoinRoomResponse)
+
+    async def leave(self, user_id: str) -> pb.LeaveRoomResponse:
+        return await self.unary("LeaveRoom", pb.LeaveRoomRequest(user_id=user_id, reason="test"), pb.LeaveRoomResponse)
+
+    async def status(self, user_id: str) -> pb.BridgeStatusResponse:
+        return await self.unary("GetStatus", pb.BridgeStatusRequest(user_id=user_id), pb.BridgeStatusResponse)
+
+    async def health(self) -> pb.HealthCheckResponse:
+        return await self.unary("HealthCheck", pb.HealthCheckRequest(), pb.HealthCheckResponse)
+
+    @contextlib.asynccontextmanager
+    async def audio_stream(self, user_id: str) -> AsyncIterator[AudioStream]:
+        request = self.channel.request(SERVICE + "StreamAudio", grpclib.const.Cardinality.STREAM_STREAM,
+                                       pb.AudioChunk, pb.AudioChunk)
+        stream = await aio_as_trio(request.__aenter__)()
+        try:
+            audio = AudioStream(stream)
+            await audio.send(pb.AudioChunk(user_id=user_id))
+            yield audio
+        finally:
+            with trio.CancelScope(shield=True):
+                if not stream._recv_trailing_metadata_done and not stream._cancel_done:
+                    await aio_as_trio(stream.cancel)()  # hang up, as a cloud does when done
+                await aio_as_trio(request.__aexit__)(None, None, None)
+
+
+class AudioStream:
+    """One StreamAudio call, seen from the cloud."""
+
+    def __init__(self, stream: grpclib.client.Stream) -> None:
+        self.stream = stream
+
+    async def send(self, chunk: pb.AudioChunk) -> None:
+        await aio_as_trio(self.stream.send_message)(chunk)
+
+    async def recv(self) -> pb.AudioChunk | None:
+        return await aio_as_trio(self.stream.recv_message)()
+
+    async def end_sending(self) -> None:
+        await aio_as_trio(self.stream.end)()
+
+    async def status(self) -> grpclib.const.Status:
+        """Wait for the call to end and return its status."""
+        try:
+            while await self.recv() is not None:
+                pass
+        except grpclib.exceptions.GRPCError as error:
+            return error.status
+        return grpclib.const.Status.OK
+
+
+@contextlib.asynccontextmanager
+async def cloud(address: str) -> AsyncIterator[Cloud]:
+    client = Cloud(address)
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+async def list_participants(livekit: DevLiveKit, room: str) -> list[str]:
+    """Identities in ``room``, as the LiveKit server itself reports them."""
+    async def call() -> list[str]:
+        async with api.LiveKitAPI(livekit.url.replace("ws://", "http://"), livekit.api_key, livekit.api_secret) as lk:
+            reply = await lk.room.list_participants(api.ListParticipantsRequest(room=room))
+            return [p.identity for p in reply.participants]
+
+    return await aio_as_trio(call)()

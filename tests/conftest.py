@@ -1,0 +1,52 @@
+"""Fixtures: a real livekit-server on loopback, the bridge in-process, its logs."""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import trio
+import trio_asyncio
+from loguru import logger
+
+from actors.bridge import RunningBridge, run_bridge
+from actors.dev_livekit import DevLiveKit, start_dev_livekit
+from actors.settings import BridgeSettings
+
+
+@pytest.fixture(scope="session")
+def livekit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevLiveKit]:
+    """One real livekit-server for the whole run (started with the loopback-only config)."""
+    server = start_dev_livekit(tmp_path_factory.mktemp("livekit"), udp_ports=(40000, 40999))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def log_lines() -> Iterator[list[str]]:
+    lines: list[str] = []
+    sink = logger.add(lambda message: lines.append(str(message)), level="DEBUG", format="{message}")
+    yield lines
+    logger.remove(sink)
+
+
+@pytest.fixture
+def bridge_settings(livekit: DevLiveKit) -> BridgeSettings:
+    return BridgeSettings(host="127.0.0.1", port=0, default_livekit_url=livekit.url, connect_timeout=5.0)
+
+
+@pytest.fixture
+async def bridge(bridge_settings: BridgeSettings) -> AsyncIterator[RunningBridge]:
+    """The bridge, serving gRPC on a free loopback TCP port, in the test's
+    asyncio loop (trio-asyncio), which the test can use too."""
+    async with trio_asyncio.open_loop():
+        async with trio.open_nursery() as nursery:
+            running = await nursery.start(run_bridge, bridge_settings)
+            yield running
+            nursery.cancel_scope.cancel()
+
+
+@pytest.fixture
+def unix_socket_path(tmp_path: pathlib.Path) -> str:
+    return str(tmp_path / "bridge.sock")
