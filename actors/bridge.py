@@ -44,5 +44,5 @@ async def _run(settings: BridgeSettings, task_status: trio.TaskStatus[RunningBri
         sessions = await root.start(
             lambda: SessionSupervisor(settings), policy=RestartPolicy(max_restarts=3, within_seconds=60)
         )
-        address = await nursery.start(serve_front_door, sessions, settings)
+        address = await nursery.start(serve_front_door, sessions, settings, root.describe)
         task_status.started(RunningBridge(address, sessions))

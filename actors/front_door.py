@@ -27,7 +27,7 @@ from trio_asyncio import aio_as_trio, trio_as_aio
 from proto.mentra.livekit import bridge as pb
 from proto.mentra.livekit.bridge import debug as debug_pb
 
-from .messages import AttachStream, DescribeTree, GetHealth, GetStatus, Join, Leave
+from .messages import AttachStream, GetHealth, GetStatus, Join, Leave
 from .mic_audio import MIC_CHANNELS, MIC_SAMPLE_RATE
 from .runtime import ActorGone, Child, MailboxFull
 from .settings import BridgeSettings
@@ -75,8 +75,10 @@ async def read_message(stream: grpclib.server.Stream, limit: int) -> Any:
 class FrontDoor:
     """The LiveKitBridge service (and the BridgeDebug service) for grpclib."""
 
-    def __init__(self, sessions: Child, settings: BridgeSettings) -> None:
+    def __init__(self, sessions: Child, settings: BridgeSettings,
+                 describe_tree: Callable[[], list[dict[str, Any]]]) -> None:
         self._sessions = sessions
+        self._describe_tree = describe_tree
         self._settings = settings
         self._started = time.monotonic()
         self.active_streams = 0
@@ -181,8 +183,10 @@ class FrontDoor:
         )
 
     async def _describe_actors(self, request: debug_pb.DescribeActorsRequest) -> debug_pb.DescribeActorsResponse:
-        tree = await self._ask(DescribeTree())
-        tree["front_door"] = {"active_streams": self.active_streams}
+        # A snapshot taken in one synchronous step (no await), so it is
+        # consistent; it only reads what supervisors keep for operators.
+        tree = {"name": "bridge", "children": self._describe_tree(),
+                "front_door": {"active_streams": self.active_streams}}
         return debug_pb.DescribeActorsResponse(tree_json=json.dumps(tree, indent=2, default=str))
 
     # -- audio ---------------------------------------------------------------
@@ -206,6 +210,8 @@ class FrontDoor:
                     nursery.start_soon(self._send_mic_audio, stream, lease, user_id)
                     await self._publish_client_audio(stream, lease, first)
                     await trio.sleep_forever()  # the client finished sending; keep serving it audio
+        except BaseExceptionGroup as group:
+            raise _first_grpc_error(group) or group
         finally:
             self.active_streams -= 1
             lease.released.set()
@@ -261,6 +267,15 @@ def _cloud_chunk(chunk: pb.AudioChunk) -> CloudChunk:
     return CloudChunk(bytes(chunk.pcm_data), sample_rate, channels, chunk.track_id)
 
 
+def _first_grpc_error(group: BaseExceptionGroup) -> GRPCError | None:
+    """The status a task of the call raised, so the client sees it rather than
+    an internal error about a group of exceptions."""
+    matched, _rest = group.split(GRPCError)
+    while isinstance(matched, BaseExceptionGroup):
+        matched = matched.exceptions[0]
+    return matched
+
+
 def _require(value: str, what: str) -> None:
     if not value:
         raise GRPCError(Status.INVALID_ARGUMENT, f"{what} is required")
@@ -303,10 +318,11 @@ class FrontDoorServer(grpclib.server.Server):
 
 
 async def serve_front_door(
-    sessions: Child, settings: BridgeSettings, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
+    sessions: Child, settings: BridgeSettings, describe_tree: Callable[[], list[dict[str, Any]]],
+    *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve gRPC until cancelled; reports the address it listens on once ready."""
-    front_door = FrontDoor(sessions, settings)
+    front_door = FrontDoor(sessions, settings, describe_tree)
     server = FrontDoorServer([front_door], max_concurrent_streams=settings.max_concurrent_streams)
     if settings.unix_socket:
         await aio_as_trio(server.start)(path=settings.unix_socket)

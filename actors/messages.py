@@ -72,8 +72,3 @@ class GetHealth(Request["Health"]):
 @dataclasses.dataclass(frozen=True)
 class Health:
     active_sessions: int
-
-
-@dataclasses.dataclass
-class DescribeTree(Request[dict[str, Any]]):
-    pass

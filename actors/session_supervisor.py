@@ -19,7 +19,7 @@ import trio
 from loguru import logger
 
 from .livekit_room import RoomConnectError
-from .messages import AttachStream, DescribeTree, GetHealth, GetStatus, Health, Join, Joined, Leave
+from .messages import AttachStream, GetHealth, GetStatus, Health, Join, Joined, Leave
 from .runtime import Actor, ActorGone, Child, MailboxFull, Supervisor
 from .settings import BridgeSettings
 from .user_session import UserSession
@@ -59,21 +59,8 @@ class SessionSupervisor(Actor):
             self._forward_to_session(message)
         elif isinstance(message, GetHealth):
             message.reply.send(Health(active_sessions=len(self._sessions)))
-        elif isinstance(message, DescribeTree):
-            message.reply.send(self.describe())
         else:
             raise TypeError(f"the session supervisor does not handle {type(message).__name__}")
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "kind": type(self).__name__,
-            "state": "running",
-            "mailbox": {"depth": self.mailbox.depth, "capacity": self.mailbox.capacity,
-                        "refused_full": self.mailbox.refused_full},
-            "counters": self.counters(),
-            "children": self.children(),
-        }
 
     def counters(self) -> dict[str, int]:
         return {

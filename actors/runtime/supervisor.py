@@ -104,8 +104,8 @@ ExitCallback = Callable[[Child, BaseException | None], None]
 class Supervisor:
     """Starts, stops and watches children in a nursery its owner opened.
 
-    ``on_exit(child, error)`` is called once a child has finished for good,
-    with the error that crashed it or None; it runs synchronously in the
+    ``on_exit(child, error)`` is called once a started child has finished for
+    good, with the error that crashed it or None; it runs synchronously in the
     child's task, so the owner's bookkeeping is current before anyone awaits
     ``child.done``.
     """
@@ -151,18 +151,17 @@ class Supervisor:
 
     async def _supervise(self, child: Child, task_status: trio.TaskStatus[Any]) -> None:
         self._children.add(child)
+        start_signal = _StartSignal(child, task_status)
         crash: Exception | None = None
         try:
             with child._cancel_scope:
-                crash = await self._run_until_given_up(child, _StartSignal(child, task_status))
-        except Exception as error:  # crashed before it had started: start() re-raises it
-            crash = error
-            raise
+                crash = await self._run_until_given_up(child, start_signal)
         finally:
             child.actor.mailbox.close()
             self._children.discard(child)
             child.state = ChildState.CRASHED if crash is not None else ChildState.STOPPED
-            if self._on_exit is not None:
+            # A child that failed to start is reported by start() raising, not here.
+            if start_signal.fired and self._on_exit is not None:
                 self._on_exit(child, crash)
             child.done.set()
 

@@ -1,0 +1,133 @@
+"""Every bad input gets a clear status; no other user's audio is harmed."""
+
+from __future__ import annotations
+
+import grpclib.const
+import pytest
+import trio
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
+
+from trio_asyncio import aio_as_trio
+
+from bridge_harness import cloud, join_request, pcm_packet, phone_in_room
+from proto.mentra.livekit import bridge as pb
+
+
+async def expect_status(status: Status, call) -> str:
+    with pytest.raises(GRPCError) as caught:
+        await call
+    assert caught.value.status == status, caught.value
+    return caught.value.message or ""
+
+
+async def test_bad_requests_get_clear_statuses_while_another_user_keeps_streaming(bridge, livekit) -> None:
+    async with cloud(bridge.address) as client, phone_in_room(livekit, "bystander") as phone:
+        assert (await client.join(join_request(livekit, "bystander"))).success
+        async with client.audio_stream("bystander") as bystander_stream, trio.open_nursery() as nursery:
+            heard: list[bytes] = []
+
+            async def listen() -> None:
+                while (chunk := await bystander_stream.recv()) is not None:
+                    heard.append(chunk.pcm_data)
+
+            async def talk() -> None:
+                for index in range(10_000):
+                    await phone.send_mic(index, pcm_packet(index))
+                    await trio.sleep(0.05)
+
+            nursery.start_soon(listen)
+            nursery.start_soon(talk)
+
+            # JoinRoom
+            message = await expect_status(Status.INVALID_ARGUMENT, client.join(join_request(livekit, "")))
+            assert "user_id" in message
+            assert "token" in await expect_status(
+                Status.INVALID_ARGUMENT, client.join(join_request(livekit, "x", token="")))
+            assert "not a ws://" in await expect_status(
+                Status.INVALID_ARGUMENT, client.join(join_request(livekit, "x", livekit_url="ftp://example")))
+            refused = await client.join(join_request(livekit, "forged", token="not-a-jwt"))
+            assert not refused.success and "refused" in refused.error
+            # LeaveRoom, GetStatus
+            await expect_status(Status.INVALID_ARGUMENT, client.leave(""))
+            await expect_status(Status.INVALID_ARGUMENT, client.status(""))
+            # not yet implemented RPCs say so
+            await expect_status(Status.UNIMPLEMENTED, client.unary(
+                "StopAudio", pb.StopAudioRequest(user_id="bystander"), pb.StopAudioResponse))
+            # StreamAudio: no user, unknown user
+            async with client.audio_stream("") as stream:
+                assert await stream.status() == Status.INVALID_ARGUMENT
+            async with client.audio_stream("nobody") as stream:
+                assert await stream.status() == Status.NOT_FOUND
+
+            with trio.fail_after(10):
+                before = len(heard)
+                while len(heard) < before + 5:
+                    await trio.sleep(0.05)
+            nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("chunk, why", [
+    (pb.AudioChunk(pcm_data=b"\0" * 640, sample_rate=12345), "sample_rate 12345"),
+    (pb.AudioChunk(pcm_data=b"\0" * 640, sample_rate=16000, channels=3), "channels 3"),
+    (pb.AudioChunk(pcm_data=b"\0" * 641, sample_rate=16000, channels=1), "641 bytes"),
+    (pb.AudioChunk(pcm_data=b"\0" * 640, sample_rate=16000, track_id=-1), "track_id -1"),
+    (pb.AudioChunk(pcm_data=b"\0" * 640, user_id="someone-else"), "belongs to user"),
+])
+async def test_bad_audio_chunks_end_only_their_stream(bridge, livekit, chunk, why) -> None:
+    async with cloud(bridge.address) as client:
+        assert (await client.join(join_request(livekit, "sender"))).success
+        async with client.audio_stream("sender") as stream:
+            await stream.send(chunk)
+            with pytest.raises(GRPCError) as caught:
+                while await stream.recv() is not None:
+                    pass
+            assert caught.value.status == Status.INVALID_ARGUMENT
+            assert why in caught.value.message
+        assert (await client.status("sender")).connected
+
+
+async def test_a_track_keeps_its_first_format(bridge, livekit) -> None:
+    async with cloud(bridge.address) as client:
+        assert (await client.join(join_request(livekit, "switcher"))).success
+        async with client.audio_stream("switcher") as stream:
+            await stream.send(pb.AudioChunk(pcm_data=b"\0" * 3200, sample_rate=16000, channels=1))
+            await stream.send(pb.AudioChunk(pcm_data=b"\0" * 4800, sample_rate=24000, channels=1))
+            with trio.fail_after(10):
+                assert await stream.status() == Status.INVALID_ARGUMENT
+        assert (await client.status("switcher")).connected
+
+
+async def test_messages_over_10_mib_are_refused(bridge, livekit) -> None:
+    async with cloud(bridge.address) as client:
+        huge = join_request(livekit, "huge", room_name="r" * (10 * 1024 * 1024 + 1))
+        message = await expect_status(Status.RESOURCE_EXHAUSTED, client.join(huge))
+        assert "exceeds" in message
+        just_under = join_request(livekit, "big", room_name="big", target_identity="t" * (9 * 1024 * 1024))
+        assert (await client.join(just_under)).success
+
+
+async def test_phone_packets_of_every_shape_are_counted_in_the_actor_tree(bridge, livekit) -> None:
+    async with cloud(bridge.address) as client, phone_in_room(livekit, "shapes") as phone:
+        assert (await client.join(join_request(livekit, "shapes"))).success
+        async with client.audio_stream("shapes") as stream:
+            await trio.sleep(0.3)
+            send = phone.room.local_participant.publish_data
+            await aio_as_trio(send)(b"", reliable=True)              # empty: skipped
+            await aio_as_trio(send)(bytes([0]), reliable=True)       # sequence byte only: nothing to forward
+            await aio_as_trio(send)(bytes([1]) + b"ab", reliable=True)  # sequence 1, two PCM bytes
+            await aio_as_trio(send)(b"cdef", reliable=True)          # even: all PCM, no sequence byte
+            await aio_as_trio(send)(bytes([5]) + b"gh", reliable=True)  # sequence 5: 2, 3, 4 were lost
+            received = []
+            with trio.fail_after(10):
+                while len(received) < 3:
+                    received.append((await stream.recv()).pcm_data)
+            assert received == [b"ab", b"cdef", b"gh"]
+            tree = await client.actor_tree()
+        [supervisor] = tree["children"]
+        [session] = [node for node in supervisor["children"] if node["name"] == "session:shapes"]
+        counters = session["counters"]
+        assert counters["mic_packets_lost"] == 3
+        assert counters["mic_packets_empty"] == 2
+        assert counters["mic_packets_received"] >= 5
+        assert session["state"] == "running" and session["mailbox"]["capacity"] > 0

@@ -1,0 +1,180 @@
+"""JoinRoom, replacement, LeaveRoom, GetStatus and HealthCheck against a real livekit-server."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+
+import trio
+
+from bridge_harness import (
+    bridge_identity, cloud, join_request, list_participants, pcm_packet, phone_in_room, token,
+)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+async def keep_talking(phone, until: trio.Event | None = None) -> None:
+    """The phone's microphone: a 100 ms packet every 100 ms."""
+    sequence = 0
+    while until is None or not until.is_set():
+        await phone.send_mic(sequence, pcm_packet(sequence))
+        sequence += 1
+        await trio.sleep(0.1)
+
+
+async def wait_for(condition: Callable[[], bool], timeout: float = 10) -> None:
+    with trio.fail_after(timeout):
+        while not condition():
+            await trio.sleep(0.02)
+
+
+async def bridge_participants(livekit, room: str) -> list[str]:
+    return [p for p in await list_participants(livekit, room) if p.startswith("cloud-agent:")]
+
+
+async def test_incident_zombie_session_is_replaced_when_the_cloud_restarts(bridge, livekit, log_lines) -> None:
+    user = "incident-user"
+    async with phone_in_room(livekit, user) as phone, trio.open_nursery() as nursery:
+        nursery.start_soon(keep_talking, phone)
+        env = dict(os.environ, JOIN_TOKEN=token(livekit, bridge_identity(user), f"room-{user}"),
+                   LIVEKIT_URL=livekit.url, PYTHONPATH=REPO)
+        cloud_a = subprocess.Popen(
+            [sys.executable, os.path.join(REPO, "tests", "cloud_process.py"), bridge.address, user, f"room-{user}"],
+            stdout=subprocess.PIPE, env=env, text=True,
+        )
+        try:
+            lines = []
+            with trio.fail_after(30):
+                while "receiving audio" not in lines:
+                    lines.append((await trio.to_thread.run_sync(cloud_a.stdout.readline)).strip())
+            assert lines[0] == "joined True", lines
+        finally:
+            cloud_a.send_signal(signal.SIGKILL)  # vanishes without LeaveRoom
+            cloud_a.wait()
+
+        async with cloud(bridge.address) as cloud_b:
+            joined = await cloud_b.join(join_request(livekit, user))
+            assert joined.success, joined.error
+            assert any("Replacing existing bridge session" in line and user in line for line in log_lines)
+            async with cloud_b.audio_stream(user) as stream:
+                with trio.fail_after(3):
+                    chunk = await stream.recv()
+                assert chunk is not None and len(chunk.pcm_data) == 3200
+            assert await bridge_participants(livekit, f"room-{user}") == [bridge_identity(user)]
+            status = await cloud_b.status(user)
+            assert status.connected and status.participant_id == bridge_identity(user)
+        nursery.cancel_scope.cancel()
+
+
+async def test_concurrent_joins_of_one_user_leave_exactly_one_session(bridge, livekit) -> None:
+    user = "busy-user"
+    answers = []
+    async with cloud(bridge.address) as client:
+        async with trio.open_nursery() as nursery:
+            for _ in range(20):
+                async def join() -> None:
+                    answers.append(await client.join(join_request(livekit, user)))
+                nursery.start_soon(join)
+        assert len(answers) == 20
+        assert all(answer.success for answer in answers), [a.error for a in answers if not a.success]
+        health = await client.health()
+        assert health.active_sessions == 1
+        await wait_for_participants(livekit, f"room-{user}", [bridge_identity(user)])
+
+
+async def wait_for_participants(livekit, room: str, expected: list[str], timeout: float = 10) -> None:
+    """The server drops a departed participant asynchronously; wait for it to settle."""
+    with trio.fail_after(timeout):
+        while (found := await bridge_participants(livekit, room)) != expected:
+            await trio.sleep(0.1)
+    assert found == expected
+
+
+async def silent_server(task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """A TCP server that accepts connections and never says a word: a LiveKit
+    URL that hangs rather than refuses."""
+    held = []
+
+    async def hold(connection) -> None:
+        held.append(connection)
+        await trio.sleep_forever()
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    task_status.started(listeners[0].socket.getsockname()[1])
+    await trio.serve_listeners(hold, listeners)
+
+
+async def test_an_unreachable_livekit_delays_only_its_own_user(bridge, livekit, bridge_settings) -> None:
+    async with cloud(bridge.address) as client, trio.open_nursery() as servers:
+        silent_port = await servers.start(silent_server)
+        stranded_answer = []
+        finished_at: dict[str, float] = {}
+        async with trio.open_nursery() as nursery:
+            async def join_stranded() -> None:
+                request = join_request(livekit, "stranded", livekit_url=f"ws://127.0.0.1:{silent_port}")
+                stranded_answer.append(await client.join(request))
+                finished_at["stranded"] = trio.current_time()
+
+            async def join(user: str) -> None:
+                answer = await client.join(join_request(livekit, user))
+                assert answer.success, answer.error
+                finished_at[user] = trio.current_time()
+
+            started = trio.current_time()
+            nursery.start_soon(join_stranded)
+            await trio.sleep(0.05)
+            for index in range(10):
+                nursery.start_soon(join, f"parallel-{index}")
+        assert len(finished_at) == 11
+        assert not stranded_answer[0].success
+        assert "no answer from LiveKit" in stranded_answer[0].error
+        # The ten were served while the stranded join still waited for its LiveKit.
+        assert max(t for user, t in finished_at.items() if user != "stranded") < finished_at["stranded"]
+        assert finished_at["stranded"] - started >= bridge_settings.connect_timeout
+        assert (await client.health()).active_sessions == 10
+        servers.cancel_scope.cancel()
+
+
+async def test_leave_tears_down_and_unknown_users_are_told_so(bridge, livekit) -> None:
+    async with cloud(bridge.address) as client:
+        assert (await client.join(join_request(livekit, "leaver"))).success
+        status = await client.status("leaver")
+        assert status.connected and status.participant_count == 1 and status.server_version
+        assert status.last_disconnect_at == 0
+        left = await client.leave("leaver")
+        assert left.success and not left.error
+        await wait_for_participants(livekit, "room-leaver", [])
+        again = await client.leave("leaver")
+        assert not again.success and again.error == "session not found"
+        unknown = await client.status("leaver")
+        assert not unknown.connected and not unknown.participant_id and not unknown.server_version
+
+
+async def test_participant_count_follows_the_room(bridge, livekit) -> None:
+    async with cloud(bridge.address) as client:
+        assert (await client.join(join_request(livekit, "counted"))).participant_count == 1
+        async with phone_in_room(livekit, "counted"):
+            await wait_until_count(client, "counted", 2)
+        await wait_until_count(client, "counted", 1)
+
+
+async def wait_until_count(client, user: str, count: int) -> None:
+    with trio.fail_after(10):
+        while (await client.status(user)).participant_count != count:
+            await trio.sleep(0.05)
+
+
+async def test_health_reports_sessions_streams_and_uptime(bridge, livekit) -> None:
+    async with cloud(bridge.address) as client:
+        health = await client.health()
+        assert health.status == 1 and health.active_sessions == 0 and health.active_streams == 0
+        assert (await client.join(join_request(livekit, "healthy"))).success
+        async with client.audio_stream("healthy"):
+            with trio.fail_after(10):
+                while (health := await client.health()).active_streams != 1:
+                    await trio.sleep(0.02)
+        assert health.active_sessions == 1
