@@ -9,8 +9,9 @@ cancellation that is tearing the caller down).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import trio
@@ -46,13 +47,7 @@ async def joined_room(
     for event, callback in subscribe.items():
         room.on(event, callback)
     try:
-        with trio.fail_after(connect_timeout):
-            await aio_as_trio(room.connect)(url, token, rtc.RoomOptions(auto_subscribe=False))
-    except trio.TooSlowError:
-        await _leave(room, teardown_timeout)
-        raise RoomConnectError(f"no answer from LiveKit at {url} within {connect_timeout:g} s") from None
-    except rtc.ConnectError as error:
-        raise RoomConnectError(f"LiveKit at {url} refused the connection: {error}") from None
+        await _connect(room, url, token, connect_timeout, teardown_timeout)
     except BaseException:
         await _leave(room, teardown_timeout)
         raise
@@ -61,6 +56,48 @@ async def joined_room(
         yield room
     finally:
         await _leave(room, teardown_timeout)
+
+
+async def _connect(room: rtc.Room, url: str, token: str, timeout: float, settle_timeout: float) -> None:
+    """Connect, giving up after ``timeout`` without ever interrupting the SDK.
+
+    The SDK must not be cancelled mid-connect: once the server accepts, its FFI
+    waits for the Room to confirm it is ready for events and, without that
+    confirmation, panics and kills the whole process. So the connect runs as an
+    asyncio task of its own; when we stop waiting for it, it is left to finish
+    and a room it still manages to join is left again at once.
+    """
+    connecting = await aio_as_trio(_start_connecting)(room, url, token)
+    try:
+        with trio.fail_after(timeout):
+            await aio_as_trio(asyncio.shield)(connecting)
+    except rtc.ConnectError as error:
+        raise RoomConnectError(f"LiveKit at {url} refused the connection: {error}") from None
+    except trio.TooSlowError:
+        connecting.add_done_callback(_leave_when_connected(room))
+        raise RoomConnectError(f"no answer from LiveKit at {url} within {timeout:g} s") from None
+    except BaseException:
+        # Cancelled (the bridge is stopping): let the connect settle, briefly,
+        # so that the caller can leave a room it reached.
+        with trio.CancelScope(shield=True), trio.move_on_after(settle_timeout):
+            await aio_as_trio(asyncio.wait)([connecting])
+        if not connecting.done():
+            connecting.add_done_callback(_leave_when_connected(room))
+        raise
+
+
+async def _start_connecting(room: rtc.Room, url: str, token: str) -> asyncio.Future[None]:
+    return asyncio.ensure_future(room.connect(url, token, rtc.RoomOptions(auto_subscribe=False)))
+
+
+def _leave_when_connected(room: rtc.Room) -> Callable[[asyncio.Future[None]], None]:
+    def leave(connecting: asyncio.Future[None]) -> None:
+        if connecting.cancelled() or connecting.exception() is not None:
+            return
+        logger.info("a connect given up on reached room {} after all; leaving it", room.name)
+        asyncio.ensure_future(room.disconnect())
+
+    return leave
 
 
 async def _new_room() -> rtc.Room:

@@ -1,0 +1,80 @@
+"""The front door's transports: a Unix socket as deployed, and hundreds of
+streams multiplexed on the cloud's one HTTP/2 connection."""
+
+from __future__ import annotations
+
+import pathlib
+
+import trio
+import trio_asyncio
+
+from actors.bridge import run_bridge
+from actors.settings import BridgeSettings
+from bridge_harness import cloud, join_request, pcm_packet, phone_in_room
+
+
+async def test_unix_socket_serves_the_whole_audio_path(livekit, tmp_path: pathlib.Path) -> None:
+    socket_path = tmp_path / "bridge.sock"
+    settings = BridgeSettings(unix_socket=str(socket_path), default_livekit_url=livekit.url)
+    async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
+        running = await nursery.start(run_bridge, settings)
+        assert running.address == f"unix:{socket_path}" and socket_path.is_socket()
+        async with cloud(running.address) as client, phone_in_room(livekit, "socket-user") as phone:
+            joined = await client.join(join_request(livekit, "socket-user", livekit_url=""))  # the default URL
+            assert joined.success, joined.error
+            async with client.audio_stream("socket-user") as stream:
+                await trio.sleep(0.3)
+                await phone.send_mic(0, pcm_packet(7))
+                with trio.fail_after(10):
+                    chunk = await stream.recv()
+                assert chunk.pcm_data == pcm_packet(7)
+        nursery.cancel_scope.cancel()
+
+
+async def keep_talking(phone) -> None:
+    """Lossy packets may be lost, so the phone talks until it is heard."""
+    for index in range(10_000):
+        await phone.send_mic(index, pcm_packet(index))
+        await trio.sleep(0.1)
+
+
+async def test_300_concurrent_streams_share_one_connection(bridge, livekit) -> None:
+    users = [f"crowd-{index}" for index in range(300)]
+    async with cloud(bridge.address) as client:  # one channel: one HTTP/2 connection
+        limiter = trio.CapacityLimiter(30)
+
+        async def join(user: str) -> None:
+            async with limiter:
+                joined = await client.join(join_request(livekit, user))
+                assert joined.success, joined.error
+
+        with trio.fail_after(240):
+            async with trio.open_nursery() as nursery:
+                for user in users:
+                    nursery.start_soon(join, user)
+
+        async with trio.open_nursery() as nursery:
+            streams = {}
+            all_open = trio.Event()
+
+            async def hold_stream(user: str) -> None:
+                async with client.audio_stream(user) as stream:
+                    streams[user] = stream
+                    if len(streams) == len(users):
+                        all_open.set()
+                    await trio.sleep_forever()
+
+            for user in users:
+                nursery.start_soon(hold_stream, user)
+            with trio.fail_after(120):
+                await all_open.wait()
+                while (await client.health()).active_streams < len(users):
+                    await trio.sleep(0.1)
+            # The last stream opened carries audio like the first.
+            async with phone_in_room(livekit, users[-1]) as phone, trio.open_nursery() as talking:
+                talking.start_soon(keep_talking, phone)
+                with trio.fail_after(30):
+                    chunk = await streams[users[-1]].recv()
+                assert chunk.pcm_data == pcm_packet(chunk.pcm_data[0])
+                talking.cancel_scope.cancel()
+            nursery.cancel_scope.cancel()

@@ -1,0 +1,66 @@
+"""python-sdks issue 812: the SDK hands every FFI event of the process to every
+Room. The bridge narrows each room's subscription, so 30 rooms in one process
+do not multiply the work each data packet costs."""
+
+from __future__ import annotations
+
+import collections
+
+import trio
+
+from bridge_harness import cloud, join_request, pcm_packet, phone_in_room
+
+ROOMS = 30
+PACKETS = 50
+
+
+def bridge_rooms(bridge) -> dict[str, object]:
+    """user id -> the livekit Room of that user's session (white-box, for counting)."""
+    sessions = bridge.sessions.actor._sessions
+    return {user: child.actor._room for user, child in sessions.items()}
+
+
+async def test_a_packet_reaches_only_its_own_rooms_queue(bridge, livekit) -> None:
+    users = [f"filtered-{index}" for index in range(ROOMS)]
+    async with cloud(bridge.address) as client:
+        limiter = trio.CapacityLimiter(10)
+
+        async def join(user: str) -> None:
+            async with limiter:
+                assert (await client.join(join_request(livekit, user))).success
+
+        async with trio.open_nursery() as nursery:
+            for user in users:
+                nursery.start_soon(join, user)
+
+        rooms = bridge_rooms(bridge)
+        assert len(rooms) == ROOMS
+        delivered: collections.Counter[str] = collections.Counter()
+        for user, room in rooms.items():
+            queue = room._ffi_queue
+            original = queue.put_nowait
+
+            def counting_put(event, user=user, original=original) -> None:
+                if event.WhichOneof("message") == "room_event" and event.room_event.HasField("data_packet_received"):
+                    delivered[user] += 1
+                original(event)
+
+            queue.put_nowait = counting_put
+
+        talker = users[0]
+        async with client.audio_stream(talker) as stream, phone_in_room(livekit, talker) as phone:
+            async with trio.open_nursery() as nursery:
+                async def talk() -> None:
+                    for index in range(10_000):
+                        await phone.send_mic(index, pcm_packet(index))
+                        await trio.sleep(0.02)
+
+                nursery.start_soon(talk)
+                with trio.fail_after(30):
+                    for _ in range(PACKETS):
+                        assert await stream.recv() is not None
+                nursery.cancel_scope.cancel()
+        await trio.sleep(0.2)
+        assert delivered[talker] >= PACKETS
+        others = {user: count for user, count in delivered.items() if user != talker}
+        assert others == {}, f"other rooms were handed this room's packets: {others}"
