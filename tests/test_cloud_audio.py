@@ -1,0 +1,93 @@
+"""Cloud -> bridge -> LiveKit: the cloud's audio is published on named tracks,
+and the stream's lifecycle follows the session's."""
+
+from __future__ import annotations
+
+import math
+import struct
+
+import trio
+from grpclib.const import Status
+from livekit import rtc
+from trio_asyncio import aio_as_trio
+
+from bridge_harness import bridge_identity, cloud, join_request, phone_in_room
+from proto.mentra.livekit import bridge as pb
+
+
+def tone(milliseconds: int, sample_rate: int = 16000, frequency: float = 440.0) -> bytes:
+    count = sample_rate * milliseconds // 1000
+    return struct.pack(f"<{count}h", *(int(12000 * math.sin(2 * math.pi * frequency * i / sample_rate))
+                                       for i in range(count)))
+
+
+async def test_cloud_audio_is_published_lazily_on_the_named_track_and_heard(bridge, livekit) -> None:
+    user = "listener"
+    published: list[tuple[str, str]] = []
+    subscribed: list[rtc.Track] = []
+    track_arrived = trio.Event()
+
+    def on_published(publication: rtc.RemoteTrackPublication, participant: rtc.RemoteParticipant) -> None:
+        published.append((participant.identity, publication.name))
+        publication.set_subscribed(True)
+
+    def on_subscribed(track: rtc.Track, *_: object) -> None:
+        subscribed.append(track)
+        track_arrived.set()
+
+    async with cloud(bridge.address) as client, phone_in_room(
+        livekit, user, subscribe={"track_published": on_published, "track_subscribed": on_subscribed}
+    ):
+        assert (await client.join(join_request(livekit, user))).success
+        async with client.audio_stream(user) as stream:
+            await trio.sleep(0.5)
+            assert published == []  # nothing is published before there is audio (it would hiss)
+            async with trio.open_nursery() as nursery:
+                async def speak() -> None:
+                    for _ in range(100):
+                        await stream.send(pb.AudioChunk(pcm_data=tone(100), sample_rate=16000, channels=1,
+                                                        track_id=2))
+                        await trio.sleep(0.1)
+
+                nursery.start_soon(speak)
+                with trio.fail_after(20):
+                    await track_arrived.wait()
+                assert published == [(bridge_identity(user), "tts")]
+                loudest = 0
+                with trio.fail_after(20):
+                    async for event in aio_as_trio(rtc.AudioStream(subscribed[0], sample_rate=16000, num_channels=1)):
+                        loudest = max(loudest, max(map(abs, event.frame.data)))  # int16 samples
+                        if loudest > 3000:
+                            break
+                assert loudest > 3000  # the tone, not silence
+                nursery.cancel_scope.cancel()
+            status = await client.status(user)
+            assert status.connected
+
+
+async def test_a_newer_stream_ends_the_older_one_cleanly(bridge, livekit) -> None:
+    async with cloud(bridge.address) as client:
+        assert (await client.join(join_request(livekit, "twice"))).success
+        async with client.audio_stream("twice") as older:
+            await trio.sleep(0.2)
+            async with client.audio_stream("twice"):
+                with trio.fail_after(10):
+                    assert await older.status() == Status.OK
+                health = await client.health()
+                assert health.active_streams == 1
+
+
+async def test_leaving_or_replacing_the_session_ends_its_stream_cleanly(bridge, livekit) -> None:
+    async with cloud(bridge.address) as client:
+        assert (await client.join(join_request(livekit, "ending"))).success
+        async with client.audio_stream("ending") as stream:
+            await trio.sleep(0.2)
+            assert (await client.join(join_request(livekit, "ending"))).success  # replaced
+            with trio.fail_after(10):
+                assert await stream.status() == Status.OK
+        async with client.audio_stream("ending") as stream:
+            await trio.sleep(0.2)
+            assert (await client.leave("ending")).success
+            with trio.fail_after(10):
+                assert await stream.status() == Status.OK
+        assert (await client.health()).active_streams == 0
