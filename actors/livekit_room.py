@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import trio
 from livekit import rtc
-from livekit.rtc._ffi_client import FfiClient
+from livekit.rtc._ffi_client import FfiClient, FfiHandle
 from loguru import logger
 from trio_asyncio import aio_as_trio
 
@@ -32,12 +33,16 @@ async def joined_room(
     *,
     connect_timeout: float,
     teardown_timeout: float,
+    on_data: DataCallback,
     subscribe: dict[str, Any],
 ) -> AsyncIterator[rtc.Room]:
     """Join the room at ``url`` with ``token`` (auto-subscribe off).
 
-    ``subscribe`` maps room event names to callbacks; they are registered
-    before connecting, so no event is missed, and run on the event loop thread.
+    ``on_data(sender_identity, payload)`` is called for every user data packet
+    of this room; the sender is "" when the SDK cannot name it (the server
+    itself, or a participant LiveKit has not announced yet). ``subscribe`` maps other
+    room event names to callbacks. All are registered before connecting, so no
+    event is missed, and all run in the Trio thread.
 
     Raises:
         RoomConnectError: the server refused, could not be reached, or did not
@@ -46,12 +51,15 @@ async def joined_room(
     room = await aio_as_trio(_new_room)()
     for event, callback in subscribe.items():
         room.on(event, callback)
+    # Packets that arrive before receive_only_own_events takes over come this way.
+    room.on("data_received", lambda packet: on_data(
+        packet.participant.identity if packet.participant is not None else "", packet.data))
     try:
         await _connect(room, url, token, connect_timeout, teardown_timeout)
     except BaseException:
         await _leave(room, teardown_timeout)
         raise
-    receive_only_own_events(room)
+    receive_only_own_events(room, on_data)
     try:
         yield room
     finally:
@@ -83,6 +91,8 @@ async def _connect(room: rtc.Room, url: str, token: str, timeout: float, settle_
             await aio_as_trio(asyncio.wait)([connecting])
         if not connecting.done():
             connecting.add_done_callback(_leave_when_connected(room))
+        elif not connecting.cancelled():
+            connecting.exception()  # seen; the caller leaves a room it reached
         raise
 
 
@@ -119,24 +129,39 @@ async def _leave(room: rtc.Room, timeout: float) -> None:
         logger.warning("leaving LiveKit room {} took longer than {:g} s; abandoned", room.name, timeout)
 
 
-def receive_only_own_events(room: rtc.Room) -> None:
-    """Make the SDK deliver to ``room`` only the FFI events meant for it.
+DataCallback = Callable[[str, bytes], None]
+
+
+def receive_only_own_events(room: rtc.Room, on_data: DataCallback) -> None:
+    """Make the SDK deliver to ``room`` only the FFI events meant for it, and
+    hand the room's data packets straight to ``on_data(sender_identity, payload)``.
 
     livekit 1.2.x puts every FFI event of the process into every Room's queue
     (python-sdks issue 812) and each Room wakes for each of them, so with N
     rooms every data packet costs N deliveries. This narrows the room's
     subscription to its own room events, its own RPC invocations and the
-    publish/unpublish answers its local participant waits for through the
-    room's queue. It reaches into the SDK's FFI queue, so the livekit version is
-    pinned and tests/test_room_event_filter.py checks it still holds.
+    publish/unpublish answers its local participant waits for.
+
+    Data packets are taken at the source, in the SDK's callback thread, and
+    passed to Trio: one copy and one wake-up per packet instead of the SDK's
+    queue, listener task and event emitter.
+
+    This reaches into the SDK's FFI queue, so the livekit version is pinned and
+    tests/test_room_event_filter.py checks it still holds.
     """
     room_handle = room._ffi_handle.handle
     participant_handle = room.local_participant._ffi_handle.handle
+    trio_token = trio.lowlevel.current_trio_token()
 
-    def is_own(event: Any) -> bool:
+    def is_own(event: Any) -> bool:  # runs in the SDK's callback thread
         which = event.WhichOneof("message")
         if which == "room_event":
-            return event.room_event.room_handle == room_handle
+            room_event = event.room_event
+            if room_event.room_handle != room_handle:
+                return False
+            if room_event.WhichOneof("message") == "data_packet_received":
+                return not _take_user_data(room_event.data_packet_received, trio_token, on_data)
+            return True
         if which == "rpc_method_invocation":
             return event.rpc_method_invocation.local_participant_handle == participant_handle
         return which in ("publish_track", "unpublish_track")
@@ -147,3 +172,15 @@ def receive_only_own_events(room: rtc.Room) -> None:
             (q, loop, is_own if q is room._ffi_queue else keep)
             for q, loop, keep in queue._subscribers
         ]
+
+
+def _take_user_data(packet: Any, trio_token: trio.lowlevel.TrioToken, on_data: DataCallback) -> bool:
+    """Copy a user data packet out of the FFI and schedule ``on_data`` for it;
+    False for other kinds of packet (SIP DTMF), which the SDK handles."""
+    if packet.WhichOneof("value") != "user":
+        return False
+    owned = packet.user.data
+    payload = ctypes.string_at(owned.data.data_ptr, owned.data.data_len)
+    FfiHandle(owned.handle.id).dispose()
+    trio_token.run_sync_soon(on_data, packet.participant_identity, payload)
+    return True

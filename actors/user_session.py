@@ -61,6 +61,7 @@ class UserSession(Actor):
         self._last_disconnect_reason = ""
         self._packets_received = 0
         self._packets_ignored = 0
+        self._packets_unnamed = 0
         self._packets_empty = 0
         self._chunks_published = 0
 
@@ -73,8 +74,8 @@ class UserSession(Actor):
             join.token,
             connect_timeout=self._settings.connect_timeout,
             teardown_timeout=self._settings.teardown_timeout,
+            on_data=self._on_data,
             subscribe={
-                "data_received": self._on_data,
                 "participant_connected": lambda _participant: self._tell_room_changed(),
                 "participant_disconnected": lambda _participant: self._tell_room_changed(),
                 "connection_state_changed": lambda _state: self._tell_room_changed(),
@@ -162,14 +163,24 @@ class UserSession(Actor):
 
     # -- microphone: LiveKit -> cloud ----------------------------------------
 
-    def _on_data(self, packet: rtc.DataPacket) -> None:
-        """Runs for every data packet of this room: keep it cheap."""
+    def _on_data(self, sender: str, payload: bytes) -> None:
+        """Runs for every data packet of this room: keep it cheap.
+
+        Packets of a named participant other than the target phone are
+        ignored. Packets whose sender the SDK cannot name ("") are kept and
+        counted: the SDK names only participants LiveKit has announced, and
+        LiveKit announces a participant that publishes no tracks (the phone,
+        which sends its audio as data) in batches every 3 s, so a reconnected
+        phone's first seconds of audio arrive unnamed.
+        """
         target = self._join.target_identity
-        if target and (packet.participant is None or packet.participant.identity != target):
+        if sender and target and sender != target:
             self._packets_ignored += 1
             return
+        if not sender:
+            self._packets_unnamed += 1
         self._packets_received += 1
-        sequence, pcm = pcm_from_packet(packet.data)
+        sequence, pcm = pcm_from_packet(payload)
         if sequence is not None:
             self._sequence.observe(sequence)
         if not pcm:
@@ -227,6 +238,7 @@ class UserSession(Actor):
             "mic_packets_out_of_order": self._sequence.out_of_order,
             "mic_packets_empty": self._packets_empty,
             "mic_packets_ignored_other_sender": self._packets_ignored,
+            "mic_packets_unnamed_sender": self._packets_unnamed,
             "mic_buffer_depth": len(self._mic),
             "mic_buffer_capacity": self._mic.capacity,
             "mic_buffer_dropped": self._mic.dropped,

@@ -68,7 +68,8 @@ async def phone_in_room(livekit: DevLiveKit, user_id: str, room: str | None = No
                         subscribe: dict[str, Any] | None = None) -> AsyncIterator[Phone]:
     room = room or f"room-{user_id}"
     async with joined_room(livekit.url, token(livekit, user_id, room), connect_timeout=10,
-                           teardown_timeout=5, subscribe=subscribe or {}) as lk_room:
+                           teardown_timeout=5, on_data=lambda sender, payload: None,
+                           subscribe=subscribe or {}) as lk_room:
         yield Phone(lk_room)
 
 

@@ -33,7 +33,7 @@ def log_lines() -> Iterator[list[str]]:
 
 @pytest.fixture
 def bridge_settings(livekit: DevLiveKit) -> BridgeSettings:
-    return BridgeSettings(host="127.0.0.1", port=0, default_livekit_url=livekit.url, connect_timeout=30.0)
+    return BridgeSettings(host="127.0.0.1", port=0, default_livekit_url=livekit.url, connect_timeout=20.0)
 
 
 @pytest.fixture

@@ -8,13 +8,21 @@ import subprocess
 import sys
 from collections.abc import Callable
 
+import pytest
 import trio
 
+from actors.settings import BridgeSettings
 from bridge_harness import (
     bridge_identity, cloud, join_request, list_participants, pcm_packet, phone_in_room, token,
 )
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def bridge_settings(livekit) -> BridgeSettings:
+    """A short connect timeout: the unreachable-LiveKit test waits it out."""
+    return BridgeSettings(host="127.0.0.1", port=0, default_livekit_url=livekit.url, connect_timeout=3.0)
 
 
 async def keep_talking(phone, until: trio.Event | None = None) -> None:

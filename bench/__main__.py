@@ -1,0 +1,110 @@
+"""Benchmarks of the bridge against a real livekit-server on loopback.
+
+    just bench            (or: tests/isolated .venv/bin/python -m bench)
+
+Measures, and prints as a table:
+- join latency: JoinRoom for a user without a session, to its answer;
+- replace latency: JoinRoom for a user with a session (old one torn down first);
+- leave latency;
+- microphone path latency: phone publish_data -> AudioChunk received by the
+  cloud's gRPC client, 100 ms packets;
+- CPU per forwarded packet with 1 and with 30 sessions in the process (the
+  per-room event filter keeps the second close to the first).
+Numbers depend on the machine; compare runs on the same one.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import statistics
+import sys
+import tempfile
+import time
+
+import trio
+import trio_asyncio
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "tests"))
+
+from actors.bridge import run_bridge  # noqa: E402
+from actors.dev_livekit import start_dev_livekit  # noqa: E402
+from actors.settings import BridgeSettings  # noqa: E402
+from bridge_harness import cloud, join_request, pcm_packet, phone_in_room  # noqa: E402
+
+JOINS = 30
+PACKETS = 300
+
+
+def summary(name: str, samples: list[float], unit: str = "ms") -> str:
+    samples = sorted(samples)
+    p95 = samples[max(0, int(len(samples) * 0.95) - 1)]
+    return f"{name:<44} n={len(samples):<4} median {statistics.median(samples):8.2f} {unit}   p95 {p95:8.2f} {unit}"
+
+
+async def timed(call) -> float:
+    started = time.perf_counter()
+    await call
+    return (time.perf_counter() - started) * 1000
+
+
+async def mic_path(client, livekit, user: str, packets: int) -> tuple[list[float], float]:
+    """Latency of each packet, and process CPU seconds per packet."""
+    latencies: list[float] = []
+    sent_at: dict[int, float] = {}
+    async with client.audio_stream(user) as stream, phone_in_room(livekit, user) as phone:
+        await trio.sleep(1.0)
+        cpu_before = time.process_time()
+        async with trio.open_nursery() as nursery:
+            async def talk() -> None:
+                for index in range(packets):
+                    sent_at[index % 251] = time.perf_counter()
+                    await phone.send_mic(index, pcm_packet(index))
+                    await trio.sleep(0.02)
+
+            nursery.start_soon(talk)
+            with trio.move_on_after(packets * 0.02 + 10):
+                while len(latencies) < packets:
+                    chunk = await stream.recv()
+                    latencies.append((time.perf_counter() - sent_at[chunk.pcm_data[0]]) * 1000)
+        cpu = (time.process_time() - cpu_before) / max(1, len(latencies))
+    return latencies, cpu
+
+
+async def main() -> None:
+    workdir = pathlib.Path(tempfile.mkdtemp(prefix="bridge-bench-"))
+    livekit = start_dev_livekit(workdir, udp_ports=(45000, 45999))
+    try:
+        settings = BridgeSettings(host="127.0.0.1", port=0, default_livekit_url=livekit.url, connect_timeout=30)
+        async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
+            bridge = await nursery.start(run_bridge, settings)
+            async with cloud(bridge.address) as client:
+                joins = [await timed(client.join(join_request(livekit, f"bench-{i}"))) for i in range(JOINS)]
+                replaces = [await timed(client.join(join_request(livekit, f"bench-{i}"))) for i in range(JOINS)]
+                leaves = [await timed(client.leave(f"bench-{i}")) for i in range(JOINS)]
+
+                await client.join(join_request(livekit, "solo"))
+                solo_latency, solo_cpu = await mic_path(client, livekit, "solo", PACKETS)
+                for i in range(29):
+                    await client.join(join_request(livekit, f"crowd-{i}"))
+                crowd_latency, crowd_cpu = await mic_path(client, livekit, "solo", PACKETS)
+
+            lines = [
+                summary("JoinRoom, new user", joins),
+                summary("JoinRoom, replacing a session", replaces),
+                summary("LeaveRoom", leaves),
+                summary("mic packet: phone -> cloud, 1 session", solo_latency),
+                summary("mic packet: phone -> cloud, 30 sessions", crowd_latency),
+                f"{'CPU per forwarded packet, 1 session':<44} {solo_cpu * 1e6:8.0f} us (whole process)",
+                f"{'CPU per forwarded packet, 30 sessions':<44} {crowd_cpu * 1e6:8.0f} us (whole process)",
+                f"{'packets forwarded / sent (1 / 30 sessions)':<44} {len(solo_latency)}/{PACKETS}, {len(crowd_latency)}/{PACKETS}",
+            ]
+            print("\n".join(lines), flush=True)
+            nursery.cancel_scope.cancel()
+    finally:
+        livekit.stop()
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("LIVEKIT_RTC_DEBUG", "")
+    trio.run(main)
