@@ -6,9 +6,10 @@ Measures, and prints as a table:
 - join latency: JoinRoom for a user without a session, to its answer;
 - replace latency: JoinRoom for a user with a session (old one torn down first);
 - leave latency;
-- microphone path latency: phone publish_data -> AudioChunk received by the
-  cloud's gRPC client, 100 ms packets;
-- CPU per forwarded packet with 1 and with 30 sessions in the process (the
+- microphone path latency: publish_data in a phone process -> AudioChunk
+  received by the cloud's gRPC client, 100 ms packets every 20 ms;
+- CPU of the bridge process (bridge + in-process cloud client, the phone is
+  another process) per forwarded packet, with 1 and with 30 sessions (the
   per-room event filter keeps the second close to the first).
 Numbers depend on the machine; compare runs on the same one.
 """
@@ -18,6 +19,8 @@ from __future__ import annotations
 import os
 import pathlib
 import statistics
+import struct
+import subprocess
 import sys
 import tempfile
 import time
@@ -25,12 +28,13 @@ import time
 import trio
 import trio_asyncio
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "tests"))
+HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
 
 from actors.bridge import run_bridge  # noqa: E402
 from actors.dev_livekit import start_dev_livekit  # noqa: E402
 from actors.settings import BridgeSettings  # noqa: E402
-from bridge_harness import cloud, join_request, pcm_packet, phone_in_room  # noqa: E402
+from bridge_harness import cloud, join_request, token  # noqa: E402
 
 JOINS = 30
 PACKETS = 300
@@ -49,25 +53,31 @@ async def timed(call) -> float:
 
 
 async def mic_path(client, livekit, user: str, packets: int) -> tuple[list[float], float]:
-    """Latency of each packet, and process CPU seconds per packet."""
+    """Latency of each packet from a phone in another process, and this
+    process's CPU seconds per forwarded packet (bridge + cloud client)."""
+    env = dict(os.environ, PHONE_TOKEN=token(livekit, user, f"room-{user}"))
+    phone = await trio.lowlevel.open_process(
+        [sys.executable, str(HERE / "phone_process.py"), livekit.url, str(packets), "0.02"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
     latencies: list[float] = []
-    sent_at: dict[int, float] = {}
-    async with client.audio_stream(user) as stream, phone_in_room(livekit, user) as phone:
-        await trio.sleep(1.0)
-        cpu_before = time.process_time()
-        async with trio.open_nursery() as nursery:
-            async def talk() -> None:
-                for index in range(packets):
-                    sent_at[index % 251] = time.perf_counter()
-                    await phone.send_mic(index, pcm_packet(index))
-                    await trio.sleep(0.02)
-
-            nursery.start_soon(talk)
+    try:
+        async with client.audio_stream(user) as stream:
+            lines = phone.stdout
+            with trio.fail_after(30):
+                assert (await lines.receive_some(100)).strip() == b"ready"
+            await trio.sleep(4)  # past LiveKit's first batch of participant updates
+            cpu_before = time.process_time()
+            await phone.stdin.send_all(b"go\n")
             with trio.move_on_after(packets * 0.02 + 10):
                 while len(latencies) < packets:
                     chunk = await stream.recv()
-                    latencies.append((time.perf_counter() - sent_at[chunk.pcm_data[0]]) * 1000)
-        cpu = (time.process_time() - cpu_before) / max(1, len(latencies))
+                    (sent,) = struct.unpack_from("<d", chunk.pcm_data)
+                    latencies.append((time.monotonic() - sent) * 1000)
+            cpu = (time.process_time() - cpu_before) / max(1, len(latencies))
+    finally:
+        with trio.move_on_after(10):
+            await phone.wait()
+        phone.kill()
     return latencies, cpu
 
 
@@ -95,8 +105,8 @@ async def main() -> None:
                 summary("LeaveRoom", leaves),
                 summary("mic packet: phone -> cloud, 1 session", solo_latency),
                 summary("mic packet: phone -> cloud, 30 sessions", crowd_latency),
-                f"{'CPU per forwarded packet, 1 session':<44} {solo_cpu * 1e6:8.0f} us (whole process)",
-                f"{'CPU per forwarded packet, 30 sessions':<44} {crowd_cpu * 1e6:8.0f} us (whole process)",
+                f"{'bridge CPU per forwarded packet, 1 session':<44} {solo_cpu * 1e6:8.0f} us",
+                f"{'bridge CPU per forwarded packet, 30 sessions':<44} {crowd_cpu * 1e6:8.0f} us",
                 f"{'packets forwarded / sent (1 / 30 sessions)':<44} {len(solo_latency)}/{PACKETS}, {len(crowd_latency)}/{PACKETS}",
             ]
             print("\n".join(lines), flush=True)
