@@ -17,6 +17,7 @@ import asyncio
 import dataclasses
 import os
 import pathlib
+import signal
 import sys
 import tempfile
 
@@ -29,7 +30,19 @@ from actors.settings import BridgeSettings, SettingsError
 
 
 def serve(settings: BridgeSettings) -> None:
-    trio.run(run_bridge, settings)
+    trio.run(_serve_until_signalled, settings)
+
+
+async def _serve_until_signalled(settings: BridgeSettings) -> None:
+    """Run the bridge until SIGTERM or SIGINT, then stop it the structured way:
+    every session ends its stream and leaves its room before the process exits."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run_bridge, settings)
+            async for signum in signals:
+                logger.info("{} received; stopping", signal.Signals(signum).name)
+                nursery.cancel_scope.cancel()
+                break
 
 
 def dev(settings: BridgeSettings) -> None:
@@ -82,10 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as error:
         print(f"bridge: {error}", file=sys.stderr)
         return 2
-    try:
-        {"serve": serve, "dev": dev, "tree": tree}[args.command](settings)
-    except KeyboardInterrupt:
-        pass
+    {"serve": serve, "dev": dev, "tree": tree}[args.command](settings)
     return 0
 
 
