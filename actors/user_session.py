@@ -69,35 +69,38 @@ class UserSession(Actor):
 
     async def run(self, task_status: trio.TaskStatus[Joined] = trio.TASK_STATUS_IGNORED) -> None:
         join = self._join
-        async with joined_room(
-            join.livekit_url,
-            join.token,
-            connect_timeout=self._settings.connect_timeout,
-            teardown_timeout=self._settings.teardown_timeout,
-            on_data=self._on_data,
-            subscribe={
-                "participant_connected": lambda _participant: self._tell_room_changed(),
-                "participant_disconnected": lambda _participant: self._tell_room_changed(),
-                "connection_state_changed": lambda _state: self._tell_room_changed(),
-                "disconnected": lambda reason: self._tell_room_changed(_reason_name(reason)),
-            },
-        ) as room:
-            self._room = room
-            self._refresh_room_state()
-            try:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._publish_cloud_audio)
-                    task_status.started(
-                        Joined(True, participant_id=room.local_participant.identity,
-                               participant_count=self._participant_count)
-                    )
-                    logger.info("user {} joined room {} as {}", join.user_id, join.room_name,
-                                room.local_participant.identity)
-                    await self.serve()
-            finally:
-                await self._end_stream()
-                self._mic.close()
-                await self._close_tracks()
+        try:
+            async with joined_room(
+                join.livekit_url,
+                join.token,
+                connect_timeout=self._settings.connect_timeout,
+                teardown_timeout=self._settings.teardown_timeout,
+                on_data=self._on_data,
+                subscribe={
+                    "participant_connected": lambda _participant: self._tell_room_changed(),
+                    "participant_disconnected": lambda _participant: self._tell_room_changed(),
+                    "connection_state_changed": lambda _state: self._tell_room_changed(),
+                    "disconnected": lambda reason: self._tell_room_changed(_reason_name(reason)),
+                },
+            ) as room:
+                self._room = room
+                self._refresh_room_state()
+                try:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(self._publish_cloud_audio)
+                        task_status.started(
+                            Joined(True, participant_id=room.local_participant.identity,
+                                   participant_count=self._participant_count)
+                        )
+                        logger.info("user {} joined room {} as {}", join.user_id, join.room_name,
+                                    room.local_participant.identity)
+                        await self.serve()
+                finally:
+                    await self._end_stream()
+                    self._mic.close()
+        finally:
+            # Only now: leaving the room has unpublished the tracks they feed.
+            await self._close_sources()
 
     async def _end_stream(self) -> None:
         lease, self._lease = self._lease, None
@@ -108,7 +111,7 @@ class UserSession(Actor):
             waited.shield = True
             await lease.released.wait()
 
-    async def _close_tracks(self) -> None:
+    async def _close_sources(self) -> None:
         with trio.CancelScope(shield=True):
             for source, _ in self._tracks.values():
                 await aio_as_trio(source.aclose)()

@@ -152,3 +152,47 @@ async def test_describe_reports_state_mailbox_and_restarts() -> None:
         assert node["restarts"] == 0 and node["last_error"] is None
         await supervisor.stop(child)
         assert supervisor.describe() == []
+
+
+async def test_an_error_raised_while_being_stopped_is_a_crash_not_a_nursery_failure() -> None:
+    class FailsOnTheWayOut(Actor):
+        async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(trio.sleep_forever)
+                task_status.started()
+                try:
+                    await self.serve()
+                finally:
+                    raise RuntimeError("teardown failed")
+
+    exits: list[BaseException | None] = []
+    async with trio.open_nursery() as nursery:
+        supervisor = Supervisor(nursery, on_exit=lambda child, error: exits.append(error))
+        bystander = await supervisor.start(EchoActor)
+        child = await supervisor.start(lambda: FailsOnTheWayOut("fragile"))
+        await supervisor.stop(child)
+        assert child.state == ChildState.CRASHED and "teardown failed" in child.last_error
+        assert await bystander.ask(Echo("still here"), timeout=1) == "still here"
+        await supervisor.stop(bystander)
+    assert [error is not None for error in exits] == [True, False]  # fragile crashed; bystander stopped
+
+
+async def test_a_restart_that_fails_to_start_counts_as_a_crash() -> None:
+    incarnations = []
+
+    class FailsAfterFirstLife(EchoActor):
+        async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+            incarnations.append(self)
+            if len(incarnations) > 1:
+                raise ConnectionError("cannot come back")
+            await super().run(task_status)
+
+    async with trio.open_nursery() as nursery:
+        supervisor = Supervisor(nursery)
+        child = await supervisor.start(FailsAfterFirstLife, policy=RestartPolicy(max_restarts=1))
+        with pytest.raises(RuntimeError):
+            await child.ask(Crash(), timeout=1)
+        with trio.fail_after(5):
+            await child.done.wait()
+    assert child.state == ChildState.CRASHED and "cannot come back" in child.last_error
+    assert len(incarnations) == 2

@@ -134,16 +134,15 @@ class Supervisor:
 
     async def stop(self, child: Child) -> None:
         """Cancel the child and wait until its teardown has finished."""
-        if not child.done.is_set():
-            child.state = ChildState.STOPPING
-            child._cancel_scope.cancel()
+        _cancel(child)
         await child.done.wait()
 
     async def stop_all(self) -> None:
-        for child in list(self._children):
-            child.state = ChildState.STOPPING
-            child._cancel_scope.cancel()
-        for child in list(self._children):
+        """Cancel every child at once, then wait for all their teardowns."""
+        children = list(self._children)
+        for child in children:
+            _cancel(child)
+        for child in children:
             await child.done.wait()
 
     def describe(self) -> list[dict[str, Any]]:
@@ -167,24 +166,54 @@ class Supervisor:
 
     async def _run_until_given_up(self, child: Child, start_signal: _StartSignal) -> Exception | None:
         """Run the child, restarting it as its policy allows; return the crash
-        that ended it, or None when it returned or was cancelled."""
+        that ended it, or None when it returned or was cancelled.
+
+        Only a failure of the first start is raised (start() reports it);
+        anything later is a crash, including an error raised while the child
+        was being cancelled, so no child's failure ever reaches the nursery
+        that other children share.
+        """
         while True:
             try:
                 await child.actor.run(start_signal)
                 return None
-            except Exception as exc:
-                if not start_signal.fired:
+            except BaseException as raised:
+                crash = _crash_in(raised)
+                if crash is None:
+                    raise  # cancelled, nothing else
+                if not start_signal.fired and child.restarts == 0:
                     raise
-                child.last_error = f"{type(exc).__name__}: {exc}"
-                if not child._may_restart():
-                    logger.opt(exception=exc).error("actor {} crashed; not restarting", child.name)
-                    return exc
-                logger.opt(exception=exc).warning("actor {} crashed; restarting", child.name)
+                child.last_error = _describe(crash)
+                if child._cancel_scope.cancel_called or not child._may_restart():
+                    logger.opt(exception=crash).error("actor {} crashed; not restarting", child.name)
+                    return crash
+                logger.opt(exception=crash).warning("actor {} crashed; restarting", child.name)
                 child.restarts += 1
                 child.actor.mailbox.close()
                 child.actor = child.factory()
                 child.state = ChildState.STARTING
                 start_signal = _StartSignal(child, trio.TASK_STATUS_IGNORED)
+
+
+def _cancel(child: Child) -> None:
+    if not child.done.is_set():
+        child.state = ChildState.STOPPING
+        child._cancel_scope.cancel()
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, BaseExceptionGroup):
+        return "; ".join(_describe(leaf) for leaf in error.exceptions)
+    return f"{type(error).__name__}: {error}"
+
+
+def _crash_in(raised: BaseException) -> Exception | None:
+    """The failure in what an actor raised, without the cancellations that
+    stopping it adds (Trio groups them together); None if it was only cancelled."""
+    if isinstance(raised, BaseExceptionGroup):
+        crashes, _cancellations = raised.split(Exception)
+        return crashes
+    return raised if isinstance(raised, Exception) else None
 
 
 class _StartSignal:
