@@ -26,6 +26,7 @@ from loguru import logger
 
 from actors.bridge import run_bridge
 from actors.dev_livekit import start_dev_livekit
+from actors.log_setup import configure_logging
 from actors.settings import BridgeSettings, SettingsError
 
 
@@ -90,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["serve", "dev", "tree"], nargs="?", default="serve")
     args = parser.parse_args(argv)
+    configure_logging(level=os.environ.get("BRIDGE_LOG_LEVEL", "INFO"))
     try:
         settings = BridgeSettings.from_env()
     except SettingsError as error:

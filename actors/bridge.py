@@ -27,7 +27,7 @@ async def run_bridge(
 
     Opens the process's one asyncio loop (trio-asyncio) unless the caller
     already runs inside one. On cancellation the front door stops listening
-    first, then every session is torn down.
+    and every session is torn down (stream ended, room left) before it returns.
     """
     if trio_asyncio.current_loop.get() is None:
         async with trio_asyncio.open_loop():

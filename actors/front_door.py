@@ -68,8 +68,13 @@ async def read_message(stream: grpclib.server.Stream, limit: int) -> Any:
             Status.RESOURCE_EXHAUSTED,
             f"message of {length} bytes exceeds the bridge's limit of {limit} bytes",
         )
-    body = await h2_stream.recv_data(length)
-    return stream._codec.decode(body, stream._recv_type)
+    try:
+        body = await h2_stream.recv_data(length)
+        return stream._codec.decode(body, stream._recv_type)
+    except AssertionError:  # grpclib's check that the whole body arrived
+        raise GRPCError(Status.INVALID_ARGUMENT, f"the client ended the stream inside a {length}-byte message") from None
+    except Exception as error:
+        raise GRPCError(Status.INVALID_ARGUMENT, f"malformed {stream._recv_type.__name__}: {error}") from None
 
 
 class FrontDoor:
@@ -203,6 +208,7 @@ class FrontDoor:
         lease: StreamLease | None = await self._ask(AttachStream(user_id))
         if lease is None:
             raise GRPCError(Status.NOT_FOUND, f"user {user_id!r} has no session; call JoinRoom first")
+        lease.claimed = True
         self.active_streams += 1
         try:
             with lease.scope:
@@ -237,21 +243,22 @@ class FrontDoor:
                 raise GRPCError(Status.UNAVAILABLE, f"client of user {user_id!r} stopped reading audio")
 
     async def _publish_client_audio(self, stream: grpclib.server.Stream, lease: StreamLease,
-                                    chunk: pb.AudioChunk | None) -> None:
-        user_id = chunk.user_id if chunk is not None else ""
+                                    first: pb.AudioChunk) -> None:
+        user_id = first.user_id
+        chunk: pb.AudioChunk | None = first
         while chunk is not None:
             if chunk.user_id and chunk.user_id != user_id:
                 raise GRPCError(Status.INVALID_ARGUMENT,
                                 f"this stream belongs to user {user_id!r}; a chunk names {chunk.user_id!r}")
             if chunk.pcm_data:
                 try:
-                    await lease.publish.send(_cloud_chunk(chunk))
+                    await lease.publish.send(_cloud_chunk(chunk, lease))
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     return  # the session is ending; it ends this stream too
             chunk = await self._read(stream)
 
 
-def _cloud_chunk(chunk: pb.AudioChunk) -> CloudChunk:
+def _cloud_chunk(chunk: pb.AudioChunk, lease: StreamLease) -> CloudChunk:
     sample_rate = chunk.sample_rate or MIC_SAMPLE_RATE
     channels = chunk.channels or MIC_CHANNELS
     if sample_rate not in SUPPORTED_SAMPLE_RATES:
@@ -264,7 +271,7 @@ def _cloud_chunk(chunk: pb.AudioChunk) -> CloudChunk:
     if len(chunk.pcm_data) % (2 * channels):
         raise GRPCError(Status.INVALID_ARGUMENT,
                         f"pcm_data of {len(chunk.pcm_data)} bytes is not whole 16-bit frames of {channels} channel(s)")
-    return CloudChunk(bytes(chunk.pcm_data), sample_rate, channels, chunk.track_id)
+    return CloudChunk(bytes(chunk.pcm_data), sample_rate, channels, chunk.track_id, lease)
 
 
 def _first_grpc_error(group: BaseExceptionGroup) -> GRPCError | None:

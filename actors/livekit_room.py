@@ -23,7 +23,34 @@ from trio_asyncio import aio_as_trio
 
 
 class RoomConnectError(Exception):
-    """Joining the LiveKit room failed; the message says why."""
+    """Joining the LiveKit room failed; the message says why.
+
+    ``abandoned`` is set when the bridge stopped waiting for a connect that is
+    still running inside the SDK (see AbandonedConnect).
+    """
+
+    def __init__(self, message: str, abandoned: AbandonedConnect | None = None) -> None:
+        super().__init__(message)
+        self.abandoned = abandoned
+
+
+class AbandonedConnect:
+    """A connect the bridge stopped waiting for, still running inside the SDK.
+
+    It cannot be interrupted (see _connect), and it may yet join the room under
+    the user's identity, which would make LiveKit evict the user's next session
+    as a duplicate. It leaves the room the moment it gets there; ``settle``
+    lets the next session of the same user wait for that first.
+    """
+
+    def __init__(self, leaving: asyncio.Future[None]) -> None:
+        self._leaving = leaving
+
+    async def settle(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for the connect to end and any room it
+        reached to be left; False if it is still running."""
+        await aio_as_trio(asyncio.wait)([self._leaving], timeout=timeout)
+        return self._leaving.done()
 
 
 @contextlib.asynccontextmanager
@@ -46,7 +73,8 @@ async def joined_room(
 
     Raises:
         RoomConnectError: the server refused, could not be reached, or did not
-            answer within ``connect_timeout`` seconds. Nothing is left joined.
+            answer within ``connect_timeout`` seconds. Nothing is left joined;
+            a connect still running is described by the error's ``abandoned``.
     """
     room = await aio_as_trio(_new_room)()
     for event, callback in subscribe.items():
@@ -54,13 +82,9 @@ async def joined_room(
     # Packets that arrive before receive_only_own_events takes over come this way.
     room.on("data_received", lambda packet: on_data(
         packet.participant.identity if packet.participant is not None else "", packet.data))
+    await _connect(room, url, token, connect_timeout, teardown_timeout)
     try:
-        await _connect(room, url, token, connect_timeout, teardown_timeout)
-    except BaseException:
-        await _leave(room, teardown_timeout)
-        raise
-    receive_only_own_events(room, on_data)
-    try:
+        receive_only_own_events(room, on_data)
         yield room
     finally:
         await _leave(room, teardown_timeout)
@@ -72,8 +96,8 @@ async def _connect(room: rtc.Room, url: str, token: str, timeout: float, settle_
     The SDK must not be cancelled mid-connect: once the server accepts, its FFI
     waits for the Room to confirm it is ready for events and, without that
     confirmation, panics and kills the whole process. So the connect runs as an
-    asyncio task of its own; when we stop waiting for it, it is left to finish
-    and a room it still manages to join is left again at once.
+    asyncio task of its own; when we stop waiting for it, it is abandoned: left
+    to finish, and a room it still reaches is left again at once.
     """
     connecting = await aio_as_trio(_start_connecting)(room, url, token)
     try:
@@ -82,17 +106,14 @@ async def _connect(room: rtc.Room, url: str, token: str, timeout: float, settle_
     except rtc.ConnectError as error:
         raise RoomConnectError(f"LiveKit at {url} refused the connection: {error}") from None
     except trio.TooSlowError:
-        connecting.add_done_callback(_leave_when_connected(room))
-        raise RoomConnectError(f"no answer from LiveKit at {url} within {timeout:g} s") from None
+        abandoned = AbandonedConnect(await aio_as_trio(_abandon)(room, connecting))
+        raise RoomConnectError(f"no answer from LiveKit at {url} within {timeout:g} s", abandoned) from None
     except BaseException:
-        # Cancelled (the bridge is stopping): let the connect settle, briefly,
-        # so that the caller can leave a room it reached.
-        with trio.CancelScope(shield=True), trio.move_on_after(settle_timeout):
-            await aio_as_trio(asyncio.wait)([connecting])
-        if not connecting.done():
-            connecting.add_done_callback(_leave_when_connected(room))
-        elif not connecting.cancelled():
-            connecting.exception()  # seen; the caller leaves a room it reached
+        # Cancelled (the bridge is stopping): give the abandoned connect a
+        # moment to settle, so a room it reaches is left before we exit.
+        with trio.CancelScope(shield=True):
+            abandoned = AbandonedConnect(await aio_as_trio(_abandon)(room, connecting))
+            await abandoned.settle(settle_timeout)
         raise
 
 
@@ -100,14 +121,27 @@ async def _start_connecting(room: rtc.Room, url: str, token: str) -> asyncio.Fut
     return asyncio.ensure_future(room.connect(url, token, rtc.RoomOptions(auto_subscribe=False)))
 
 
-def _leave_when_connected(room: rtc.Room) -> Callable[[asyncio.Future[None]], None]:
-    def leave(connecting: asyncio.Future[None]) -> None:
-        if connecting.cancelled() or connecting.exception() is not None:
-            return
-        logger.info("a connect given up on reached room {} after all; leaving it", room.name)
-        asyncio.ensure_future(room.disconnect())
+#: asyncio tasks nobody awaits (abandoned connects leaving their rooms): held
+#: here so they are not garbage-collected midway.
+_background: set[asyncio.Future[None]] = set()
 
-    return leave
+
+async def _abandon(room: rtc.Room, connecting: asyncio.Future[None]) -> asyncio.Future[None]:
+    async def leave_once_connected() -> None:
+        try:
+            await connecting
+        except BaseException:
+            return  # never joined: nothing to leave
+        logger.info("a connect given up on reached room {} after all; leaving it", room.name)
+        try:
+            await room.disconnect()
+        except Exception as error:
+            logger.warning("leaving room {} after an abandoned connect failed: {}", room.name, error)
+
+    leaving = asyncio.ensure_future(leave_once_connected())
+    _background.add(leaving)
+    leaving.add_done_callback(_background.discard)
+    return leaving
 
 
 async def _new_room() -> rtc.Room:

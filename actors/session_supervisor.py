@@ -18,7 +18,7 @@ from typing import Any
 import trio
 from loguru import logger
 
-from .livekit_room import RoomConnectError
+from .livekit_room import AbandonedConnect, RoomConnectError
 from .messages import AttachStream, GetHealth, GetStatus, Health, Join, Joined, Leave
 from .runtime import Actor, ActorGone, Child, MailboxFull, Supervisor
 from .settings import BridgeSettings
@@ -35,11 +35,13 @@ class SessionSupervisor(Actor):
         self._settings = settings
         self._sessions: dict[str, Child] = {}
         self._pending: dict[str, collections.deque[UserCommand]] = {}
+        self._abandoned_connects: dict[str, AbandonedConnect] = {}
         self._supervisor: Supervisor | None = None
         self._nursery: trio.Nursery | None = None
         self._joins = 0
         self._replacements = 0
         self._failed_joins = 0
+        self._skipped = 0
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -69,6 +71,7 @@ class SessionSupervisor(Actor):
             "joins": self._joins,
             "replacements": self._replacements,
             "failed_joins": self._failed_joins,
+            "skipped_commands_of_gone_callers": self._skipped,
         }
 
     def children(self) -> list[dict[str, Any]]:
@@ -82,22 +85,41 @@ class SessionSupervisor(Actor):
             queue = self._pending[command.user_id] = collections.deque()
             assert self._nursery is not None
             self._nursery.start_soon(self._run_user_commands, command.user_id, queue)
+        elif len(queue) >= self._settings.max_pending_commands_per_user:
+            command.reply.fail(MailboxFull(
+                f"{len(queue)} JoinRoom/LeaveRoom calls of user {command.user_id!r} are already waiting"))
+            return
         queue.append(command)
 
     async def _run_user_commands(self, user_id: str, queue: collections.deque[UserCommand]) -> None:
         try:
             while queue:
                 command = queue.popleft()
-                if isinstance(command, Join):
-                    command.reply.send(await self._join(command))
-                else:
-                    command.reply.send(await self._leave(command))
+                if command.reply.abandoned:  # its caller gave up while it waited
+                    self._skipped += 1
+                    logger.info("user {}: skipping a {} whose caller gave up", user_id, type(command).__name__)
+                    continue
+                try:
+                    await self._settle_abandoned_connect(user_id)
+                    if isinstance(command, Join):
+                        command.reply.send(await self._join(command))
+                    else:
+                        command.reply.send(await self._leave(command))
+                finally:
+                    command.reply.fail(ActorGone("the bridge is shutting down; try again"))  # if unanswered
         finally:
             # No await between the last check of the queue and this: a command
             # enqueued meanwhile would have found the queue and been run above.
             del self._pending[user_id]
             for command in queue:
                 command.reply.fail(ActorGone("the bridge is shutting down; try again"))
+
+    async def _settle_abandoned_connect(self, user_id: str) -> None:
+        """A connect of this user's that timed out may still join LiveKit under
+        the user's identity and evict the next session; let it settle first."""
+        abandoned = self._abandoned_connects.pop(user_id, None)
+        if abandoned is not None and not await abandoned.settle(self._settings.connect_timeout):
+            logger.warning("user {}: an earlier connect is still running; joining anyway", user_id)
 
     async def _join(self, join: Join) -> Joined:
         assert self._supervisor is not None
@@ -111,12 +133,16 @@ class SessionSupervisor(Actor):
             child = await self._supervisor.start(lambda: UserSession(join, self._settings))
         except RoomConnectError as error:
             self._failed_joins += 1
+            if error.abandoned is not None:
+                self._abandoned_connects[join.user_id] = error.abandoned
             logger.warning("user {}: JoinRoom failed: {}", join.user_id, error)
             return Joined(False, error=str(error))
         except Exception as error:
             self._failed_joins += 1
             logger.opt(exception=error).error("user {}: JoinRoom failed unexpectedly", join.user_id)
             return Joined(False, error=f"could not join the room: {type(error).__name__}: {error}")
+        if child.done.is_set():  # it ended between reporting started and now
+            return Joined(False, error=f"the session ended at once: {child.last_error or 'no error recorded'}")
         self._sessions[join.user_id] = child
         return child.start_value
 
@@ -145,5 +171,7 @@ class SessionSupervisor(Actor):
             return
         try:
             session.tell(message)
-        except (MailboxFull, ActorGone) as error:
+        except ActorGone:  # it ended a moment ago
+            message.reply.send(None)
+        except MailboxFull as error:
             message.reply.fail(error)

@@ -29,6 +29,8 @@ class BridgeSettings:
     mic_buffer_packets: int = 200
     #: Cloud audio chunks waiting to be published before the stream is slowed down.
     publish_buffer_chunks: int = 64
+    #: JoinRoom/LeaveRoom calls of one user that may wait behind the one running.
+    max_pending_commands_per_user: int = 64
     max_message_bytes: int = 10 * 1024 * 1024
     max_concurrent_streams: int = 10_000
 

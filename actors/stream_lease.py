@@ -17,38 +17,37 @@ class MicChunk:
 
 @dataclasses.dataclass(frozen=True)
 class CloudChunk:
-    """Audio the cloud sent for publishing into the room."""
+    """Audio the cloud sent for publishing into the room, and the stream it came on."""
 
     pcm: bytes
     sample_rate: int
     channels: int
     track_id: int
-
-
-class StreamRefused(Exception):
-    """The session ended the stream because of what the client sent."""
+    stream: StreamLease = dataclasses.field(repr=False, compare=False)
 
 
 class StreamLease:
     """One StreamAudio call's right to a session's audio, until the session ends it.
 
-    The call runs inside ``scope``; the session cancels that scope when a newer
-    stream replaces this one, or when the session itself ends, so the call
-    returns cleanly. ``refusal`` says why, when the session ended the stream
-    because of bad input. The call sets ``released`` once it has stopped
-    touching the session, which lets the session's teardown wait for it.
+    The call claims the lease, runs inside ``scope`` and sets ``released``
+    once it no longer touches the session; the session cancels the scope when
+    a newer stream replaces this one or when the session itself ends, so the
+    call returns cleanly, and its teardown waits for ``released`` only if the
+    lease was claimed (an asker that gave up never claims it). ``refusal``
+    says why, when the session ended the stream because of bad input.
     """
 
     def __init__(self, mic: DropOldestBuffer[MicChunk], publish: trio.MemorySendChannel[CloudChunk]) -> None:
         self.mic = mic
         self.publish = publish
         self.scope = trio.CancelScope()
+        self.claimed = False
         self.released = trio.Event()
         self.refusal: str | None = None
 
     @property
     def active(self) -> bool:
-        return not self.released.is_set()
+        return self.claimed and not self.released.is_set()
 
     def end(self) -> None:
         self.scope.cancel()

@@ -49,7 +49,7 @@ class UserSession(Actor):
         self._settings = settings
         self._room: rtc.Room | None = None
         self._lease: StreamLease | None = None
-        self._tracks: dict[int, tuple[rtc.AudioSource, CloudChunk]] = {}
+        self._tracks: dict[int, tuple[rtc.AudioSource, int, int]] = {}  # source, rate, channels
         self._mic = DropOldestBuffer[MicChunk](settings.mic_buffer_packets)
         self._sequence = SequenceTracker()
         self._publish_send, self._publish_receive = trio.open_memory_channel[CloudChunk](
@@ -64,6 +64,7 @@ class UserSession(Actor):
         self._packets_unnamed = 0
         self._packets_empty = 0
         self._chunks_published = 0
+        self._chunks_failed = 0
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -107,13 +108,15 @@ class UserSession(Actor):
         if lease is None:
             return
         lease.end()
+        if not lease.claimed:
+            return
         with trio.move_on_after(self._settings.teardown_timeout) as waited:
             waited.shield = True
             await lease.released.wait()
 
     async def _close_sources(self) -> None:
         with trio.CancelScope(shield=True):
-            for source, _ in self._tracks.values():
+            for source, _rate, _channels in self._tracks.values():
                 await aio_as_trio(source.aclose)()
         self._tracks.clear()
 
@@ -203,29 +206,44 @@ class UserSession(Actor):
                     chunk.pcm, chunk.sample_rate, chunk.channels,
                     len(chunk.pcm) // (2 * chunk.channels),
                 )
-                await aio_as_trio(source.capture_frame)(frame)
+                try:
+                    await aio_as_trio(source.capture_frame)(frame)
+                except Exception as error:  # e.g. the room is reconnecting: drop, count, go on
+                    self._chunks_failed += 1
+                    logger.warning("user {}: cloud audio chunk not published: {}", self._join.user_id, error)
+                    continue
                 self._chunks_published += 1
 
     async def _source_for(self, chunk: CloudChunk) -> rtc.AudioSource | None:
         """The track's audio source, published on first use (an empty published
-        track is heard as static on the phone, so none is made in advance)."""
+        track is heard as static on the phone, so none is made in advance).
+        None when the chunk cannot be published; its stream is told why."""
         known = self._tracks.get(chunk.track_id)
         if known is not None:
-            source, first = known
-            if (first.sample_rate, first.channels) != (chunk.sample_rate, chunk.channels):
-                if self._lease is not None:
-                    self._lease.refuse(
-                        f"track {chunk.track_id} carries {first.sample_rate} Hz, {first.channels} channel(s); "
-                        f"a chunk of {chunk.sample_rate} Hz, {chunk.channels} channel(s) cannot join it"
-                    )
+            source, sample_rate, channels = known
+            if (sample_rate, channels) != (chunk.sample_rate, chunk.channels):
+                chunk.stream.refuse(
+                    f"track {chunk.track_id} carries {sample_rate} Hz, {channels} channel(s); "
+                    f"a chunk of {chunk.sample_rate} Hz, {chunk.channels} channel(s) cannot join it"
+                )
                 return None
             return source
         assert self._room is not None
         source = rtc.AudioSource(chunk.sample_rate, chunk.channels)
         track = rtc.LocalAudioTrack.create_audio_track(track_name(chunk.track_id), source)
         options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
-        await aio_as_trio(self._room.local_participant.publish_track)(track, options)
-        self._tracks[chunk.track_id] = (source, chunk)
+        try:
+            await aio_as_trio(self._room.local_participant.publish_track)(track, options)
+        except BaseException as error:
+            with trio.CancelScope(shield=True):
+                await aio_as_trio(source.aclose)()
+            if not isinstance(error, Exception):
+                raise
+            self._chunks_failed += 1
+            logger.warning("user {}: publishing track {} failed: {}", self._join.user_id,
+                           track_name(chunk.track_id), error)
+            return None
+        self._tracks[chunk.track_id] = (source, chunk.sample_rate, chunk.channels)
         logger.info("user {}: published track {}", self._join.user_id, track_name(chunk.track_id))
         return source
 
@@ -246,6 +264,7 @@ class UserSession(Actor):
             "mic_buffer_capacity": self._mic.capacity,
             "mic_buffer_dropped": self._mic.dropped,
             "cloud_chunks_published": self._chunks_published,
+            "cloud_chunks_failed": self._chunks_failed,
             "published_tracks": len(self._tracks),
         }
 

@@ -37,12 +37,15 @@ class Reply(Generic[T]):
     twice by mistake.
     """
 
-    __slots__ = ("_answered", "_value", "_error")
+    __slots__ = ("_answered", "_value", "_error", "abandoned")
 
     def __init__(self) -> None:
         self._answered = trio.Event()
         self._value: Any = None
         self._error: BaseException | None = None
+        #: The asker stopped waiting (timed out or was cancelled); an actor may
+        #: skip work nobody waits for.
+        self.abandoned = False
 
     @property
     def answered(self) -> bool:
@@ -129,8 +132,11 @@ class Mailbox:
             Exception: whatever the actor failed the request with.
         """
         self.tell(request)
-        with trio.move_on_after(timeout):
-            return await request.reply.wait()
+        try:
+            with trio.move_on_after(timeout):
+                return await request.reply.wait()
+        finally:
+            request.reply.abandoned = not request.reply.answered
         raise TimeoutError(f"no answer to {type(request).__name__} within {timeout:g} s")
 
     async def receive(self) -> Any:
