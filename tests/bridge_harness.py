@@ -9,6 +9,7 @@ so tests are plain Trio.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -61,6 +62,13 @@ class Phone:
 
     async def send_mic(self, sequence: int, pcm: bytes) -> None:
         await aio_as_trio(self.room.local_participant.publish_data)(bytes([sequence % 256]) + pcm, reliable=False)
+
+    async def keep_talking(self, interval: float = 0.1) -> None:
+        """Send a packet every ``interval`` s until cancelled (lossy packets may
+        be lost, so a test that needs one heard keeps talking)."""
+        for index in itertools.count():
+            await self.send_mic(index, pcm_packet(index))
+            await trio.sleep(interval)
 
 
 @contextlib.asynccontextmanager
@@ -152,9 +160,6 @@ class AudioStream:
             # status); grpclib's client reports the reset, so read the status.
             self.stream._maybe_raise()
             raise
-
-    async def end_sending(self) -> None:
-        await aio_as_trio(self.stream.end)()
 
     async def status(self) -> grpclib.const.Status:
         """Wait for the call to end and return its status."""

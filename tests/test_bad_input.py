@@ -10,7 +10,7 @@ from grpclib.exceptions import GRPCError
 
 from trio_asyncio import aio_as_trio
 
-from bridge_harness import cloud, join_request, pcm_packet, phone_in_room
+from bridge_harness import cloud, join_request, phone_in_room
 from proto.mentra.livekit import bridge as pb
 
 
@@ -31,13 +31,8 @@ async def test_bad_requests_get_clear_statuses_while_another_user_keeps_streamin
                 while (chunk := await bystander_stream.recv()) is not None:
                     heard.append(chunk.pcm_data)
 
-            async def talk() -> None:
-                for index in range(10_000):
-                    await phone.send_mic(index, pcm_packet(index))
-                    await trio.sleep(0.05)
-
             nursery.start_soon(listen)
-            nursery.start_soon(talk)
+            nursery.start_soon(phone.keep_talking, 0.05)
 
             # JoinRoom
             message = await expect_status(Status.INVALID_ARGUMENT, client.join(join_request(livekit, "")))

@@ -10,20 +10,19 @@ import sys
 import trio
 import trio_asyncio
 
-from actors.dev_livekit import free_port
 from bridge_harness import bridge_identity, cloud, join_request, list_participants
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-async def test_sigterm_leaves_every_room_and_exits_cleanly(livekit) -> None:
-    port = free_port()
+async def test_sigterm_leaves_every_room_and_exits_cleanly(livekit, tmp_path) -> None:
+    socket_path = tmp_path / "bridge.sock"
     process = subprocess.Popen(
         [sys.executable, os.path.join(REPO, "bridge_main.py"), "serve"],
-        env=dict(os.environ, PORT=str(port), LIVEKIT_URL=livekit.url), cwd=REPO,
+        env=dict(os.environ, LIVEKIT_GRPC_SOCKET=str(socket_path), LIVEKIT_URL=livekit.url), cwd=REPO,
     )
     try:
-        async with trio_asyncio.open_loop(), cloud(f"127.0.0.1:{port}") as client:
+        async with trio_asyncio.open_loop(), cloud(f"unix:{socket_path}") as client:
             with trio.fail_after(30):
                 while True:
                     try:

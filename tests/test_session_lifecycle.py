@@ -6,14 +6,13 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
 
 import pytest
 import trio
 
 from actors.settings import BridgeSettings
 from bridge_harness import (
-    bridge_identity, cloud, join_request, list_participants, pcm_packet, phone_in_room, token,
+    bridge_identity, cloud, join_request, list_participants, phone_in_room, token,
 )
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -25,21 +24,6 @@ def bridge_settings(livekit) -> BridgeSettings:
     return BridgeSettings(host="127.0.0.1", port=0, default_livekit_url=livekit.url, connect_timeout=3.0)
 
 
-async def keep_talking(phone, until: trio.Event | None = None) -> None:
-    """The phone's microphone: a 100 ms packet every 100 ms."""
-    sequence = 0
-    while until is None or not until.is_set():
-        await phone.send_mic(sequence, pcm_packet(sequence))
-        sequence += 1
-        await trio.sleep(0.1)
-
-
-async def wait_for(condition: Callable[[], bool], timeout: float = 10) -> None:
-    with trio.fail_after(timeout):
-        while not condition():
-            await trio.sleep(0.02)
-
-
 async def bridge_participants(livekit, room: str) -> list[str]:
     return [p for p in await list_participants(livekit, room) if p.startswith("cloud-agent:")]
 
@@ -47,7 +31,7 @@ async def bridge_participants(livekit, room: str) -> list[str]:
 async def test_incident_zombie_session_is_replaced_when_the_cloud_restarts(bridge, livekit, log_lines) -> None:
     user = "incident-user"
     async with phone_in_room(livekit, user) as phone, trio.open_nursery() as nursery:
-        nursery.start_soon(keep_talking, phone)
+        nursery.start_soon(phone.keep_talking)
         env = dict(os.environ, JOIN_TOKEN=token(livekit, bridge_identity(user), f"room-{user}"),
                    LIVEKIT_URL=livekit.url, PYTHONPATH=REPO)
         cloud_a = subprocess.Popen(
@@ -186,3 +170,46 @@ async def test_health_reports_sessions_streams_and_uptime(bridge, livekit) -> No
                 while (health := await client.health()).active_streams != 1:
                     await trio.sleep(0.02)
         assert health.active_sessions == 1
+
+
+async def delaying_proxy(target_port: int, delay: float, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """A TCP relay to LiveKit that holds each new connection for ``delay``
+    seconds first: a LiveKit that answers, but only after the bridge gave up."""
+    async def relay(client: trio.SocketStream) -> None:
+        await trio.sleep(delay)
+        upstream = await trio.open_tcp_stream("127.0.0.1", target_port)
+
+        async def pump(source: trio.SocketStream, sink: trio.SocketStream) -> None:
+            try:
+                while data := await source.receive_some(65536):
+                    await sink.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+            finally:
+                await sink.aclose()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pump, client, upstream)
+            nursery.start_soon(pump, upstream, client)
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    task_status.started(listeners[0].socket.getsockname()[1])
+    await trio.serve_listeners(relay, listeners)
+
+
+async def test_a_connect_given_up_on_cannot_evict_the_next_session(bridge, livekit, bridge_settings) -> None:
+    user = "late-connect"
+    livekit_port = int(livekit.url.rsplit(":", 1)[1])
+    async with cloud(bridge.address) as client, trio.open_nursery() as servers:
+        proxy_port = await servers.start(delaying_proxy, livekit_port, bridge_settings.connect_timeout + 1.5)
+        slow = await client.join(join_request(livekit, user, livekit_url=f"ws://127.0.0.1:{proxy_port}"))
+        assert not slow.success and "no answer" in slow.error
+        # The cloud retries at once, straight to LiveKit; the abandoned connect
+        # still reaches LiveKit under the same identity a moment later.
+        retried = await client.join(join_request(livekit, user))
+        assert retried.success, retried.error
+        await trio.sleep(3)
+        status = await client.status(user)
+        assert status.connected, status.last_disconnect_reason
+        assert await bridge_participants(livekit, f"room-{user}") == [bridge_identity(user)]
+        servers.cancel_scope.cancel()
