@@ -180,11 +180,26 @@ async def cloud(address: str) -> AsyncIterator[Cloud]:
         await client.close()
 
 
+async def _room_service(livekit: DevLiveKit, call: Any) -> Any:
+    async def with_api() -> Any:
+        async with api.LiveKitAPI(livekit.url.replace("ws://", "http://"), livekit.api_key, livekit.api_secret) as lk:
+            return await call(lk.room)
+
+    return await aio_as_trio(with_api)()
+
+
 async def list_participants(livekit: DevLiveKit, room: str) -> list[str]:
     """Identities in ``room``, as the LiveKit server itself reports them."""
-    async def call() -> list[str]:
-        async with api.LiveKitAPI(livekit.url.replace("ws://", "http://"), livekit.api_key, livekit.api_secret) as lk:
-            reply = await lk.room.list_participants(api.ListParticipantsRequest(room=room))
-            return [p.identity for p in reply.participants]
+    async def call(rooms: Any) -> list[str]:
+        reply = await rooms.list_participants(api.ListParticipantsRequest(room=room))
+        return [p.identity for p in reply.participants]
 
-    return await aio_as_trio(call)()
+    return await _room_service(livekit, call)
+
+
+async def remove_participant(livekit: DevLiveKit, room: str, identity: str) -> None:
+    """Kick a participant out of ``room`` from the server side."""
+    async def call(rooms: Any) -> None:
+        await rooms.remove_participant(api.RoomParticipantIdentity(room=room, identity=identity))
+
+    await _room_service(livekit, call)

@@ -6,13 +6,14 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import trio
 
 from actors.settings import BridgeSettings
 from bridge_harness import (
-    bridge_identity, cloud, join_request, list_participants, phone_in_room, token,
+    bridge_identity, cloud, join_request, list_participants, phone_in_room, remove_participant, token,
 )
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -213,3 +214,19 @@ async def test_a_connect_given_up_on_cannot_evict_the_next_session(bridge, livek
         assert status.connected, status.last_disconnect_reason
         assert await bridge_participants(livekit, f"room-{user}") == [bridge_identity(user)]
         servers.cancel_scope.cancel()
+
+
+async def test_a_livekit_disconnect_shows_in_status_at_once(bridge, livekit) -> None:
+    user = "kicked"
+    async with cloud(bridge.address) as client:
+        assert (await client.join(join_request(livekit, user))).success
+        before_ms = time.time() * 1000
+        await remove_participant(livekit, f"room-{user}", bridge_identity(user))
+        with trio.fail_after(10):
+            while (status := await client.status(user)).connected:
+                await trio.sleep(0.05)
+        assert status.last_disconnect_at >= before_ms - 1000
+        assert status.last_disconnect_reason == "PARTICIPANT_REMOVED"
+        # The cloud sees it and joins again: the stale session is replaced.
+        assert (await client.join(join_request(livekit, user))).success
+        assert (await client.status(user)).connected
