@@ -26,7 +26,7 @@ proto: venv
     {{python}} -m proto.generate
 
 # Everything the bridge and its tests need.
-setup: venv libopus livekit-server
+setup: venv system-packages livekit-server
 
 # The virtualenv with the pinned packages, refreshed when pyproject.toml changes.
 venv:
@@ -40,14 +40,18 @@ venv:
         rm -f .venv/.installed-* && touch "$stamp"
     fi
 
-# The system libopus that opuslib loads.
-libopus: venv
+# From Debian: the libopus that opuslib loads, and iproute2 for the tests'
+# loopback-only network namespace.
+system-packages: venv
     #!/usr/bin/env bash
     set -euo pipefail
-    if ! {{python}} -c "import opuslib" 2>/dev/null; then
-        echo "installing libopus0 (needs root or sudo)"
+    missing=()
+    {{python}} -c "import opuslib" 2>/dev/null || missing+=(libopus0)
+    command -v ip >/dev/null || missing+=(iproute2)
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "installing ${missing[*]} (needs root or sudo)"
         sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
-        $sudo apt-get update -qq && $sudo apt-get install -y -qq libopus0 >/dev/null
+        $sudo apt-get update -qq && $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
         {{python}} -c "import opuslib"
     fi
 

@@ -46,6 +46,10 @@ class AbandonedConnect:
     def __init__(self, leaving: asyncio.Future[None]) -> None:
         self._leaving = leaving
 
+    @property
+    def settled(self) -> bool:
+        return self._leaving.done()
+
     async def settle(self, timeout: float) -> bool:
         """Wait up to ``timeout`` s for the connect to end and any room it
         reached to be left; False if it is still running."""

@@ -121,6 +121,12 @@ class SessionSupervisor(Actor):
         if abandoned is not None and not await abandoned.settle(self._settings.connect_timeout):
             logger.warning("user {}: an earlier connect is still running; joining anyway", user_id)
 
+    def _forget_settled_connects(self) -> None:
+        """Users who never come back must not leave an entry behind forever."""
+        self._abandoned_connects = {
+            user_id: connect for user_id, connect in self._abandoned_connects.items() if not connect.settled
+        }
+
     async def _join(self, join: Join) -> Joined:
         assert self._supervisor is not None
         self._joins += 1
@@ -134,6 +140,7 @@ class SessionSupervisor(Actor):
         except RoomConnectError as error:
             self._failed_joins += 1
             if error.abandoned is not None:
+                self._forget_settled_connects()
                 self._abandoned_connects[join.user_id] = error.abandoned
             logger.warning("user {}: JoinRoom failed: {}", join.user_id, error)
             return Joined(False, error=str(error))
