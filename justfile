@@ -7,13 +7,13 @@ python := ".venv/bin/python"
 livekit_version := "1.13.5"
 livekit_server := ".tools/bin/livekit-server"
 
-# A local LiveKit dev server plus the bridge (or only the bridge, when LIVEKIT_URL,
-# LIVEKIT_API_KEY and LIVEKIT_API_SECRET name a server).
+# (Only the bridge when LIVEKIT_URL, LIVEKIT_API_KEY and LIVEKIT_API_SECRET name a server.)
+# The main job: a local LiveKit dev server plus the bridge.
 run: setup
     {{python}} bridge_main.py dev
 
-# Install what is missing, then run the whole suite (in a loopback-only network
-# namespace where the machine allows one).
+# (It runs in a network namespace whose only addresses are loopback: tests/isolated.)
+# Install what is missing, then run the whole suite.
 test *args: setup
     tests/isolated {{python}} -m pytest {{args}}
 
@@ -40,8 +40,8 @@ venv:
         rm -f .venv/.installed-* && touch "$stamp"
     fi
 
-# From Debian: the libopus that opuslib loads, and iproute2 for the tests'
-# loopback-only network namespace.
+# (iproute2 sets up the tests' loopback-only network namespace.)
+# From Debian: libopus (which opuslib loads) and iproute2.
 system-packages: venv
     #!/usr/bin/env bash
     set -euo pipefail
