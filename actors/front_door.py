@@ -57,22 +57,25 @@ async def read_message(stream: grpclib.server.Stream, limit: int) -> Any:
         GRPCError(RESOURCE_EXHAUSTED): the message is larger than ``limit`` bytes.
     """
     h2_stream = stream._stream
-    prefix = await h2_stream.recv_data(5)
-    if not prefix:
-        return None
-    compressed, length = struct.unpack(">?I", prefix)
-    if compressed:
-        raise GRPCError(Status.UNIMPLEMENTED, "compressed messages are not supported; send them uncompressed")
-    if length > limit:
-        raise GRPCError(
-            Status.RESOURCE_EXHAUSTED,
-            f"message of {length} bytes exceeds the bridge's limit of {limit} bytes",
-        )
     try:
+        prefix = await h2_stream.recv_data(5)
+        if not prefix:
+            return None
+        compressed, length = struct.unpack(">?I", prefix)
+        if compressed:
+            raise GRPCError(Status.UNIMPLEMENTED, "compressed messages are not supported; send them uncompressed")
+        if length > limit:
+            raise GRPCError(
+                Status.RESOURCE_EXHAUSTED,
+                f"message of {length} bytes exceeds the bridge's limit of {limit} bytes",
+            )
         body = await h2_stream.recv_data(length)
+    except AssertionError:  # grpclib's check that as many bytes arrived as asked for
+        raise GRPCError(Status.INVALID_ARGUMENT, "the client ended the stream inside a message") from None
+    if len(body) != length:
+        raise GRPCError(Status.INVALID_ARGUMENT, "the client ended the stream inside a message")
+    try:
         return stream._codec.decode(body, stream._recv_type)
-    except AssertionError:  # grpclib's check that the whole body arrived
-        raise GRPCError(Status.INVALID_ARGUMENT, f"the client ended the stream inside a {length}-byte message") from None
     except Exception as error:
         raise GRPCError(Status.INVALID_ARGUMENT, f"malformed {stream._recv_type.__name__}: {error}") from None
 

@@ -110,7 +110,8 @@ async def _connect(room: rtc.Room, url: str, token: str, timeout: float, settle_
     except rtc.ConnectError as error:
         raise RoomConnectError(f"LiveKit at {url} refused the connection: {error}") from None
     except trio.TooSlowError:
-        abandoned = AbandonedConnect(await aio_as_trio(_abandon)(room, connecting))
+        with trio.CancelScope(shield=True):
+            abandoned = AbandonedConnect(await aio_as_trio(_abandon)(room, connecting))
         raise RoomConnectError(f"no answer from LiveKit at {url} within {timeout:g} s", abandoned) from None
     except BaseException:
         # Cancelled (the bridge is stopping): give the abandoned connect a

@@ -53,6 +53,9 @@ class SessionSupervisor(Actor):
             finally:
                 with trio.CancelScope(shield=True):
                     await self._supervisor.stop_all()
+                    with trio.move_on_after(self._settings.teardown_timeout):
+                        for abandoned in self._abandoned_connects.values():
+                            await abandoned.settle(self._settings.teardown_timeout)
 
     async def handle(self, message: Any) -> None:
         if isinstance(message, (Join, Leave)):
@@ -95,9 +98,12 @@ class SessionSupervisor(Actor):
         try:
             while queue:
                 command = queue.popleft()
-                if command.reply.abandoned:  # its caller gave up while it waited
+                if isinstance(command, Join) and command.reply.abandoned:
+                    # Its caller gave up while it waited: joining now would only
+                    # replace a newer state with one nobody asked for any more.
+                    # (A Leave always runs: the user wants out either way.)
                     self._skipped += 1
-                    logger.info("user {}: skipping a {} whose caller gave up", user_id, type(command).__name__)
+                    logger.info("user {}: skipping a JoinRoom whose caller gave up", user_id)
                     continue
                 try:
                     await self._settle_abandoned_connect(user_id)
@@ -117,9 +123,13 @@ class SessionSupervisor(Actor):
     async def _settle_abandoned_connect(self, user_id: str) -> None:
         """A connect of this user's that timed out may still join LiveKit under
         the user's identity and evict the next session; let it settle first."""
-        abandoned = self._abandoned_connects.pop(user_id, None)
-        if abandoned is not None and not await abandoned.settle(self._settings.connect_timeout):
-            logger.warning("user {}: an earlier connect is still running; joining anyway", user_id)
+        abandoned = self._abandoned_connects.get(user_id)
+        if abandoned is None:
+            return
+        if await abandoned.settle(self._settings.connect_timeout):
+            del self._abandoned_connects[user_id]
+        else:
+            logger.warning("user {}: an earlier connect is still running; going on without it", user_id)
 
     def _forget_settled_connects(self) -> None:
         """Users who never come back must not leave an entry behind forever."""

@@ -33,6 +33,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 
 from actors.bridge import run_bridge  # noqa: E402
 from actors.dev_livekit import start_dev_livekit  # noqa: E402
+from actors.log_setup import configure_logging  # noqa: E402
 from actors.settings import BridgeSettings  # noqa: E402
 from bridge_harness import cloud, join_request, token  # noqa: E402
 
@@ -116,5 +117,5 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("LIVEKIT_RTC_DEBUG", "")
+    configure_logging(level="WARNING")
     trio.run(main)

@@ -12,7 +12,12 @@ from loguru import logger
 
 from actors.bridge import RunningBridge, run_bridge
 from actors.dev_livekit import DevLiveKit, start_dev_livekit
+from actors.log_setup import configure_logging
 from actors.settings import BridgeSettings
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    configure_logging(level="DEBUG")  # as in production: no variable values in tracebacks
 
 
 @pytest.fixture(scope="session")

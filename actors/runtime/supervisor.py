@@ -11,6 +11,7 @@ blocks have finished.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -184,7 +185,7 @@ class Supervisor:
                 if not start_signal.fired and child.restarts == 0:
                     raise
                 child.last_error = _describe(crash)
-                if child._cancel_scope.cancel_called or not child._may_restart():
+                if _being_cancelled() or not child._may_restart():
                     logger.opt(exception=crash).error("actor {} crashed; not restarting", child.name)
                     return crash
                 logger.opt(exception=crash).warning("actor {} crashed; restarting", child.name)
@@ -207,11 +208,21 @@ def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
+def _being_cancelled() -> bool:
+    """True when the running task is being cancelled, by its own scope or an
+    outer one: no moment to restart anything."""
+    return trio.current_effective_deadline() == -math.inf
+
+
 def _crash_in(raised: BaseException) -> Exception | None:
     """The failure in what an actor raised, without the cancellations that
-    stopping it adds (Trio groups them together); None if it was only cancelled."""
+    stopping it adds (Trio groups them together); None if it was only
+    cancelled, or if it holds something that is no failure of the actor's
+    (KeyboardInterrupt, SystemExit), which must travel on."""
     if isinstance(raised, BaseExceptionGroup):
-        crashes, _cancellations = raised.split(Exception)
+        crashes, rest = raised.split(Exception)
+        if rest is not None and rest.split(trio.Cancelled)[1] is not None:
+            return None
         return crashes
     return raised if isinstance(raised, Exception) else None
 
