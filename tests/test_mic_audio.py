@@ -1,0 +1,55 @@
+"""Unit tests of the microphone packet format, loss counting and the drop-oldest buffer."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from actors.mic_audio import DropOldestBuffer, SequenceTracker, pcm_from_packet
+
+
+@pytest.mark.parametrize("packet, expected", [
+    (b"", (None, b"")),
+    (bytes([7]), (7, b"")),
+    (bytes([7]) + b"abcd", (7, b"abcd")),
+    (b"abcd", (None, b"abcd")),
+])
+def test_an_odd_packet_starts_with_its_sequence_byte(packet: bytes, expected) -> None:
+    assert pcm_from_packet(packet) == expected
+
+
+def test_gaps_count_as_lost_and_late_packets_do_not() -> None:
+    tracker = SequenceTracker()
+    for sequence in [250, 251, 254, 255, 0, 3]:  # 252, 253 and 1, 2 lost, across the wrap
+        tracker.observe(sequence)
+    assert tracker.lost == 4
+    tracker.observe(2)  # late: behind the last one
+    assert (tracker.lost, tracker.out_of_order) == (4, 1)
+
+
+async def test_a_full_buffer_drops_the_oldest_and_counts_it() -> None:
+    buffer = DropOldestBuffer[int](3)
+    for item in range(5):
+        buffer.push(item)
+    assert (len(buffer), buffer.dropped) == (3, 2)
+    assert [await buffer.get() for _ in range(3)] == [2, 3, 4]
+
+
+async def test_a_waiting_consumer_is_woken_and_a_closed_buffer_drains_then_ends() -> None:
+    buffer = DropOldestBuffer[str](2)
+    got: list[str] = []
+    async with trio.open_nursery() as nursery:
+        async def consume() -> None:
+            while True:
+                try:
+                    got.append(await buffer.get())
+                except trio.EndOfChannel:
+                    return
+
+        nursery.start_soon(consume)
+        await trio.sleep(0.01)
+        buffer.push("a")
+        buffer.push("b")
+        buffer.close()
+        buffer.push("ignored after close")
+    assert got == ["a", "b"]
