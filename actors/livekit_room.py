@@ -3,8 +3,10 @@
 The livekit SDK is asyncio code; everything here crosses into it through
 trio-asyncio, so callers stay in Trio. :func:`joined_room` guarantees that when
 its block exits, for any reason, the local tracks have been unpublished and
-the room disconnected (each step bounded in time, shielded from the
-cancellation that is tearing the caller down).
+the room disconnected, shielded from the cancellation that is tearing the
+caller down. The wait is bounded: a leave slower than ``teardown_timeout`` is
+finished in the background, never interrupted (nor is a connect: see
+_connect).
 """
 
 from __future__ import annotations
@@ -126,9 +128,16 @@ async def _start_connecting(room: rtc.Room, url: str, token: str) -> asyncio.Fut
     return asyncio.ensure_future(room.connect(url, token, rtc.RoomOptions(auto_subscribe=False)))
 
 
-#: asyncio tasks nobody awaits (abandoned connects leaving their rooms): held
-#: here so they are not garbage-collected midway.
+#: asyncio tasks nobody awaits (rooms being left after we stopped waiting):
+#: held here so they are not garbage-collected midway.
 _background: set[asyncio.Future[None]] = set()
+
+
+async def _in_background(coroutine: Any) -> asyncio.Future[None]:
+    task = asyncio.ensure_future(coroutine)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+    return task
 
 
 async def _abandon(room: rtc.Room, connecting: asyncio.Future[None]) -> asyncio.Future[None]:
@@ -138,15 +147,9 @@ async def _abandon(room: rtc.Room, connecting: asyncio.Future[None]) -> asyncio.
         except BaseException:
             return  # never joined: nothing to leave
         logger.info("a connect given up on reached room {} after all; leaving it", room.name)
-        try:
-            await room.disconnect()
-        except Exception as error:
-            logger.warning("leaving room {} after an abandoned connect failed: {}", room.name, error)
+        await _unpublish_and_disconnect(room)
 
-    leaving = asyncio.ensure_future(leave_once_connected())
-    _background.add(leaving)
-    leaving.add_done_callback(_background.discard)
-    return leaving
+    return await _in_background(leave_once_connected())
 
 
 async def _new_room() -> rtc.Room:
@@ -155,14 +158,22 @@ async def _new_room() -> rtc.Room:
 
 
 async def _leave(room: rtc.Room, timeout: float) -> None:
-    with trio.CancelScope(shield=True) as scope:
-        scope.deadline = trio.current_time() + timeout
-        try:
-            if room.isconnected():
-                for publication in list(room.local_participant.track_publications.values()):
-                    await aio_as_trio(room.local_participant.unpublish_track)(publication.sid)
-            await aio_as_trio(room.disconnect)()
-        except Exception as error:
-            logger.warning("leaving LiveKit room {} failed: {}", room.name, error)
-    if scope.cancelled_caught:
-        logger.warning("leaving LiveKit room {} took longer than {:g} s; abandoned", room.name, timeout)
+    """Unpublish the local tracks and disconnect, waiting at most ``timeout``
+    s; a leave that takes longer goes on in the background rather than being
+    interrupted, so the room is left in the end either way."""
+    with trio.CancelScope(shield=True):
+        leaving = await aio_as_trio(_in_background)(_unpublish_and_disconnect(room))
+        await aio_as_trio(asyncio.wait)([leaving], timeout=timeout)
+    if not leaving.done():
+        logger.warning("leaving LiveKit room {} takes longer than {:g} s; it goes on in the background",
+                       room.name, timeout)
+
+
+async def _unpublish_and_disconnect(room: rtc.Room) -> None:
+    try:
+        if room.isconnected():
+            for publication in list(room.local_participant.track_publications.values()):
+                await room.local_participant.unpublish_track(publication.sid)
+        await room.disconnect()
+    except Exception as error:
+        logger.warning("leaving LiveKit room {} failed: {}", room.name, error)
