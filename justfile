@@ -26,7 +26,7 @@ proto: venv
     {{python}} -m proto.generate
 
 # Everything the bridge and its tests need.
-setup: venv system-packages livekit-server
+setup: venv system-packages livekit-server node-client
 
 # The virtualenv with the pinned packages, refreshed when pyproject.toml changes.
 venv:
@@ -64,4 +64,16 @@ livekit-server:
         tmp=$(mktemp -d)
         GOBIN=$tmp go install github.com/livekit/livekit-server/cmd/server@v{{livekit_version}}
         mkdir -p .tools/bin && mv "$tmp/server" {{livekit_server}} && rmdir "$tmp"
+    fi
+
+# (Skipped, and its test with it, on a machine without Node.js.)
+# The cloud's own gRPC client stack (@grpc/grpc-js), for tests/test_node_cloud.py.
+node-client:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    cd tests/node_cloud
+    if ! command -v npm >/dev/null; then
+        echo "npm not found: tests/test_node_cloud.py will be skipped"
+    elif [ ! -d node_modules ] || [ package-lock.json -nt node_modules ]; then
+        npm ci --silent --no-audit --no-fund
     fi

@@ -1,0 +1,56 @@
+// The cloud's side of the contract, with the cloud's own gRPC stack.
+// Usage: node cloud.mjs ADDRESS PROTO_PATH   (env USER_ID, ROOM, JOIN_TOKEN, LIVEKIT_URL)
+// Prints one JSON object with what each call returned, for tests/test_node_cloud.py.
+import grpc from "@grpc/grpc-js";
+import protoLoader from "@grpc/proto-loader";
+
+const [address, protoPath] = process.argv.slice(2);
+const { USER_ID: userId, ROOM: room, JOIN_TOKEN: token, LIVEKIT_URL: livekitUrl } = process.env;
+
+const definition = protoLoader.loadSync(protoPath, { keepCase: true, longs: Number, enums: String, defaults: true });
+const { LiveKitBridge } = grpc.loadPackageDefinition(definition).mentra.livekit.bridge;
+const target = address.startsWith("unix:") ? address : `dns:${address}`;
+const client = new LiveKitBridge(target, grpc.credentials.createInsecure());
+
+const unary = (method, request) =>
+  new Promise((resolve) => {
+    client[method](request, { deadline: Date.now() + 30_000 }, (error, reply) =>
+      resolve(error ? { code: grpc.status[error.code], details: error.details } : reply));
+  });
+
+// Runs a StreamAudio call: sends `chunks`, collects up to `want` replies, returns how it ended.
+const streamAudio = (chunks, want) =>
+  new Promise((resolve) => {
+    const call = client.StreamAudio({ deadline: Date.now() + 30_000 });
+    const received = [];
+    let settled = false;
+    const finish = (code, details) => {
+      if (settled) return;
+      settled = true;
+      resolve({ code, details, received });
+    };
+    call.on("data", (chunk) => {
+      received.push({ bytes: chunk.pcm_data.length, sample_rate: chunk.sample_rate, user_id: chunk.user_id });
+      if (want && received.length >= want) {
+        call.cancel();
+        finish("RECEIVED", "");
+      }
+    });
+    call.on("error", (error) => finish(grpc.status[error.code], error.details));
+    call.on("status", (status) => finish(grpc.status[status.code], status.details));
+    for (const chunk of chunks) call.write(chunk);
+  });
+
+const result = {};
+result.health = await unary("HealthCheck", {});
+result.join = await unary("JoinRoom", { user_id: userId, room_name: room, token, livekit_url: livekitUrl, target_identity: userId });
+result.no_user_stream = await streamAudio([{ user_id: "" }], 0);
+result.unknown_user_stream = await streamAudio([{ user_id: "nobody-" + userId }], 0);
+result.audio_stream = await streamAudio([{ user_id: userId }], 5);
+result.bad_chunk_stream = await streamAudio(
+  [{ user_id: userId }, { user_id: userId, pcm_data: Buffer.alloc(640), sample_rate: 12345, channels: 1 }], 0);
+result.status = await unary("GetStatus", { user_id: userId });
+result.leave = await unary("LeaveRoom", { user_id: userId, reason: "node test" });
+result.leave_again = await unary("LeaveRoom", { user_id: userId, reason: "node test" });
+client.close();
+console.log(JSON.stringify(result));
