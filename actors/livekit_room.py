@@ -105,7 +105,7 @@ async def _connect(room: rtc.Room, url: str, token: str, timeout: float, settle_
     asyncio task of its own; when we stop waiting for it, it is abandoned: left
     to finish, and a room it still reaches is left again at once.
     """
-    connecting = await aio_as_trio(_start_connecting)(room, url, token)
+    connecting = await aio_as_trio(_in_background)(room.connect(url, token, rtc.RoomOptions(auto_subscribe=False)))
     try:
         with trio.fail_after(timeout):
             await aio_as_trio(asyncio.shield)(connecting)
@@ -124,12 +124,8 @@ async def _connect(room: rtc.Room, url: str, token: str, timeout: float, settle_
         raise
 
 
-async def _start_connecting(room: rtc.Room, url: str, token: str) -> asyncio.Future[None]:
-    return asyncio.ensure_future(room.connect(url, token, rtc.RoomOptions(auto_subscribe=False)))
-
-
-#: asyncio tasks nobody awaits (rooms being left after we stopped waiting):
-#: held here so they are not garbage-collected midway.
+#: asyncio tasks that may outlive whoever started them (connects and leaves
+#: we stopped waiting for): held here so they are not garbage-collected midway.
 _background: set[asyncio.Future[None]] = set()
 
 

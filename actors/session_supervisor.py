@@ -173,9 +173,9 @@ class SessionSupervisor(Actor):
         return None
 
     def _on_session_exit(self, child: Child, crash: BaseException | None) -> None:
-        for user_id, session in list(self._sessions.items()):
-            if session is child:
-                del self._sessions[user_id]
+        user_id = child.actor.user_id
+        if self._sessions.get(user_id) is child:
+            del self._sessions[user_id]
         if crash is not None:
             logger.error("session {} crashed: {}", child.name, crash)
 

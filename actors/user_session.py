@@ -35,16 +35,17 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-class _RoomChanged:
-    """A LiveKit room event the session must reflect in its status."""
+class _RoomDisconnected:
+    """LiveKit disconnected the room; the session records when and why."""
 
-    def __init__(self, disconnect_reason: str | None = None) -> None:
-        self.disconnect_reason = disconnect_reason
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
 
 
 class UserSession(Actor):
     def __init__(self, join: Join, settings: BridgeSettings) -> None:
         super().__init__(f"session:{join.user_id}")
+        self.user_id = join.user_id
         self._join = join
         self._settings = settings
         self._room: rtc.Room | None = None
@@ -55,8 +56,6 @@ class UserSession(Actor):
         self._publish_send, self._publish_receive = trio.open_memory_channel[CloudChunk](
             settings.publish_buffer_chunks
         )
-        self._connected = False
-        self._participant_count = 0
         self._last_disconnect_at_ms = 0
         self._last_disconnect_reason = ""
         self._packets_received = 0
@@ -77,21 +76,15 @@ class UserSession(Actor):
                 connect_timeout=self._settings.connect_timeout,
                 teardown_timeout=self._settings.teardown_timeout,
                 on_data=self._on_data,
-                subscribe={
-                    "participant_connected": lambda _participant: self._tell_room_changed(),
-                    "participant_disconnected": lambda _participant: self._tell_room_changed(),
-                    "connection_state_changed": lambda _state: self._tell_room_changed(),
-                    "disconnected": lambda reason: self._tell_room_changed(_reason_name(reason)),
-                },
+                subscribe={"disconnected": self._tell_disconnected},
             ) as room:
                 self._room = room
-                self._refresh_room_state()
                 try:
                     async with trio.open_nursery() as nursery:
                         nursery.start_soon(self._publish_cloud_audio)
                         task_status.started(
                             Joined(True, participant_id=room.local_participant.identity,
-                                   participant_count=self._participant_count)
+                                   participant_count=self._participant_count())
                         )
                         logger.info("user {} joined room {} as {}", join.user_id, join.room_name,
                                     room.local_participant.identity)
@@ -127,22 +120,19 @@ class UserSession(Actor):
             message.reply.send(self.status())
         elif isinstance(message, AttachStream):
             message.reply.send(self._attach_stream())
-        elif isinstance(message, _RoomChanged):
-            if message.disconnect_reason is not None:
-                self._last_disconnect_at_ms = now_ms()
-                self._last_disconnect_reason = message.disconnect_reason
-                logger.warning("user {}: LiveKit room disconnected ({})", self._join.user_id,
-                               message.disconnect_reason)
-            self._refresh_room_state()
+        elif isinstance(message, _RoomDisconnected):
+            self._last_disconnect_at_ms = now_ms()
+            self._last_disconnect_reason = message.reason
+            logger.warning("user {}: LiveKit room disconnected ({})", self._join.user_id, message.reason)
         else:
             raise TypeError(f"a user session does not handle {type(message).__name__}")
 
     def status(self) -> SessionStatus:
         room = self._room
         return SessionStatus(
-            connected=self._connected,
+            connected=self._connected(),
             participant_id=room.local_participant.identity if room is not None else "",
-            participant_count=self._participant_count,
+            participant_count=self._participant_count(),
             last_disconnect_at_ms=self._last_disconnect_at_ms,
             last_disconnect_reason=self._last_disconnect_reason,
         )
@@ -154,18 +144,20 @@ class UserSession(Actor):
         self._lease = StreamLease(self._mic, self._publish_send)
         return self._lease
 
-    def _tell_room_changed(self, disconnect_reason: str | None = None) -> None:
+    def _tell_disconnected(self, reason: Any) -> None:
         try:
-            self.mailbox.tell(_RoomChanged(disconnect_reason))
+            self.mailbox.tell(_RoomDisconnected(_reason_name(reason)))
         except Exception as error:  # a full mailbox must not break the SDK's event loop
-            logger.warning("user {}: room event not delivered: {}", self._join.user_id, error)
+            logger.warning("user {}: room disconnect not recorded: {}", self._join.user_id, error)
 
-    def _refresh_room_state(self) -> None:
-        room = self._room
-        if room is None:
-            return
-        self._connected = room.connection_state == rtc.ConnectionState.CONN_CONNECTED
-        self._participant_count = len(room.remote_participants) + 1
+    # The room keeps these current itself (the SDK updates it before emitting
+    # events), so they are read, never copied.
+
+    def _connected(self) -> bool:
+        return self._room is not None and self._room.connection_state == rtc.ConnectionState.CONN_CONNECTED
+
+    def _participant_count(self) -> int:
+        return len(self._room.remote_participants) + 1 if self._room is not None else 0
 
     # -- microphone: LiveKit -> cloud ----------------------------------------
 
@@ -251,8 +243,8 @@ class UserSession(Actor):
 
     def counters(self) -> dict[str, int]:
         return {
-            "connected": int(self._connected),
-            "participant_count": self._participant_count,
+            "connected": int(self._connected()),
+            "participant_count": self._participant_count(),
             "stream_attached": int(self._lease is not None and self._lease.active),
             "mic_packets_received": self._packets_received,
             "mic_packets_lost": self._sequence.lost,

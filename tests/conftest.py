@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pathlib
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -50,8 +49,3 @@ async def bridge(bridge_settings: BridgeSettings) -> AsyncIterator[RunningBridge
             running = await nursery.start(run_bridge, bridge_settings)
             yield running
             nursery.cancel_scope.cancel()
-
-
-@pytest.fixture
-def unix_socket_path(tmp_path: pathlib.Path) -> str:
-    return str(tmp_path / "bridge.sock")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import grpclib.const
 import pytest
 import trio
 from grpclib.const import Status

@@ -3,19 +3,19 @@ streams multiplexed on the cloud's one HTTP/2 connection."""
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 
 import trio
 import trio_asyncio
 
 from actors.bridge import run_bridge
-from actors.settings import BridgeSettings
 from bridge_harness import cloud, join_request, pcm_packet, phone_in_room
 
 
-async def test_unix_socket_serves_the_whole_audio_path(livekit, tmp_path: pathlib.Path) -> None:
+async def test_unix_socket_serves_the_whole_audio_path(livekit, bridge_settings, tmp_path: pathlib.Path) -> None:
     socket_path = tmp_path / "bridge.sock"
-    settings = BridgeSettings(unix_socket=str(socket_path), default_livekit_url=livekit.url)
+    settings = dataclasses.replace(bridge_settings, unix_socket=str(socket_path))
     async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
         running = await nursery.start(run_bridge, settings)
         assert running.address == f"unix:{socket_path}" and socket_path.is_socket()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -20,9 +21,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture
-def bridge_settings(livekit) -> BridgeSettings:
-    """A short connect timeout: the unreachable-LiveKit test waits it out."""
-    return BridgeSettings(host="127.0.0.1", port=0, default_livekit_url=livekit.url, connect_timeout=3.0)
+def bridge_settings(bridge_settings: BridgeSettings) -> BridgeSettings:
+    """A short connect timeout: the unreachable-LiveKit tests wait it out."""
+    return dataclasses.replace(bridge_settings, connect_timeout=3.0)
 
 
 async def bridge_participants(livekit, room: str) -> list[str]:
