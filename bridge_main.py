@@ -25,7 +25,7 @@ import trio
 from loguru import logger
 
 from actors.bridge import run_bridge
-from actors.dev_livekit import start_dev_livekit
+from actors.livekit.dev_server import start_dev_livekit
 from actors.log_setup import configure_logging
 from actors.settings import BridgeSettings, SettingsError
 

@@ -9,7 +9,7 @@ code hosted in Trio by trio-asyncio; each handler body runs as Trio code.
 from __future__ import annotations
 
 import json
-import struct
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -19,15 +19,15 @@ import grpclib.server
 import trio
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
-from grpclib.protocol import H2Protocol
-from h2.settings import SettingCodes
-from loguru import logger
 from trio_asyncio import aio_as_trio, trio_as_aio
 
 from proto.mentra.livekit import bridge as pb
 from proto.mentra.livekit.bridge import debug as debug_pb
 
-from .messages import AttachStream, GetHealth, GetStatus, Join, Leave
+from .grpc.transport import read_message, serve_grpc
+from .audio.fetch import FetchError, check_url
+from .messages import AttachStream, GetHealth, GetStatus, Join, Leave, NotPlayable, Play, StopPlayback
+from .playback import PlaybackEvent, PlaybackRequest
 from .mic_audio import MIC_CHANNELS, MIC_SAMPLE_RATE
 from .runtime import ActorGone, Child, MailboxFull
 from .settings import BridgeSettings
@@ -47,39 +47,6 @@ except Exception:  # running from a source tree that was never installed
     SERVER_VERSION = "0.0.0+unknown"
 
 
-async def read_message(stream: grpclib.server.Stream, limit: int) -> Any:
-    """Receive the next message, or None once the client has finished sending.
-
-    Unlike grpclib's own recv_message, the length prefix is checked before the
-    body is read, so an oversized message is refused without being buffered.
-
-    Raises:
-        GRPCError(RESOURCE_EXHAUSTED): the message is larger than ``limit`` bytes.
-    """
-    h2_stream = stream._stream
-    try:
-        prefix = await h2_stream.recv_data(5)
-        if not prefix:
-            return None
-        compressed, length = struct.unpack(">?I", prefix)
-        if compressed:
-            raise GRPCError(Status.UNIMPLEMENTED, "compressed messages are not supported; send them uncompressed")
-        if length > limit:
-            raise GRPCError(
-                Status.RESOURCE_EXHAUSTED,
-                f"message of {length} bytes exceeds the bridge's limit of {limit} bytes",
-            )
-        body = await h2_stream.recv_data(length)
-    except AssertionError:  # grpclib's check that as many bytes arrived as asked for
-        raise GRPCError(Status.INVALID_ARGUMENT, "the client ended the stream inside a message") from None
-    if len(body) != length:
-        raise GRPCError(Status.INVALID_ARGUMENT, "the client ended the stream inside a message")
-    try:
-        return stream._codec.decode(body, stream._recv_type)
-    except Exception as error:
-        raise GRPCError(Status.INVALID_ARGUMENT, f"malformed {stream._recv_type.__name__}: {error}") from None
-
-
 class FrontDoor:
     """The LiveKitBridge service (and the BridgeDebug service) for grpclib."""
 
@@ -92,17 +59,14 @@ class FrontDoor:
         self.active_streams = 0
 
     def __mapping__(self) -> dict[str, grpclib.const.Handler]:
-        unary = grpclib.const.Cardinality.UNARY_UNARY
         return {
             SERVICE + "StreamAudio": self._handler(
                 self._stream_audio, grpclib.const.Cardinality.STREAM_STREAM, pb.AudioChunk, pb.AudioChunk),
             SERVICE + "JoinRoom": self._unary(self._join_room, pb.JoinRoomRequest, pb.JoinRoomResponse),
             SERVICE + "LeaveRoom": self._unary(self._leave_room, pb.LeaveRoomRequest, pb.LeaveRoomResponse),
             SERVICE + "PlayAudio": self._handler(
-                _unimplemented("PlayAudio"), grpclib.const.Cardinality.UNARY_STREAM,
-                pb.PlayAudioRequest, pb.PlayAudioEvent),
-            SERVICE + "StopAudio": self._handler(
-                _unimplemented("StopAudio"), unary, pb.StopAudioRequest, pb.StopAudioResponse),
+                self._play_audio, grpclib.const.Cardinality.UNARY_STREAM, pb.PlayAudioRequest, pb.PlayAudioEvent),
+            SERVICE + "StopAudio": self._unary(self._stop_audio, pb.StopAudioRequest, pb.StopAudioResponse),
             SERVICE + "HealthCheck": self._unary(
                 self._health_check, pb.HealthCheckRequest, pb.HealthCheckResponse),
             SERVICE + "GetStatus": self._unary(
@@ -197,6 +161,51 @@ class FrontDoor:
                 "front_door": {"active_streams": self.active_streams}}
         return debug_pb.DescribeActorsResponse(tree_json=json.dumps(tree, indent=2, default=str))
 
+    # -- playback ------------------------------------------------------------
+
+    async def _play_audio(self, stream: grpclib.server.Stream) -> None:
+        """Stream the playback's events until its final one. Hanging up does
+        not stop the sound (StopAudio does)."""
+        request = await self._read(stream)
+        if request is None:
+            raise GRPCError(Status.INVALID_ARGUMENT, "the request message is missing")
+        _require(request.user_id, "user_id")
+
+        async def fail(status: Status, why: str) -> None:
+            event = PlaybackEvent("FAILED", request.request_id, error=why)
+            await aio_as_trio(stream.send_message)(_play_event(event))
+            raise GRPCError(status, why)
+
+        try:
+            check_url(request.audio_url)
+        except FetchError as error:
+            await fail(Status.INVALID_ARGUMENT, str(error))
+        volume = request.volume or 1.0  # 0 means unset, as the cloud sends it
+        if not math.isfinite(volume) or volume < 0:
+            await fail(Status.INVALID_ARGUMENT, f"volume {request.volume} is not a non-negative number")
+        if request.track_id < 0:
+            await fail(Status.INVALID_ARGUMENT, f"track_id {request.track_id} is negative")
+        playback = PlaybackRequest(request.request_id, request.audio_url, volume, request.track_id)
+        answer = await self._ask(Play(request.user_id, playback, request.stop_other))
+        if answer is None:
+            raise GRPCError(Status.NOT_FOUND, f"user {request.user_id!r} has no session; call JoinRoom first")
+        if isinstance(answer, NotPlayable):
+            await fail(Status.FAILED_PRECONDITION, answer.reason)
+        while True:
+            try:
+                event = await answer.get()
+            except trio.EndOfChannel:
+                return
+            await aio_as_trio(stream.send_message)(_play_event(event))
+
+    async def _stop_audio(self, request: pb.StopAudioRequest) -> pb.StopAudioResponse:
+        _require(request.user_id, "user_id")
+        stopped = await self._ask(StopPlayback(request.user_id, request.request_id, request.reason,
+                                               request.track_id))
+        if stopped is None:
+            raise GRPCError(Status.NOT_FOUND, f"user {request.user_id!r} has no session")
+        return pb.StopAudioResponse(success=True, stopped_request_id=",".join(stopped))
+
     # -- audio ---------------------------------------------------------------
 
     async def _stream_audio(self, stream: grpclib.server.Stream) -> None:
@@ -261,6 +270,14 @@ class FrontDoor:
             chunk = await self._read(stream)
 
 
+def _play_event(event: PlaybackEvent) -> pb.PlayAudioEvent:
+    return pb.PlayAudioEvent(
+        type=pb.PlayAudioEventEventType[event.kind], request_id=event.request_id,
+        duration_ms=event.duration_ms, position_ms=event.position_ms, error=event.error,
+        metadata=event.metadata,
+    )
+
+
 def _cloud_chunk(chunk: pb.AudioChunk, lease: StreamLease) -> CloudChunk:
     sample_rate = chunk.sample_rate or MIC_SAMPLE_RATE
     channels = chunk.channels or MIC_CHANNELS
@@ -291,62 +308,12 @@ def _require(value: str, what: str) -> None:
         raise GRPCError(Status.INVALID_ARGUMENT, f"{what} is required")
 
 
-def _unimplemented(rpc: str) -> Callable[[Any], Awaitable[None]]:
-    async def body(stream: grpclib.server.Stream) -> None:
-        raise GRPCError(Status.UNIMPLEMENTED, f"{rpc} is not implemented yet")
-
-    return body
-
-
-class _ManyStreamsProtocol(H2Protocol):
-    """grpclib's protocol with h2's limit of 100 concurrent streams lifted.
-
-    The cloud multiplexes every user's StreamAudio on one HTTP/2 connection;
-    past the limit its calls would wait forever for a free stream.
-    """
-
-    max_concurrent_streams = 100
-
-    def connection_made(self, transport: Any) -> None:
-        super().connection_made(transport)
-        self.connection._connection.update_settings(
-            {SettingCodes.MAX_CONCURRENT_STREAMS: self.max_concurrent_streams}
-        )
-        self.connection.flush()
-
-
-class FrontDoorServer(grpclib.server.Server):
-    def __init__(self, handlers: list[Any], *, max_concurrent_streams: int) -> None:
-        super().__init__(handlers)
-        self._protocol_class = type(
-            "_Protocol", (_ManyStreamsProtocol,), {"max_concurrent_streams": max_concurrent_streams}
-        )
-
-    def _protocol_factory(self) -> H2Protocol:
-        protocol = super()._protocol_factory()
-        return self._protocol_class(protocol.handler, protocol.config, protocol.h2_config)
-
-
 async def serve_front_door(
     sessions: Child, settings: BridgeSettings, describe_tree: Callable[[], list[dict[str, Any]]],
     *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve gRPC until cancelled; reports the address it listens on once ready."""
+    """Serve the bridge's gRPC services until cancelled; reports the address it listens on once ready."""
     front_door = FrontDoor(sessions, settings, describe_tree)
-    server = FrontDoorServer([front_door], max_concurrent_streams=settings.max_concurrent_streams)
-    if settings.unix_socket:
-        await aio_as_trio(server.start)(path=settings.unix_socket)
-        address = f"unix:{settings.unix_socket}"
-    else:
-        await aio_as_trio(server.start)(settings.host, settings.port)
-        host, port = server._server.sockets[0].getsockname()[:2]
-        address = f"{host}:{port}"
-    logger.info("gRPC front door listening on {}", address)
-    try:
-        task_status.started(address)
-        await trio.sleep_forever()
-    finally:
-        with trio.CancelScope(shield=True):
-            server.close()
-            with trio.move_on_after(settings.teardown_timeout):
-                await aio_as_trio(server.wait_closed)()
+    await serve_grpc([front_door], host=settings.host, port=settings.port, unix_socket=settings.unix_socket,
+                     max_concurrent_streams=settings.max_concurrent_streams,
+                     close_timeout=settings.teardown_timeout, task_status=task_status)

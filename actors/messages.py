@@ -72,3 +72,35 @@ class GetHealth(Request["Health"]):
 @dataclasses.dataclass(frozen=True)
 class Health:
     active_sessions: int
+
+
+@dataclasses.dataclass
+class Play(Request[Any]):
+    """Answered with the playback's PlaybackEvents, with NotPlayable, or with
+    None when the user has no session."""
+
+    user_id: str
+    request: Any  # PlaybackRequest
+    stop_other: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class NotPlayable:
+    """The session cannot play now (its room is not connected)."""
+
+    reason: str
+
+
+@dataclasses.dataclass
+class StopPlayback(Request["list[str] | None"]):
+    """Answered, once they have stopped, with the request ids of the playbacks
+    that matched, or with None when the user has no session.
+
+    ``track_id`` -1 matches every track; a non-empty ``request_id`` matches
+    only that playback.
+    """
+
+    user_id: str
+    request_id: str
+    reason: str
+    track_id: int

@@ -18,8 +18,8 @@ from typing import Any
 import trio
 from loguru import logger
 
-from .livekit_room import AbandonedConnect, RoomConnectError
-from .messages import AttachStream, GetHealth, GetStatus, Health, Join, Joined, Leave
+from .livekit.room import AbandonedConnect, RoomConnectError
+from .messages import AttachStream, GetHealth, GetStatus, Health, Join, Joined, Leave, Play, StopPlayback
 from .runtime import Actor, ActorGone, Child, MailboxFull, Supervisor
 from .settings import BridgeSettings
 from .user_session import UserSession
@@ -60,7 +60,7 @@ class SessionSupervisor(Actor):
     async def handle(self, message: Any) -> None:
         if isinstance(message, (Join, Leave)):
             self._enqueue(message)
-        elif isinstance(message, (GetStatus, AttachStream)):
+        elif isinstance(message, (GetStatus, AttachStream, Play, StopPlayback)):
             self._forward_to_session(message)
         elif isinstance(message, GetHealth):
             message.reply.send(Health(active_sessions=len(self._sessions)))
@@ -181,7 +181,7 @@ class SessionSupervisor(Actor):
 
     # -- questions for one session -------------------------------------------
 
-    def _forward_to_session(self, message: GetStatus | AttachStream) -> None:
+    def _forward_to_session(self, message: GetStatus | AttachStream | Play | StopPlayback) -> None:
         session = self._sessions.get(message.user_id)
         if session is None:
             message.reply.send(None)

@@ -6,6 +6,9 @@ import dataclasses
 import os
 from collections.abc import Mapping
 
+from .audio.fetch import FetchLimits
+from .playback import PlaybackLimits
+
 
 class SettingsError(ValueError):
     """An environment variable holds a value the bridge cannot use."""
@@ -33,6 +36,30 @@ class BridgeSettings:
     max_pending_commands_per_user: int = 64
     max_message_bytes: int = 10 * 1024 * 1024
     max_concurrent_streams: int = 10_000
+    #: A published track that carries no audio this long is unpublished (silence would hiss).
+    track_idle_grace: float = 2.0
+    #: How long a newly published track waits for a subscriber before its first frame.
+    subscribe_wait: float = 1.0
+    #: Audio a track's source queues ahead of the network; StopAudio drops it.
+    track_queue_ms: int = 500
+    #: Playback: download and decoding limits (PlayAudio).
+    playback_connect_timeout: float = 5.0
+    playback_read_timeout: float = 10.0
+    playback_max_bytes: int = 50_000_000
+    playback_max_seconds: float = 600.0
+    #: Refuse playback URLs that lead to private, loopback or link-local addresses.
+    playback_refuse_private: bool = False
+
+    @property
+    def playback_limits(self) -> PlaybackLimits:
+        return PlaybackLimits(
+            fetch=FetchLimits(connect_timeout=self.playback_connect_timeout,
+                              idle_read_timeout=self.playback_read_timeout,
+                              max_bytes=self.playback_max_bytes,
+                              refuse_private_addresses=self.playback_refuse_private),
+            max_seconds=self.playback_max_seconds,
+            stall_timeout=self.playback_read_timeout,
+        )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> BridgeSettings:
@@ -48,6 +75,14 @@ class BridgeSettings:
                 raise SettingsError(f"{name}={raw!r} must be positive")
             return value
 
+        def flag(name: str, default: bool) -> bool:
+            raw = environ.get(name, "").strip().lower()
+            if raw == "":
+                return default
+            if raw not in ("1", "true", "yes", "0", "false", "no"):
+                raise SettingsError(f"{name}={raw!r} is not a yes/no value; use 1 or 0")
+            return raw in ("1", "true", "yes")
+
         return cls(
             port=int(number("PORT", cls.port)),
             host=environ.get("BRIDGE_HOST", cls.host),
@@ -55,4 +90,10 @@ class BridgeSettings:
             default_livekit_url=environ.get("LIVEKIT_URL", ""),
             connect_timeout=number("BRIDGE_CONNECT_TIMEOUT", cls.connect_timeout, float),
             mic_buffer_packets=int(number("BRIDGE_MIC_BUFFER_PACKETS", cls.mic_buffer_packets)),
+            track_idle_grace=number("BRIDGE_TRACK_IDLE_GRACE", cls.track_idle_grace, float),
+            playback_connect_timeout=number("BRIDGE_PLAYBACK_CONNECT_TIMEOUT", cls.playback_connect_timeout, float),
+            playback_read_timeout=number("BRIDGE_PLAYBACK_READ_TIMEOUT", cls.playback_read_timeout, float),
+            playback_max_bytes=int(number("BRIDGE_PLAYBACK_MAX_BYTES", cls.playback_max_bytes)),
+            playback_max_seconds=number("BRIDGE_PLAYBACK_MAX_SECONDS", cls.playback_max_seconds, float),
+            playback_refuse_private=flag("BRIDGE_PLAYBACK_REFUSE_PRIVATE", cls.playback_refuse_private),
         )

@@ -6,7 +6,7 @@ import dataclasses
 
 import trio
 
-from .mic_audio import DropOldestBuffer
+from .runtime import DropOldestBuffer
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,10 +1,11 @@
 """One user's bridge session: a LiveKit room joined on the user's behalf.
 
 The session is an actor. It owns the room connection, the microphone buffer
-that feeds the user's StreamAudio, and the tracks it publishes the cloud's
-audio on. When its scope is cancelled it ends the stream, unpublishes its
-tracks and leaves the room before it reports itself stopped, so its
-supervisor can start a replacement knowing nothing of the old one remains.
+that feeds the user's StreamAudio, the tracks it publishes the cloud's audio
+on, and supervises the user's playbacks (PlayAudio). When its scope is
+cancelled it stops its playbacks, ends the stream, unpublishes its tracks and
+leaves the room before it reports itself stopped, so its supervisor can start
+a replacement knowing nothing of the old one remains.
 """
 
 from __future__ import annotations
@@ -15,20 +16,15 @@ from typing import Any
 import trio
 from livekit import rtc
 from loguru import logger
-from trio_asyncio import aio_as_trio
 
-from .livekit_room import joined_room
-from .messages import AttachStream, GetStatus, Join, Joined, SessionStatus
-from .mic_audio import DropOldestBuffer, SequenceTracker, pcm_from_packet
-from .runtime import Actor
+from .livekit.output_tracks import OutputTrack, OutputTracks, TrackFormatMismatch
+from .livekit.room import joined_room
+from .messages import AttachStream, GetStatus, Join, Joined, NotPlayable, Play, SessionStatus, StopPlayback
+from .mic_audio import SequenceTracker, pcm_from_packet
+from .playback import Playback, PlaybackEvents
+from .runtime import Actor, Child, DropOldestBuffer, Supervisor
 from .settings import BridgeSettings
 from .stream_lease import CloudChunk, MicChunk, StreamLease
-
-TRACK_NAMES = {0: "speaker", 1: "app_audio", 2: "tts"}
-
-
-def track_name(track_id: int) -> str:
-    return TRACK_NAMES.get(track_id, f"track_{track_id}")
 
 
 def now_ms() -> int:
@@ -50,7 +46,11 @@ class UserSession(Actor):
         self._settings = settings
         self._room: rtc.Room | None = None
         self._lease: StreamLease | None = None
-        self._tracks: dict[int, tuple[rtc.AudioSource, int, int]] = {}  # source, rate, channels
+        self._tracks: OutputTracks | None = None
+        self._playback_supervisor: Supervisor | None = None
+        self._playbacks: set[Child] = set()
+        self._playbacks_started = 0
+        self._playbacks_stopped = 0
         self._mic = DropOldestBuffer[MicChunk](settings.mic_buffer_packets)
         self._sequence = SequenceTracker()
         self._publish_send, self._publish_receive = trio.open_memory_channel[CloudChunk](
@@ -79,9 +79,14 @@ class UserSession(Actor):
                 subscribe={"disconnected": self._tell_disconnected},
             ) as room:
                 self._room = room
+                self._tracks = OutputTracks(
+                    room, user_id=join.user_id, idle_grace=self._settings.track_idle_grace,
+                    subscribe_wait=self._settings.subscribe_wait, queue_ms=self._settings.track_queue_ms)
                 try:
                     async with trio.open_nursery() as nursery:
+                        self._playback_supervisor = Supervisor(nursery, on_exit=self._on_playback_exit)
                         nursery.start_soon(self._publish_cloud_audio)
+                        nursery.start_soon(self._tracks.unpublish_idle_tracks)
                         task_status.started(
                             Joined(True, participant_id=room.local_participant.identity,
                                    participant_count=self._participant_count())
@@ -94,7 +99,8 @@ class UserSession(Actor):
                     self._mic.close()
         finally:
             # Only now: leaving the room has unpublished the tracks they feed.
-            await self._close_sources()
+            if self._tracks is not None:
+                await self._tracks.close()
 
     async def _end_stream(self) -> None:
         lease, self._lease = self._lease, None
@@ -107,12 +113,6 @@ class UserSession(Actor):
             waited.shield = True
             await lease.released.wait()
 
-    async def _close_sources(self) -> None:
-        with trio.CancelScope(shield=True):
-            for source, _rate, _channels in self._tracks.values():
-                await aio_as_trio(source.aclose)()
-        self._tracks.clear()
-
     # -- messages ----------------------------------------------------------
 
     async def handle(self, message: Any) -> None:
@@ -120,6 +120,10 @@ class UserSession(Actor):
             message.reply.send(self.status())
         elif isinstance(message, AttachStream):
             message.reply.send(self._attach_stream())
+        elif isinstance(message, Play):
+            message.reply.send(await self._play(message))
+        elif isinstance(message, StopPlayback):
+            message.reply.send(await self._stop_playbacks(message))
         elif isinstance(message, _RoomDisconnected):
             self._last_disconnect_at_ms = now_ms()
             self._last_disconnect_reason = message.reason
@@ -191,53 +195,71 @@ class UserSession(Actor):
     async def _publish_cloud_audio(self) -> None:
         async with self._publish_receive:
             async for chunk in self._publish_receive:
-                source = await self._source_for(chunk)
-                if source is None:
+                track = await self._track_for(chunk)
+                if track is None:
                     continue
-                frame = rtc.AudioFrame(
-                    chunk.pcm, chunk.sample_rate, chunk.channels,
-                    len(chunk.pcm) // (2 * chunk.channels),
-                )
                 try:
-                    await aio_as_trio(source.capture_frame)(frame)
+                    await track.capture(chunk.pcm)
                 except Exception as error:  # e.g. the room is reconnecting: drop, count, go on
                     self._chunks_failed += 1
                     logger.warning("user {}: cloud audio chunk not published: {}", self._join.user_id, error)
                     continue
                 self._chunks_published += 1
 
-    async def _source_for(self, chunk: CloudChunk) -> rtc.AudioSource | None:
-        """The track's audio source, published on first use (an empty published
-        track is heard as static on the phone, so none is made in advance).
-        None when the chunk cannot be published; its stream is told why."""
-        known = self._tracks.get(chunk.track_id)
-        if known is not None:
-            source, sample_rate, channels = known
-            if (sample_rate, channels) != (chunk.sample_rate, chunk.channels):
-                chunk.stream.refuse(
-                    f"track {chunk.track_id} carries {sample_rate} Hz, {channels} channel(s); "
-                    f"a chunk of {chunk.sample_rate} Hz, {chunk.channels} channel(s) cannot join it"
-                )
-                return None
-            return source
-        assert self._room is not None
-        source = rtc.AudioSource(chunk.sample_rate, chunk.channels)
-        track = rtc.LocalAudioTrack.create_audio_track(track_name(chunk.track_id), source)
-        options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
+    async def _track_for(self, chunk: CloudChunk) -> OutputTrack | None:
+        """The chunk's track, published on first use; None when the chunk
+        cannot be published (its stream is told why, if it is the stream's fault)."""
+        assert self._tracks is not None
         try:
-            await aio_as_trio(self._room.local_participant.publish_track)(track, options)
-        except BaseException as error:
-            with trio.CancelScope(shield=True):
-                await aio_as_trio(source.aclose)()
-            if not isinstance(error, Exception):
-                raise
+            return await self._tracks.acquire(chunk.track_id, chunk.sample_rate, chunk.channels)
+        except TrackFormatMismatch as error:
+            chunk.stream.refuse(str(error))
+        except Exception as error:
             self._chunks_failed += 1
-            logger.warning("user {}: publishing track {} failed: {}", self._join.user_id,
-                           track_name(chunk.track_id), error)
-            return None
-        self._tracks[chunk.track_id] = (source, chunk.sample_rate, chunk.channels)
-        logger.info("user {}: published track {}", self._join.user_id, track_name(chunk.track_id))
-        return source
+            logger.warning("user {}: publishing track {} failed: {}", self._join.user_id, chunk.track_id, error)
+        return None
+
+    # -- playback: URL -> LiveKit ---------------------------------------------
+
+    async def _play(self, message: Play) -> PlaybackEvents | NotPlayable:
+        """Start a playback once those it replaces have stopped: all of them
+        with stop_other, else the one on the same track."""
+        assert self._playback_supervisor is not None and self._tracks is not None
+        request = message.request
+        if not self._connected():
+            return NotPlayable(f"the LiveKit room of user {self.user_id!r} is not connected "
+                               f"({self._last_disconnect_reason or 'no disconnect recorded'}); call JoinRoom")
+        for child in list(self._playbacks):
+            if message.stop_other or child.actor.track_id == request.track_id:
+                await self._stop_playback(child, f"replaced by playback {request.request_id!r}")
+        events = PlaybackEvents()
+        tracks, limits = self._tracks, self._settings.playback_limits
+        child = await self._playback_supervisor.start(
+            lambda: Playback(request, tracks, limits, events, user_id=self.user_id))
+        if not child.done.is_set():
+            self._playbacks.add(child)
+        self._playbacks_started += 1
+        return events
+
+    async def _stop_playbacks(self, message: StopPlayback) -> list[str]:
+        def matches(playback: Playback) -> bool:
+            if message.request_id:
+                return playback.request.request_id == message.request_id
+            return message.track_id < 0 or playback.track_id == message.track_id
+
+        matched = [child for child in self._playbacks if matches(child.actor)]
+        for child in matched:
+            await self._stop_playback(child, message.reason or "StopAudio")
+        return [child.actor.request.request_id for child in matched]
+
+    async def _stop_playback(self, child: Child, reason: str) -> None:
+        assert self._playback_supervisor is not None
+        child.actor.stop_reason = reason
+        self._playbacks_stopped += 1
+        await self._playback_supervisor.stop(child)
+
+    def _on_playback_exit(self, child: Child, crash: BaseException | None) -> None:
+        self._playbacks.discard(child)
 
     # -- observability -----------------------------------------------------
 
@@ -257,8 +279,21 @@ class UserSession(Actor):
             "mic_buffer_dropped": self._mic.dropped,
             "cloud_chunks_published": self._chunks_published,
             "cloud_chunks_failed": self._chunks_failed,
-            "published_tracks": len(self._tracks),
+            **self._track_counters(),
+            "playbacks_active": len(self._playbacks),
+            "playbacks_started": self._playbacks_started,
+            "playbacks_stopped": self._playbacks_stopped,
         }
+
+    def _track_counters(self) -> dict[str, int]:
+        tracks = self._tracks
+        if tracks is None:
+            return {"published_tracks": 0}
+        return {"published_tracks": len(tracks), "tracks_unpublished_idle": tracks.unpublished_idle,
+                "track_subscribe_waits_timed_out": tracks.subscribe_waits_timed_out}
+
+    def children(self) -> list[dict[str, Any]]:
+        return self._playback_supervisor.describe() if self._playback_supervisor is not None else []
 
 
 def _reason_name(reason: Any) -> str:

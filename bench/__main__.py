@@ -32,7 +32,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 from actors.bridge import run_bridge  # noqa: E402
-from actors.dev_livekit import start_dev_livekit  # noqa: E402
+from actors.livekit.dev_server import start_dev_livekit  # noqa: E402
 from actors.log_setup import configure_logging  # noqa: E402
 from actors.settings import BridgeSettings  # noqa: E402
 from bridge_harness import cloud, join_request, token  # noqa: E402

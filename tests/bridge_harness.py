@@ -21,8 +21,8 @@ import trio
 from livekit import api, rtc
 from trio_asyncio import aio_as_trio
 
-from actors.dev_livekit import DevLiveKit
-from actors.livekit_room import joined_room
+from actors.livekit.dev_server import DevLiveKit
+from actors.livekit.room import joined_room
 from proto.mentra.livekit import bridge as pb
 from proto.mentra.livekit.bridge import debug as debug_pb
 

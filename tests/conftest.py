@@ -10,7 +10,7 @@ import trio_asyncio
 from loguru import logger
 
 from actors.bridge import RunningBridge, run_bridge
-from actors.dev_livekit import DevLiveKit, start_dev_livekit
+from actors.livekit.dev_server import DevLiveKit, start_dev_livekit
 from actors.log_setup import configure_logging
 from actors.settings import BridgeSettings
 

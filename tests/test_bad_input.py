@@ -45,9 +45,12 @@ async def test_bad_requests_get_clear_statuses_while_another_user_keeps_streamin
             # LeaveRoom, GetStatus
             await expect_status(Status.INVALID_ARGUMENT, client.leave(""))
             await expect_status(Status.INVALID_ARGUMENT, client.status(""))
-            # not yet implemented RPCs say so
-            await expect_status(Status.UNIMPLEMENTED, client.unary(
-                "StopAudio", pb.StopAudioRequest(user_id="bystander"), pb.StopAudioResponse))
+            # StopAudio: unknown user; nothing playing is no error
+            await expect_status(Status.NOT_FOUND, client.unary(
+                "StopAudio", pb.StopAudioRequest(user_id="nobody"), pb.StopAudioResponse))
+            idle = await client.unary("StopAudio", pb.StopAudioRequest(user_id="bystander", track_id=-1),
+                                      pb.StopAudioResponse)
+            assert idle.success and idle.stopped_request_id == ""
             # StreamAudio: no user, unknown user
             async with client.audio_stream("") as stream:
                 assert await stream.status() == Status.INVALID_ARGUMENT

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import trio
 
-from actors.mic_audio import DropOldestBuffer, SequenceTracker, pcm_from_packet
+from actors.mic_audio import SequenceTracker, pcm_from_packet
+from actors.runtime import DropOldestBuffer
 
 
 @pytest.mark.parametrize("packet, expected", [

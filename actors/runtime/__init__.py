@@ -4,6 +4,7 @@ Nothing here knows about LiveKit or gRPC; the bridge's actors build on it.
 """
 
 from .actor import Actor
+from .buffer import DropOldestBuffer
 from .mailbox import ActorGone, Mailbox, MailboxFull, Reply, Request
 from .supervisor import NEVER_RESTART, Child, ChildState, RestartPolicy, Supervisor
 
@@ -12,6 +13,7 @@ __all__ = [
     "ActorGone",
     "Child",
     "ChildState",
+    "DropOldestBuffer",
     "Mailbox",
     "MailboxFull",
     "NEVER_RESTART",

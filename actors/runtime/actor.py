@@ -55,6 +55,10 @@ class Actor:
         """Numbers an operator wants to see in the actor tree; override to add."""
         return {}
 
+    def details(self) -> dict[str, Any]:
+        """Facts of this actor's kind that are not counts (ids, names, states); override to add."""
+        return {}
+
     def children(self) -> list[dict[str, Any]]:
         """Descriptions of this actor's own children, for actors that supervise."""
         return []

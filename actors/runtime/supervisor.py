@@ -86,6 +86,7 @@ class Child:
             "last_error": self.last_error,
             "mailbox": {"depth": mailbox.depth, "capacity": mailbox.capacity, "refused_full": mailbox.refused_full},
             "counters": self.actor.counters(),
+            "details": self.actor.details(),
             "children": self.actor.children(),
         }
 

@@ -21,7 +21,7 @@ from livekit import rtc
 from loguru import logger
 from trio_asyncio import aio_as_trio
 
-from .room_event_filter import DataCallback, receive_only_own_events
+from .event_filter import DataCallback, receive_only_own_events
 
 
 class RoomConnectError(Exception):

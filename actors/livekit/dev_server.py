@@ -16,7 +16,7 @@ import socket
 import subprocess
 import time
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+REPO = pathlib.Path(__file__).resolve().parents[2]
 LIVEKIT_SERVER_VERSION = "1.13.5"
 LIVEKIT_SERVER_BIN = pathlib.Path(
     os.environ.get("LIVEKIT_SERVER_BIN", REPO / ".tools" / "bin" / "livekit-server")

@@ -1,0 +1,229 @@
+"""Decoding a downloaded body into the PCM frames a LiveKit track takes.
+
+One worker thread per playback runs the chain: PyAV (FFmpeg) demuxes and
+decodes whatever arrives, the channels are averaged to mono, soxr resamples to
+the track's rate, the volume is applied with clipping, and fixed-length PCM16
+frames come out. It reads the body from a Trio channel and writes frames to
+another, both bounded, so download, decoding and publishing overlap and
+memory stays bounded whatever the file's length.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import av
+import numpy as np
+import soxr
+import trio
+
+
+class DecodeError(Exception):
+    """The body could not be decoded, or breaks a limit; the message says why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceFormat:
+    """What the file holds, as its decoder found it."""
+
+    container: str
+    codec: str
+    sample_rate: int
+    channels: int
+
+    def as_metadata(self) -> dict[str, str]:
+        return {"format": f"{self.container}/{self.codec}", "source_sample_rate": str(self.sample_rate),
+                "source_channels": str(self.channels)}
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputFormat:
+    """The frames the track takes: PCM16 at this rate and channel count."""
+
+    sample_rate: int
+    channels: int
+    frame_ms: int = 20
+
+    @property
+    def samples_per_frame(self) -> int:
+        return self.sample_rate * self.frame_ms // 1000
+
+
+async def decode_frames(
+    body: trio.MemoryReceiveChannel[bytes],
+    frames: trio.MemorySendChannel[bytes],
+    *,
+    head: bytes = b"",
+    container: str,
+    output: OutputFormat,
+    volume: float,
+    max_seconds: float,
+    on_format: Callable[[SourceFormat], None],
+) -> None:
+    """Decode the body (``head``, then what arrives on ``body``) into PCM16 frames sent on ``frames``
+    (each exactly ``output.samples_per_frame`` long, the last one padded with
+    silence), then close ``frames``. ``on_format`` is called in Trio once the
+    decoder knows the source's format, before the first frame.
+
+    Raises:
+        DecodeError: the body is not decodable as ``container``, holds no
+            audio, is longer than ``max_seconds``, or is cut short (its header
+            declares more audio than arrived).
+    """
+    job = _DecodeJob(_BodyReader(body, head), frames, container, output, volume, max_seconds, on_format)
+    async with frames:
+        await trio.to_thread.run_sync(job.run)
+
+
+class _DecodeJob:
+    """The decoding chain as it runs in its worker thread."""
+
+    def __init__(self, reader: _BodyReader, frames: trio.MemorySendChannel[bytes], container: str,
+                 output: OutputFormat, volume: float, max_seconds: float, on_format: Callable[[SourceFormat], None]) -> None:
+        self._reader = reader
+        self._frames = frames
+        self._container = container
+        self._output = output
+        self._volume = volume
+        self._max_samples = int(max_seconds * output.sample_rate)
+        self._max_seconds = max_seconds
+        self._on_format = on_format
+        self._pending = np.zeros(0, dtype=np.int16)
+        self._samples_out = 0
+
+    def run(self) -> None:
+        try:
+            with av.open(self._reader, format=self._container, mode="r") as container:
+                self._decode(container)
+        except av.FFmpegError as error:
+            self._reader.raise_pending()  # cancellation or a failed download explains it better
+            raise DecodeError(f"the {self._container} data could not be decoded: {error}") from None
+        self._reader.raise_pending()
+
+    def _decode(self, container: Any) -> None:
+        if not container.streams.audio:
+            raise DecodeError(f"the {self._container} file holds no audio stream")
+        stream = container.streams.audio[0]
+        source = SourceFormat(self._container, stream.codec_context.name, stream.codec_context.sample_rate,
+                              stream.codec_context.channels)
+        declared = _declared_seconds(container, stream)
+        if declared is not None and declared > self._max_seconds:
+            raise DecodeError(f"the audio lasts {declared:.0f} s, longer than the {self._max_seconds:g} s cap")
+        trio.from_thread.run_sync(self._on_format, source)
+        resampler: soxr.ResampleStream | None = None
+        source_samples = 0
+        for frame in container.decode(stream):
+            mono = _mono_float(frame)
+            if resampler is None:
+                resampler = soxr.ResampleStream(frame.sample_rate, self._output.sample_rate, 1,
+                                                dtype="float32", quality="HQ")
+            source_samples += len(mono)
+            self._emit(resampler.resample_chunk(mono, last=False))
+        if resampler is None:
+            raise DecodeError(f"the {self._container} file holds no audio")
+        self._emit(resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True))
+        self._flush()
+        self._reader.raise_pending()
+        played = source_samples / max(source.sample_rate, 1)
+        if declared is not None and played < declared * 0.95 - 0.05:
+            raise DecodeError(f"the file is cut short: its header declares {declared:.2f} s of audio, "
+                              f"only {played:.2f} s arrived")
+
+    def _emit(self, mono: np.ndarray) -> None:
+        if not len(mono):
+            return
+        if self._samples_out + len(mono) > self._max_samples:
+            raise DecodeError(f"the audio is longer than the {self._max_seconds:g} s cap")
+        self._samples_out += len(mono)
+        pcm = np.clip(mono * (32767.0 * self._volume), -32768, 32767).astype(np.int16)
+        pending = np.concatenate((self._pending, pcm)) if len(self._pending) else pcm
+        size = self._output.samples_per_frame
+        whole = len(pending) // size * size
+        for start in range(0, whole, size):
+            self._send(pending[start:start + size])
+        self._pending = pending[whole:]
+
+    def _flush(self) -> None:
+        if len(self._pending):
+            size = self._output.samples_per_frame
+            self._send(np.concatenate((self._pending, np.zeros(size - len(self._pending), dtype=np.int16))))
+            self._pending = np.zeros(0, dtype=np.int16)
+
+    def _send(self, mono_frame: np.ndarray) -> None:
+        if self._output.channels > 1:
+            mono_frame = np.repeat(mono_frame, self._output.channels)
+        trio.from_thread.run(self._frames.send, mono_frame.tobytes())
+
+
+class _BodyReader:
+    """The file object PyAV reads the body from, in the worker thread.
+
+    PyAV's read callback handles only Exception; a cancellation (or any other
+    BaseException) raised while waiting for Trio is kept here, reported to
+    FFmpeg as the end of the file, and raised again once PyAV has returned.
+    """
+
+    def __init__(self, body: trio.MemoryReceiveChannel[bytes], head: bytes) -> None:
+        self._body = body
+        self._buffer = head
+        self._raised: BaseException | None = None
+
+    def read(self, size: int = -1) -> bytes:
+        while not self._buffer and self._raised is None:
+            try:
+                self._buffer = trio.from_thread.run(self._body.receive)
+            except trio.EndOfChannel:
+                return b""
+            except BaseException as raised:
+                self._raised = raised
+        if self._raised is not None:
+            return b""
+        size = len(self._buffer) if size < 0 else size
+        piece, self._buffer = self._buffer[:size], self._buffer[size:]
+        return piece
+
+    def seekable(self) -> bool:
+        return False
+
+    def raise_pending(self) -> None:
+        if self._raised is not None:
+            raised, self._raised = self._raised, None
+            raise raised
+
+
+def _mono_float(frame: av.AudioFrame) -> np.ndarray:
+    """The frame's samples as float32 in [-1, 1], channels averaged."""
+    samples = frame.to_ndarray()
+    channels = len(frame.layout.channels)
+    if not frame.format.is_planar:
+        samples = samples.reshape(-1, channels).T
+    kind = samples.dtype
+    if kind == np.int16:
+        samples = samples.astype(np.float32) / 32768.0
+    elif kind == np.int32:
+        samples = samples.astype(np.float32) / 2147483648.0
+    elif kind == np.int64:
+        samples = samples.astype(np.float32) / 9223372036854775808.0
+    elif kind == np.uint8:
+        samples = (samples.astype(np.float32) - 128.0) / 128.0
+    else:
+        samples = samples.astype(np.float32, copy=False)
+    return samples.mean(axis=0, dtype=np.float32) if channels > 1 else samples[0]
+
+
+#: Longer declared durations are taken as "unknown": streaming WAV writers
+#: put the largest size (0xFFFFFFFF) in the header because they cannot know it.
+_IMPLAUSIBLE_SECONDS = 6 * 3600
+
+
+def _declared_seconds(container: Any, stream: Any) -> float | None:
+    """How long the header says the audio is, when it says (WAV, FLAC)."""
+    if stream.duration is not None and stream.time_base is not None:
+        seconds = float(stream.duration * stream.time_base)
+    elif container.duration is not None:
+        seconds = container.duration / av.time_base
+    else:
+        return None
+    return seconds if 0 < seconds < _IMPLAUSIBLE_SECONDS else None

@@ -1,0 +1,69 @@
+"""Which container a downloaded body holds: from its Content-Type, then its
+URL's suffix, then its first bytes."""
+
+from __future__ import annotations
+
+import posixpath
+import urllib.parse
+
+
+class UnsupportedAudio(Exception):
+    """The body is not audio the bridge can play; the message says what it is."""
+
+
+#: Container names as PyAV (FFmpeg) knows them.
+SUPPORTED = ("wav", "mp3", "ogg", "flac")
+
+_BY_CONTENT_TYPE = {
+    "audio/wav": "wav", "audio/x-wav": "wav", "audio/wave": "wav", "audio/vnd.wave": "wav",
+    "audio/mpeg": "mp3", "audio/mp3": "mp3", "audio/mpeg3": "mp3", "audio/x-mpeg-3": "mp3",
+    "audio/ogg": "ogg", "audio/opus": "ogg", "audio/vorbis": "ogg", "application/ogg": "ogg",
+    "audio/flac": "flac", "audio/x-flac": "flac",
+}
+_BY_SUFFIX = {".wav": "wav", ".wave": "wav", ".mp3": "mp3", ".ogg": "ogg", ".oga": "ogg", ".opus": "ogg",
+              ".flac": "flac"}
+#: Content types that say nothing about the body.
+_GENERIC = {"", "application/octet-stream", "binary/octet-stream", "application/binary", "audio/*"}
+
+#: How many leading bytes :func:`detect_container` wants to see.
+SNIFF_BYTES = 16
+
+
+def detect_container(content_type: str, url: str, head: bytes) -> str:
+    """The container of a body (one of SUPPORTED).
+
+    Raises:
+        UnsupportedAudio: the body is text (an HTML error page, JSON, ...), or
+            a type the bridge does not play, or nothing identifies it.
+    """
+    mime = content_type.split(";", 1)[0].strip().lower()
+    sniffed = _sniff(head)
+    if sniffed == "text" or mime.startswith("text/") or mime in ("application/json", "application/xml"):
+        raise UnsupportedAudio(
+            f"the server sent {mime or 'text'}, not audio (first bytes: {head[:16]!r})")
+    if mime in _BY_CONTENT_TYPE:
+        return _BY_CONTENT_TYPE[mime]
+    suffix = posixpath.splitext(urllib.parse.urlsplit(url).path)[1].lower()
+    if suffix in _BY_SUFFIX and mime in _GENERIC:
+        return _BY_SUFFIX[suffix]
+    if sniffed is not None:
+        return sniffed
+    if mime not in _GENERIC:
+        raise UnsupportedAudio(f"the server sent {mime}, which the bridge does not play "
+                               f"(it plays WAV, MP3, Ogg Opus, Ogg Vorbis and FLAC)")
+    raise UnsupportedAudio("the body is not audio the bridge recognises "
+                           "(it plays WAV, MP3, Ogg Opus, Ogg Vorbis and FLAC)")
+
+
+def _sniff(head: bytes) -> str | None:
+    if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+        return "wav"
+    if head[:4] == b"OggS":
+        return "ogg"
+    if head[:4] == b"fLaC":
+        return "flac"
+    if head[:3] == b"ID3" or (len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0):
+        return "mp3"
+    if head.lstrip()[:1] in (b"<", b"{"):
+        return "text"
+    return None

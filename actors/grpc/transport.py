@@ -1,0 +1,107 @@
+"""gRPC transport plumbing for grpclib hosted in Trio: reading messages
+safely, many streams per connection, and serving a handler object on TCP or a
+Unix socket. Nothing here knows the bridge's services."""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import grpclib.server
+import trio
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
+from grpclib.protocol import H2Protocol
+from h2.settings import SettingCodes
+from loguru import logger
+from trio_asyncio import aio_as_trio
+
+
+async def read_message(stream: grpclib.server.Stream, limit: int) -> Any:
+    """Receive the next message, or None once the client has finished sending.
+
+    Unlike grpclib's own recv_message, the length prefix is checked before the
+    body is read, so an oversized message is refused without being buffered.
+
+    Raises:
+        GRPCError(RESOURCE_EXHAUSTED): the message is larger than ``limit`` bytes.
+    """
+    h2_stream = stream._stream
+    try:
+        prefix = await h2_stream.recv_data(5)
+        if not prefix:
+            return None
+        compressed, length = struct.unpack(">?I", prefix)
+        if compressed:
+            raise GRPCError(Status.UNIMPLEMENTED, "compressed messages are not supported; send them uncompressed")
+        if length > limit:
+            raise GRPCError(
+                Status.RESOURCE_EXHAUSTED,
+                f"message of {length} bytes exceeds the bridge's limit of {limit} bytes",
+            )
+        body = await h2_stream.recv_data(length)
+    except AssertionError:  # grpclib's check that as many bytes arrived as asked for
+        raise GRPCError(Status.INVALID_ARGUMENT, "the client ended the stream inside a message") from None
+    if len(body) != length:
+        raise GRPCError(Status.INVALID_ARGUMENT, "the client ended the stream inside a message")
+    try:
+        return stream._codec.decode(body, stream._recv_type)
+    except Exception as error:
+        raise GRPCError(Status.INVALID_ARGUMENT, f"malformed {stream._recv_type.__name__}: {error}") from None
+
+
+class _ManyStreamsProtocol(H2Protocol):
+    """grpclib's protocol with h2's limit of 100 concurrent streams lifted.
+
+    The cloud multiplexes every user's StreamAudio on one HTTP/2 connection;
+    past the limit its calls would wait forever for a free stream.
+    """
+
+    max_concurrent_streams = 100
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        self.connection._connection.update_settings(
+            {SettingCodes.MAX_CONCURRENT_STREAMS: self.max_concurrent_streams}
+        )
+        self.connection.flush()
+
+
+class FrontDoorServer(grpclib.server.Server):
+    def __init__(self, handlers: list[Any], *, max_concurrent_streams: int) -> None:
+        super().__init__(handlers)
+        self._protocol_class = type(
+            "_Protocol", (_ManyStreamsProtocol,), {"max_concurrent_streams": max_concurrent_streams}
+        )
+
+    def _protocol_factory(self) -> H2Protocol:
+        protocol = super()._protocol_factory()
+        return self._protocol_class(protocol.handler, protocol.config, protocol.h2_config)
+
+
+async def serve_grpc(
+    handlers: list[Any], *, host: str, port: int, unix_socket: str | None, max_concurrent_streams: int,
+    close_timeout: float, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``handlers`` until cancelled; reports "host:port" or "unix:/path" once listening.
+
+    On cancellation it stops listening and waits up to ``close_timeout`` s for
+    open calls to close.
+    """
+    server = FrontDoorServer(handlers, max_concurrent_streams=max_concurrent_streams)
+    if unix_socket:
+        await aio_as_trio(server.start)(path=unix_socket)
+        address = f"unix:{unix_socket}"
+    else:
+        await aio_as_trio(server.start)(host, port)
+        bound_host, bound_port = server._server.sockets[0].getsockname()[:2]
+        address = f"{bound_host}:{bound_port}"
+    logger.info("gRPC front door listening on {}", address)
+    try:
+        task_status.started(address)
+        await trio.sleep_forever()
+    finally:
+        with trio.CancelScope(shield=True):
+            server.close()
+            with trio.move_on_after(close_timeout):
+                await aio_as_trio(server.wait_closed)()

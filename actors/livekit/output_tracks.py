@@ -1,0 +1,180 @@
+"""The audio tracks a session publishes into its room, published only while they carry sound.
+
+A track is published on first use and, before its first frame, waits (a
+bounded time) until someone in the room has subscribed to it, so the start of
+a sound is not lost to a listener still subscribing. A track nobody holds that
+has carried no audio for ``idle_grace`` seconds is unpublished: an open track
+with nothing on it is heard as static on the phone. Track ids are named as the
+cloud names them: 0 speaker, 1 app_audio, 2 tts, n track_n.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+from collections.abc import AsyncIterator
+
+import trio
+from livekit import rtc
+from loguru import logger
+from trio_asyncio import aio_as_trio
+
+TRACK_NAMES = {0: "speaker", 1: "app_audio", 2: "tts"}
+
+
+def track_name(track_id: int) -> str:
+    return TRACK_NAMES.get(track_id, f"track_{track_id}")
+
+
+class TrackFormatMismatch(Exception):
+    """Audio of another rate or channel count than the track already carries."""
+
+
+class OutputTrack:
+    """One published track and the AudioSource that feeds it.
+
+    ``capture`` paces the caller in real time: the source queues at most
+    ``queue_ms`` of audio and makes the next capture wait for room.
+    """
+
+    def __init__(self, track_id: int, source: rtc.AudioSource, sid: str) -> None:
+        self.track_id = track_id
+        self.name = track_name(track_id)
+        self.source = source
+        self.sid = sid
+        self.holders = 0
+        self.last_audio = trio.current_time()
+
+    @property
+    def sample_rate(self) -> int:
+        return self.source.sample_rate
+
+    @property
+    def channels(self) -> int:
+        return self.source.num_channels
+
+    async def capture(self, pcm: bytes) -> None:
+        """Queue PCM16 frames (``channels`` interleaved) for the track.
+
+        Raises:
+            Exception: the SDK refused the frame (e.g. the room is reconnecting).
+        """
+        frame = rtc.AudioFrame(pcm, self.sample_rate, self.channels, len(pcm) // (2 * self.channels))
+        await aio_as_trio(self.source.capture_frame)(frame)
+        self.last_audio = trio.current_time() + self.source.queued_duration
+
+    @property
+    def queued_seconds(self) -> float:
+        return self.source.queued_duration
+
+    def clear(self) -> None:
+        """Drop what is queued and not yet sent: the sound stops at once."""
+        self.source.clear_queue()
+        self.last_audio = trio.current_time()
+
+
+class OutputTracks:
+    """A session's published tracks, by track id."""
+
+    def __init__(self, room: rtc.Room, *, user_id: str, idle_grace: float, subscribe_wait: float,
+                 queue_ms: int) -> None:
+        self._room = room
+        self._user_id = user_id
+        self._idle_grace = idle_grace
+        self._subscribe_wait = subscribe_wait
+        self._queue_ms = queue_ms
+        self._tracks: dict[int, OutputTrack] = {}
+        # Per track, so one track's wait for a subscriber holds up no other track.
+        self._publishing: collections.defaultdict[int, trio.Lock] = collections.defaultdict(trio.Lock)
+        self.published = 0
+        self.unpublished_idle = 0
+        self.subscribe_waits_timed_out = 0
+
+    def __len__(self) -> int:
+        return len(self._tracks)
+
+    def get(self, track_id: int) -> OutputTrack | None:
+        return self._tracks.get(track_id)
+
+    def all(self) -> list[OutputTrack]:
+        return list(self._tracks.values())
+
+    async def acquire(self, track_id: int, sample_rate: int, channels: int) -> OutputTrack:
+        """The track, published now if it is not.
+
+        Raises:
+            TrackFormatMismatch: the track is published with another rate or
+                channel count.
+            Exception: the SDK could not publish it.
+        """
+        async with self._publishing[track_id]:
+            track = self._tracks.get(track_id)
+            if track is None:
+                track = self._tracks[track_id] = await self._publish(track_id, sample_rate, channels)
+        if (track.sample_rate, track.channels) != (sample_rate, channels):
+            raise TrackFormatMismatch(
+                f"track {track_id} carries {track.sample_rate} Hz, {track.channels} channel(s); "
+                f"audio of {sample_rate} Hz, {channels} channel(s) cannot join it")
+        return track
+
+    @contextlib.asynccontextmanager
+    async def held(self, track_id: int, sample_rate: int, channels: int) -> AsyncIterator[OutputTrack]:
+        """``acquire``, and keep the track published while the block runs,
+        however long it goes without audio."""
+        track = await self.acquire(track_id, sample_rate, channels)
+        track.holders += 1
+        try:
+            yield track
+        finally:
+            track.holders -= 1
+            track.last_audio = max(track.last_audio, trio.current_time())
+
+    async def unpublish_idle_tracks(self) -> None:
+        """Run until cancelled: unpublish each track nobody holds once it has
+        been silent for ``idle_grace`` seconds."""
+        while True:
+            await trio.sleep(self._idle_grace / 4)
+            now = trio.current_time()
+            for track in self.all():
+                if track.holders == 0 and now - track.last_audio >= self._idle_grace:
+                    del self._tracks[track.track_id]
+                    self.unpublished_idle += 1
+                    await self._unpublish(track)
+
+    async def close(self) -> None:
+        """Release every source; call after the room is left (which unpublished the tracks)."""
+        tracks, self._tracks = self.all(), {}
+        with trio.CancelScope(shield=True):
+            for track in tracks:
+                await aio_as_trio(track.source.aclose)()
+
+    async def _publish(self, track_id: int, sample_rate: int, channels: int) -> OutputTrack:
+        source = rtc.AudioSource(sample_rate, channels, queue_size_ms=self._queue_ms)
+        local = rtc.LocalAudioTrack.create_audio_track(track_name(track_id), source)
+        options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
+        try:
+            publication = await aio_as_trio(self._room.local_participant.publish_track)(local, options)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await aio_as_trio(source.aclose)()
+            raise
+        self.published += 1
+        logger.info("user {}: published track {}", self._user_id, track_name(track_id))
+        # Frames sent before anyone subscribed are lost to the listener: the
+        # start of the sound would be clipped.
+        with trio.move_on_after(self._subscribe_wait) as waiting:
+            await aio_as_trio(publication.wait_for_subscription)()
+        if waiting.cancelled_caught:
+            self.subscribe_waits_timed_out += 1
+            logger.info("user {}: nobody subscribed to track {} within {:g} s; sending anyway",
+                        self._user_id, track_name(track_id), self._subscribe_wait)
+        return OutputTrack(track_id, source, publication.sid)
+
+    async def _unpublish(self, track: OutputTrack) -> None:
+        logger.info("user {}: unpublishing silent track {}", self._user_id, track.name)
+        with trio.CancelScope(shield=True):
+            try:
+                await aio_as_trio(self._room.local_participant.unpublish_track)(track.sid)
+            except Exception as error:
+                logger.warning("user {}: unpublishing track {} failed: {}", self._user_id, track.name, error)
+            await aio_as_trio(track.source.aclose)()
