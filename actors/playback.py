@@ -12,9 +12,11 @@ The user session supervises its playbacks. A playback guarantees:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import trio
@@ -22,7 +24,7 @@ from loguru import logger
 
 from .audio.decoder import DecodeError, OutputFormat, SourceFormat, decode_frames
 from .audio.fetch import FetchError, FetchLimits, open_audio_url, redacted
-from .audio.formats import SNIFF_BYTES, UnsupportedAudio, detect_container
+from .audio.formats import HEAD_BYTES, UnsupportedAudio, declared_seconds, detect_container
 from .livekit.output_tracks import OutputTrack, OutputTracks, TrackFormatMismatch
 from .runtime import Actor, DropOldestBuffer
 
@@ -147,11 +149,12 @@ class Playback(Actor):
             frames_send, frames_receive = trio.open_memory_channel[bytes](self._limits.frames_ahead)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._download, download, body_send)
-                head = await _read_head(body_receive, SNIFF_BYTES)
+                head = await self._read_head(body_receive)
                 container = detect_container(download.content_type, download.url, head)
                 output = self._output_format()
                 nursery.start_soon(functools.partial(
-                    decode_frames, body_receive, frames_send, head=head, container=container, output=output,
+                    decode_frames, body_receive, frames_send, head=head, container=container,
+                    declared_seconds=declared_seconds(container, head), output=output,
                     volume=self.request.volume, max_seconds=self._limits.max_seconds,
                     on_format=self._on_format))
                 return await self._publish(frames_receive, output)
@@ -196,14 +199,32 @@ class Playback(Actor):
             self._track = None
         return self._samples_ms(self._played_samples)
 
+    async def _read_head(self, body: trio.MemoryReceiveChannel[bytes]) -> bytes:
+        """The body's first HEAD_BYTES (fewer if it is shorter)."""
+        head = b""
+        with self._stall_guard():
+            while len(head) < HEAD_BYTES:
+                try:
+                    head += await body.receive()
+                except trio.EndOfChannel:
+                    break
+        return head
+
     async def _next_frame(self, frames: trio.MemoryReceiveChannel[bytes]) -> bytes | None:
-        with trio.move_on_after(self._limits.stall_timeout):
+        with self._stall_guard():
             try:
                 return await frames.receive()
             except trio.EndOfChannel:
                 return None
-        raise FetchError(f"the audio server sends too slowly: no playable audio for "
-                         f"{self._limits.stall_timeout:g} s after {self._bytes} bytes")
+
+    @contextlib.contextmanager
+    def _stall_guard(self) -> Iterator[None]:
+        """Fail a wait for audio that lasts longer than the stall timeout (slow-drip servers)."""
+        with trio.move_on_after(self._limits.stall_timeout) as waiting:
+            yield
+        if waiting.cancelled_caught:
+            raise FetchError(f"the audio server sends too slowly: no playable audio for "
+                             f"{self._limits.stall_timeout:g} s after {self._bytes} bytes")
 
     # -- observability ---------------------------------------------------------
 
@@ -231,17 +252,6 @@ class Playback(Actor):
             "state": self._state,
             "format": self._format.as_metadata() if self._format else None,
         }
-
-
-async def _read_head(body: trio.MemoryReceiveChannel[bytes], size: int) -> bytes:
-    """At least ``size`` leading bytes of the body (fewer if it is shorter)."""
-    head = b""
-    while len(head) < size:
-        try:
-            head += await body.receive()
-        except trio.EndOfChannel:
-            break
-    return head
 
 
 def _expected_failure(raised: BaseException) -> Exception | None:

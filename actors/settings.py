@@ -45,6 +45,8 @@ class BridgeSettings:
     #: Playback: download and decoding limits (PlayAudio).
     playback_connect_timeout: float = 5.0
     playback_read_timeout: float = 10.0
+    #: Longest wait for playable audio: a server that sends, but too slowly to play, fails after it.
+    playback_stall_timeout: float = 10.0
     playback_max_bytes: int = 50_000_000
     playback_max_seconds: float = 600.0
     #: Refuse playback URLs that lead to private, loopback or link-local addresses.
@@ -58,7 +60,7 @@ class BridgeSettings:
                               max_bytes=self.playback_max_bytes,
                               refuse_private_addresses=self.playback_refuse_private),
             max_seconds=self.playback_max_seconds,
-            stall_timeout=self.playback_read_timeout,
+            stall_timeout=self.playback_stall_timeout,
         )
 
     @classmethod
@@ -93,6 +95,7 @@ class BridgeSettings:
             track_idle_grace=number("BRIDGE_TRACK_IDLE_GRACE", cls.track_idle_grace, float),
             playback_connect_timeout=number("BRIDGE_PLAYBACK_CONNECT_TIMEOUT", cls.playback_connect_timeout, float),
             playback_read_timeout=number("BRIDGE_PLAYBACK_READ_TIMEOUT", cls.playback_read_timeout, float),
+            playback_stall_timeout=number("BRIDGE_PLAYBACK_STALL_TIMEOUT", cls.playback_stall_timeout, float),
             playback_max_bytes=int(number("BRIDGE_PLAYBACK_MAX_BYTES", cls.playback_max_bytes)),
             playback_max_seconds=number("BRIDGE_PLAYBACK_MAX_SECONDS", cls.playback_max_seconds, float),
             playback_refuse_private=flag("BRIDGE_PLAYBACK_REFUSE_PRIVATE", cls.playback_refuse_private),

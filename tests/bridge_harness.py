@@ -11,12 +11,14 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import grpclib.client
 import grpclib.const
 import grpclib.exceptions
+import numpy as np
 import trio
 from livekit import api, rtc
 from trio_asyncio import aio_as_trio
@@ -73,12 +75,69 @@ class Phone:
 
 @contextlib.asynccontextmanager
 async def phone_in_room(livekit: DevLiveKit, user_id: str, room: str | None = None,
-                        subscribe: dict[str, Any] | None = None) -> AsyncIterator[Phone]:
+                        subscribe: dict[str, Any] | None = None, auto_subscribe: bool = False,
+                        ) -> AsyncIterator[Phone]:
     room = room or f"room-{user_id}"
     async with joined_room(livekit.url, token(livekit, user_id, room), connect_timeout=10,
                            teardown_timeout=5, on_data=lambda sender, payload: None,
-                           subscribe=subscribe or {}) as lk_room:
+                           subscribe=subscribe or {}, auto_subscribe=auto_subscribe) as lk_room:
         yield Phone(lk_room)
+
+
+LISTEN_RATE = 48_000
+FRAME_SAMPLES = LISTEN_RATE // 100  # the SDK hands out 10 ms frames
+
+
+class Heard:
+    """What a listener heard on one track: 10 ms frames with their arrival times."""
+
+    def __init__(self) -> None:
+        self.frames: list[np.ndarray] = []
+        self.arrivals: list[float] = []
+
+    def loud(self, threshold: float = 1000.0) -> list[int]:
+        """Indices of frames with sound in them (RMS above ``threshold``)."""
+        return [i for i, frame in enumerate(self.frames)
+                if np.sqrt(np.mean(frame.astype(np.float64) ** 2)) > threshold]
+
+    def loud_ms(self, *, after: float = 0.0) -> int:
+        return 10 * sum(1 for i in self.loud() if self.arrivals[i] >= after)
+
+    def last_loud_at(self) -> float | None:
+        loud = self.loud()
+        return self.arrivals[loud[-1]] if loud else None
+
+    def samples(self, start_frame: int = 0) -> np.ndarray:
+        return np.concatenate(self.frames[start_frame:]) if self.frames[start_frame:] else np.zeros(0)
+
+
+@contextlib.asynccontextmanager
+async def listener_in_room(livekit: DevLiveKit, user_id: str) -> AsyncIterator[dict[str, Heard]]:
+    """The user's phone as a listener: it subscribes to every track the bridge
+    publishes, as the phone app does, and records what it hears, by track name."""
+    heard: dict[str, Heard] = {}
+    tracks_send, tracks_receive = trio.open_memory_channel[tuple[str, rtc.Track]](16)
+
+    def on_subscribed(track: rtc.Track, publication: rtc.RemoteTrackPublication, *_: object) -> None:
+        tracks_send.send_nowait((publication.name, track))
+
+    async def record(name: str, track: rtc.Track) -> None:
+        into = heard.setdefault(name, Heard())
+        stream = rtc.AudioStream(track, sample_rate=LISTEN_RATE, num_channels=1)
+        async for event in aio_as_trio(stream):
+            into.frames.append(np.frombuffer(bytes(event.frame.data), dtype=np.int16))
+            into.arrivals.append(time.monotonic())
+
+    async def record_each() -> None:
+        async with trio.open_nursery() as recorders:
+            async for name, track in tracks_receive:
+                recorders.start_soon(record, name, track)
+
+    async with phone_in_room(livekit, user_id, subscribe={"track_subscribed": on_subscribed},
+                             auto_subscribe=True), trio.open_nursery() as nursery:
+        nursery.start_soon(record_each)
+        yield heard
+        nursery.cancel_scope.cancel()
 
 
 class Cloud:
@@ -116,6 +175,34 @@ class Cloud:
     async def health(self) -> pb.HealthCheckResponse:
         return await self.unary("HealthCheck", pb.HealthCheckRequest(), pb.HealthCheckResponse)
 
+    async def play(self, request: pb.PlayAudioRequest, call: PlayCall | None = None) -> PlayCall:
+        """Run one PlayAudio call to its end; ``call`` fills in as events arrive."""
+        call = call or PlayCall()
+
+        async def run() -> None:
+            async with self.channel.request(SERVICE + "PlayAudio", grpclib.const.Cardinality.UNARY_STREAM,
+                                            pb.PlayAudioRequest, pb.PlayAudioEvent, timeout=120) as stream:
+                await stream.send_message(request, end=True)
+                while (event := await stream.recv_message()) is not None:
+                    call.events.append(event)
+                    if event.type == pb.PlayAudioEventEventType.STARTED:
+                        call.started.set()
+
+        try:
+            await aio_as_trio(run)()
+            call.status = grpclib.const.Status.OK
+        except grpclib.exceptions.GRPCError as error:
+            call.status, call.message = error.status, error.message or ""
+        finally:
+            call.done.set()
+        return call
+
+    async def stop_audio(self, user_id: str, *, request_id: str = "", track_id: int = -1,
+                         reason: str = "test") -> pb.StopAudioResponse:
+        return await self.unary("StopAudio", pb.StopAudioRequest(user_id=user_id, request_id=request_id,
+                                                                 reason=reason, track_id=track_id),
+                                pb.StopAudioResponse)
+
     async def actor_tree(self) -> dict[str, Any]:
         reply = await self.unary("/mentra.livekit.bridge.debug.BridgeDebug/DescribeActors",
                                  debug_pb.DescribeActorsRequest(), debug_pb.DescribeActorsResponse)
@@ -140,6 +227,24 @@ class Cloud:
                 if not stream._cancel_done and stream._stream.closable:
                     await aio_as_trio(stream.cancel)()
                 await aio_as_trio(request.__aexit__)(None, None, None)
+
+
+class PlayCall:
+    """One PlayAudio call, seen from the cloud: its events and how it ended."""
+
+    def __init__(self) -> None:
+        self.events: list[pb.PlayAudioEvent] = []
+        self.status: grpclib.const.Status | None = None
+        self.message = ""
+        self.started = trio.Event()
+        self.done = trio.Event()
+
+    @property
+    def final(self) -> pb.PlayAudioEvent:
+        return self.events[-1]
+
+    def kinds(self) -> list[str]:
+        return [pb.PlayAudioEventEventType(event.type).name for event in self.events]
 
 
 class AudioStream:

@@ -57,6 +57,7 @@ async def decode_frames(
     *,
     head: bytes = b"",
     container: str,
+    declared_seconds: float | None = None,
     output: OutputFormat,
     volume: float,
     max_seconds: float,
@@ -64,7 +65,8 @@ async def decode_frames(
 ) -> None:
     """Decode the body (``head``, then what arrives on ``body``) into PCM16 frames sent on ``frames``
     (each exactly ``output.samples_per_frame`` long, the last one padded with
-    silence), then close ``frames``. ``on_format`` is called in Trio once the
+    silence), then close ``frames``. ``declared_seconds`` is the length the
+    file's header claims, where the caller knows it. ``on_format`` is called in Trio once the
     decoder knows the source's format, before the first frame.
 
     Raises:
@@ -73,6 +75,7 @@ async def decode_frames(
             declares more audio than arrived).
     """
     job = _DecodeJob(_BodyReader(body, head), frames, container, output, volume, max_seconds, on_format)
+    job.declared_seconds = declared_seconds
     async with frames:
         await trio.to_thread.run_sync(job.run)
 
@@ -92,6 +95,7 @@ class _DecodeJob:
         self._on_format = on_format
         self._pending = np.zeros(0, dtype=np.int16)
         self._samples_out = 0
+        self.declared_seconds: float | None = None
 
     def run(self) -> None:
         try:
@@ -108,7 +112,7 @@ class _DecodeJob:
         stream = container.streams.audio[0]
         source = SourceFormat(self._container, stream.codec_context.name, stream.codec_context.sample_rate,
                               stream.codec_context.channels)
-        declared = _declared_seconds(container, stream)
+        declared = self.declared_seconds or _declared_seconds(container, stream)
         if declared is not None and declared > self._max_seconds:
             raise DecodeError(f"the audio lasts {declared:.0f} s, longer than the {self._max_seconds:g} s cap")
         trio.from_thread.run_sync(self._on_format, source)

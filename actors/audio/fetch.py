@@ -104,7 +104,8 @@ async def open_audio_url(url: str, limits: FetchLimits) -> AsyncIterator[AudioDo
             with an error status or a body declared larger than the cap.
     """
     check_url(url)
-    hooks = {"request": [_refuse_private_address]} if limits.refuse_private_addresses else {}
+    checks = [_refuse_other_schemes] + ([_refuse_private_address] if limits.refuse_private_addresses else [])
+    hooks = {"request": checks}
     timeout = httpx.Timeout(limits.idle_read_timeout, connect=limits.connect_timeout)
     async with httpx.AsyncClient(
         timeout=timeout, follow_redirects=True, max_redirects=limits.max_redirects,
@@ -152,6 +153,12 @@ def _content_length(response: httpx.Response) -> int | None:
 
 def _too_large(limit: int) -> str:
     return f"the audio file is larger than the {limit / 1e6:g} MB cap"
+
+
+async def _refuse_other_schemes(request: httpx.Request) -> None:
+    """Runs before every request, redirects included."""
+    if request.url.scheme not in ("http", "https"):
+        raise FetchError(f"a redirect leads to a URL that is not http(s): {request.url.scheme}://{request.url.host}")
 
 
 async def _refuse_private_address(request: httpx.Request) -> None:

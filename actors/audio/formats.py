@@ -4,6 +4,7 @@ URL's suffix, then its first bytes."""
 from __future__ import annotations
 
 import posixpath
+import struct
 import urllib.parse
 
 
@@ -25,8 +26,9 @@ _BY_SUFFIX = {".wav": "wav", ".wave": "wav", ".mp3": "mp3", ".ogg": "ogg", ".oga
 #: Content types that say nothing about the body.
 _GENERIC = {"", "application/octet-stream", "binary/octet-stream", "application/binary", "audio/*"}
 
-#: How many leading bytes :func:`detect_container` wants to see.
-SNIFF_BYTES = 16
+#: How many leading bytes :func:`detect_container` and :func:`declared_seconds`
+#: want to see (fewer when the body is shorter).
+HEAD_BYTES = 4096
 
 
 def detect_container(content_type: str, url: str, head: bytes) -> str:
@@ -66,4 +68,28 @@ def _sniff(head: bytes) -> str | None:
         return "mp3"
     if head.lstrip()[:1] in (b"<", b"{"):
         return "text"
+    return None
+
+
+def declared_seconds(container: str, head: bytes) -> float | None:
+    """How long a WAV file's header says its audio is, or None when the head
+    does not say (another container, a streaming WAV whose writer could not
+    know its length, or a header longer than the head).
+
+    A non-seekable stream hides this from FFmpeg, and it is what tells a cut-off
+    file from a complete one, and a file over the duration cap before it plays.
+    """
+    if container != "wav" or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return None
+    byte_rate = None
+    offset = 12
+    while offset + 8 <= len(head):
+        name, size = head[offset:offset + 4], struct.unpack_from("<I", head, offset + 4)[0]
+        if name == b"fmt " and offset + 16 <= len(head):
+            byte_rate = struct.unpack_from("<I", head, offset + 16)[0]
+        elif name == b"data":
+            if not byte_rate or size in (0, 0xFFFFFFFF):
+                return None
+            return size / byte_rate
+        offset += 8 + size + (size & 1)  # chunks are padded to even sizes
     return None

@@ -68,8 +68,10 @@ async def joined_room(
     teardown_timeout: float,
     on_data: DataCallback,
     subscribe: dict[str, Any],
+    auto_subscribe: bool = False,
 ) -> AsyncIterator[rtc.Room]:
-    """Join the room at ``url`` with ``token`` (auto-subscribe off).
+    """Join the room at ``url`` with ``token`` (the bridge subscribes to no
+    tracks: the phone's audio comes as data; a listener sets ``auto_subscribe``).
 
     ``on_data(sender_identity, payload)`` is called for every user data packet
     of this room; the sender is "" when the SDK cannot name it (the server
@@ -88,7 +90,8 @@ async def joined_room(
     # Packets that arrive before receive_only_own_events takes over come this way.
     room.on("data_received", lambda packet: on_data(
         packet.participant.identity if packet.participant is not None else "", packet.data))
-    await _connect(room, url, token, connect_timeout, teardown_timeout)
+    await _connect(room, url, token, rtc.RoomOptions(auto_subscribe=auto_subscribe), connect_timeout,
+                   teardown_timeout)
     try:
         receive_only_own_events(room, on_data)
         yield room
@@ -96,7 +99,8 @@ async def joined_room(
         await _leave(room, teardown_timeout)
 
 
-async def _connect(room: rtc.Room, url: str, token: str, timeout: float, settle_timeout: float) -> None:
+async def _connect(room: rtc.Room, url: str, token: str, options: rtc.RoomOptions, timeout: float,
+                   settle_timeout: float) -> None:
     """Connect, giving up after ``timeout`` without ever interrupting the SDK.
 
     The SDK must not be cancelled mid-connect: once the server accepts, its FFI
@@ -105,7 +109,7 @@ async def _connect(room: rtc.Room, url: str, token: str, timeout: float, settle_
     asyncio task of its own; when we stop waiting for it, it is abandoned: left
     to finish, and a room it still reaches is left again at once.
     """
-    connecting = await aio_as_trio(_in_background)(room.connect(url, token, rtc.RoomOptions(auto_subscribe=False)))
+    connecting = await aio_as_trio(_in_background)(room.connect(url, token, options))
     try:
         with trio.fail_after(timeout):
             await aio_as_trio(asyncio.shield)(connecting)

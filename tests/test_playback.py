@@ -1,0 +1,260 @@
+"""PlayAudio and StopAudio end to end: a real HTTP server serves the audio, the
+bridge plays it into a real livekit-server, and the user's phone, subscribed as
+the app is, listens. What it hears is checked for pitch, timing and loss."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import trio
+from grpclib.const import Status
+
+from audio_fixtures import STEP_SECONDS, dominant_hz, encode, expected_hz_at, stepped_tone, tone, wav
+from bridge_harness import (FRAME_SAMPLES, LISTEN_RATE, Heard, PlayCall, cloud, join_request, listener_in_room,
+                            remove_participant, bridge_identity)
+from http_audio import AudioHTTPServer, audio_http_server
+from proto.mentra.livekit import bridge as pb
+
+EventType = pb.PlayAudioEventEventType
+
+
+@pytest.fixture(scope="module")
+def audio_server() -> Iterator[AudioHTTPServer]:
+    with audio_http_server() as server:
+        yield server
+
+
+@pytest.fixture
+def bridge_settings(bridge_settings):
+    # Short limits, so each bad input fails within a test's patience.
+    return dataclasses.replace(bridge_settings, playback_read_timeout=1.5,
+                               playback_stall_timeout=2.5, playback_max_bytes=2_000_000,
+                               playback_max_seconds=20.0)
+
+
+def play_request(user: str, url: str, request_id: str, *, track_id: int = 0, **fields) -> pb.PlayAudioRequest:
+    return pb.PlayAudioRequest(request_id=request_id, audio_url=url, user_id=user, track_id=track_id, **fields)
+
+
+def assert_heard_stepped_tone(heard: Heard, seconds: float) -> None:
+    """The listener heard the whole stepped tone, at the right pitch, in time."""
+    loud = heard.loud()
+    assert loud, "the listener heard nothing"
+    assert 10 * len(loud) >= 0.98 * seconds * 1000, f"heard {10 * len(loud)} ms of {seconds * 1000:.0f} ms"
+    samples = heard.samples(loud[0])
+    steps = int(seconds / STEP_SECONDS)
+    window = int(0.2 * LISTEN_RATE)
+    for step in range(steps):
+        middle = int((step + 0.5) * STEP_SECONDS * LISTEN_RATE)
+        found = dominant_hz(samples[middle - window // 2: middle + window // 2], LISTEN_RATE)
+        expected = expected_hz_at((step + 0.5) * STEP_SECONDS)
+        assert abs(found - expected) <= max(10.0, 0.02 * expected), (step, found, expected)
+
+
+FORMATS = {
+    "wav-44k-stereo": ("tone.wav", "audio/wav", lambda: wav(stepped_tone(44_100), 44_100, channels=2)),
+    "mp3": ("tone.mp3", "audio/mpeg", lambda: encode(stepped_tone(44_100), 44_100, container="mp3", codec="mp3")),
+    "ogg-opus": ("tone.opus", "application/octet-stream",  # found by its suffix and magic bytes
+                 lambda: encode(stepped_tone(48_000), 48_000, container="ogg", codec="libopus")),
+}
+
+
+@pytest.mark.parametrize("kind", FORMATS)
+async def test_the_listener_hears_the_file_right(bridge, livekit, audio_server, kind) -> None:
+    name, content_type, make = FORMATS[kind]
+    url = audio_server.add(name, make(), content_type)
+    user = f"hear-{kind}"
+    async with cloud(bridge.address) as client, listener_in_room(livekit, user) as heard:
+        assert (await client.join(join_request(livekit, user))).success
+        with trio.fail_after(30):
+            call = await client.play(play_request(user, url, f"req-{kind}", track_id=2))
+        await trio.sleep(0.3)  # the last frames reach the listener
+    assert call.status == Status.OK, call.message
+    assert call.kinds()[0] == "STARTED" and call.kinds()[-1] == "COMPLETED", call.kinds()
+    started = call.events[0].metadata
+    assert started["source_sample_rate"] == ("48000" if kind == "ogg-opus" else "44100")
+    assert started["source_channels"] == "2" and started["format"].split("/")[0] in ("wav", "mp3", "ogg")
+    assert "PROGRESS" in call.kinds()
+    assert abs(call.final.duration_ms - 3000) <= 150, call.final.duration_ms
+    assert_heard_stepped_tone(heard["tts"], 3.0)
+
+
+async def test_stop_audio_silences_at_once_and_the_stream_ends_failed_stopped(bridge, livekit, audio_server) -> None:
+    url = audio_server.add("long.wav", wav(tone(16_000, 10.0, 500.0), 16_000, channels=1), "audio/wav")
+    user = "stopper"
+    async with cloud(bridge.address) as client, listener_in_room(livekit, user) as heard, \
+            trio.open_nursery() as nursery:
+        assert (await client.join(join_request(livekit, user))).success
+        call = PlayCall()
+        nursery.start_soon(client.play, play_request(user, url, "long-one"), call)
+        with trio.fail_after(20):
+            await call.started.wait()
+        await trio.sleep(1.0)
+        reply = await client.stop_audio(user, request_id="long-one", reason="user said stop")
+        stopped_at = time.monotonic()
+        assert reply.success and reply.stopped_request_id == "long-one"
+        with trio.fail_after(10):
+            await call.done.wait()
+        await trio.sleep(1.0)  # listen on: nothing more may come
+    speaker = heard["speaker"]
+    assert speaker.loud_ms() >= 700  # it was playing
+    assert speaker.last_loud_at() <= stopped_at + 0.2, speaker.last_loud_at() - stopped_at
+    assert call.status == Status.OK
+    assert call.kinds()[-1] == "FAILED" and "COMPLETED" not in call.kinds()
+    assert call.final.metadata.get("stopped") == "true"
+    assert "user said stop" in call.final.error
+
+
+async def test_two_tracks_mix_and_stop_other_stops_both(bridge, livekit, audio_server) -> None:
+    low = audio_server.add("low.wav", wav(tone(16_000, 8.0, 400.0), 16_000, channels=1), "audio/wav")
+    high = audio_server.add("high.wav", wav(tone(16_000, 8.0, 1100.0), 16_000, channels=1), "audio/wav")
+    short = audio_server.add("short.wav", wav(tone(16_000, 1.0, 700.0), 16_000, channels=1), "audio/wav")
+    user = "mixer"
+    async with cloud(bridge.address) as client, listener_in_room(livekit, user) as heard, \
+            trio.open_nursery() as nursery:
+        assert (await client.join(join_request(livekit, user))).success
+        app, tts = PlayCall(), PlayCall()
+        nursery.start_soon(client.play, play_request(user, low, "app", track_id=1), app)
+        nursery.start_soon(client.play, play_request(user, high, "tts", track_id=2), tts)
+        with trio.fail_after(20):
+            await app.started.wait()
+            await tts.started.wait()
+        await trio.sleep(1.5)
+        tree = await client.actor_tree()
+        third = await client.play(play_request(user, short, "third", track_id=0, stop_other=True))
+        with trio.fail_after(10):
+            await app.done.wait()
+            await tts.done.wait()
+    for name, hz in (("app_audio", 400.0), ("tts", 1100.0)):
+        loud = heard[name].loud()
+        assert 10 * len(loud) >= 1000, name
+        middle = heard[name].samples(loud[0])[:int(0.5 * LISTEN_RATE)]
+        assert abs(dominant_hz(middle, LISTEN_RATE) - hz) < 15, name
+    for call in (app, tts):
+        assert call.kinds()[-1] == "FAILED" and call.final.metadata.get("stopped") == "true"
+        assert "third" in call.final.error
+    assert third.kinds()[-1] == "COMPLETED", third.kinds()
+    [session] = [node for node in tree["children"][0]["children"] if node["name"] == f"session:{user}"]
+    playing = {child["details"]["request_id"]: child for child in session["children"]}
+    assert set(playing) == {"app", "tts"}
+    assert playing["app"]["details"]["url"].endswith("/files/low.wav")
+    assert playing["tts"]["details"]["format"]["format"] == "wav/pcm_s16le"
+
+
+async def test_every_bad_input_fails_with_its_reason_while_another_track_plays(
+        bridge, livekit, audio_server) -> None:
+    good_wav = wav(tone(16_000, 3.0, 600.0), 16_000, channels=1)
+    files = {
+        "good.wav": (good_wav, "audio/wav"),
+        "page.html": (b"<!DOCTYPE html><html><body>not found</body></html>", "text/html"),
+        "noise.mp3": (bytes(np.random.default_rng(7).integers(0, 256, 40_000, dtype=np.uint8)), "audio/mpeg"),
+        "cut.wav": (wav(tone(16_000, 1.0, 600.0), 16_000, channels=1, declared_seconds=3.0), "audio/wav"),
+        "huge.wav": (wav(tone(16_000, 70.0, 600.0), 16_000, channels=1), "audio/wav"),
+        "long.wav": (wav(tone(8_000, 25.0, 600.0), 8_000, channels=1, bits=8), "audio/wav"),
+        "mystery.bin": (b"\x00\x01\x02\x03" * 1000, "application/octet-stream"),
+    }
+    for name, (body, content_type) in files.items():
+        audio_server.add(name, body, content_type)
+    background = audio_server.add("background.wav", wav(tone(16_000, 19.0, 440.0), 16_000, channels=1), "audio/wav")
+    cases = {
+        "not found": (audio_server.url("/status/404"), "HTTP 404"),
+        "server error": (audio_server.url("/status/500"), "HTTP 500"),
+        "refused": ("http://127.0.0.1:9/x.wav", "could not connect"),
+        "unresolvable": ("http://no-such-host.invalid/x.wav", "could not connect to no-such-host.invalid"),
+        "html": (audio_server.url("/files/page.html"), "text/html, not audio"),
+        "corrupt": (audio_server.url("/files/noise.mp3"), "could not be decoded"),
+        "unknown format": (audio_server.url("/files/mystery.bin"), "not audio the bridge recognises"),
+        "cut short": (audio_server.url("/files/cut.wav"), "cut short"),
+        "broken off": (audio_server.url("/truncated/good.wav"), "broke off"),
+        "too large": (audio_server.url("/files/huge.wav"), "larger than the 2 MB cap"),
+        "too long": (audio_server.url("/files/long.wav"), "longer than the 20 s cap"),
+        "slow drip": (audio_server.url("/drip/good.wav"), "sends too slowly: no playable audio for 2.5 s"),
+        "silent server": (audio_server.url("/silent-headers"), "sent no answer within 1.5 s"),
+        "silent body": (audio_server.url("/silent-body/good.wav"), "sent nothing for 1.5 s"),
+        "redirect loop": (audio_server.url("/redirect/6/good.wav"), "redirects more than 5 times"),
+        "redirect to ftp": (audio_server.url("/redirect-to?location=ftp://127.0.0.1/x.wav&token=secret"),
+                            "not http(s)"),
+    }
+    user = "robust"
+    async with cloud(bridge.address) as client, listener_in_room(livekit, user) as heard, \
+            trio.open_nursery() as nursery:
+        assert (await client.join(join_request(livekit, user))).success
+        playing = PlayCall()
+        nursery.start_soon(client.play, play_request(user, background, "background", track_id=1), playing)
+        with trio.fail_after(20):
+            await playing.started.wait()
+        calls: dict[str, PlayCall] = {}
+        async with trio.open_nursery() as bad:
+            for track_id, (case, (url, _)) in enumerate(cases.items(), start=10):  # a track each
+                calls[case] = PlayCall()
+                bad.start_soon(client.play, play_request(user, url, case, track_id=track_id), calls[case])
+                await trio.sleep(0.05)
+        # Five redirects are allowed.
+        followed = await client.play(play_request(user, audio_server.url("/redirect/5/good.wav"), "five", track_id=3))
+        heard_before = heard["app_audio"].loud_ms()
+        await trio.sleep(1.0)
+        still_heard = heard["app_audio"].loud_ms() - heard_before
+        assert not playing.done.is_set()
+        await client.stop_audio(user, request_id="background")
+    for case, (_, reason) in cases.items():
+        call = calls[case]
+        assert call.status == Status.OK, (case, call.status, call.message)
+        assert call.kinds()[-1] == "FAILED", (case, call.kinds())
+        assert reason in call.final.error, (case, call.final.error)
+        assert "secret" not in call.final.error
+    assert followed.kinds()[-1] == "COMPLETED", followed.events
+    assert still_heard >= 800, still_heard  # the background kept playing throughout
+    assert playing.final.metadata.get("stopped") == "true"
+
+
+async def test_requests_the_bridge_cannot_take_get_a_failed_event_and_a_status(bridge, livekit) -> None:
+    user = "validated"
+    async with cloud(bridge.address) as client:
+        assert (await client.join(join_request(livekit, user))).success
+        for url, reason in (("", "audio_url is empty"), ("ftp://127.0.0.1/a.wav", "http:// or https://")):
+            call = await client.play(play_request(user, url, "bad-url"))
+            assert call.status == Status.INVALID_ARGUMENT and reason in call.message
+            assert call.kinds() == ["FAILED"] and reason in call.final.error
+        call = await client.play(play_request("nobody", "http://127.0.0.1/a.wav", "x"))
+        assert call.status == Status.NOT_FOUND
+        call = await client.play(play_request(user, "http://127.0.0.1/a.wav", "x", volume=-1.0))
+        assert call.status == Status.INVALID_ARGUMENT and call.kinds() == ["FAILED"]
+        await remove_participant(livekit, f"room-{user}", bridge_identity(user))
+        with trio.fail_after(10):
+            while (await client.status(user)).connected:
+                await trio.sleep(0.05)
+        call = await client.play(play_request(user, "http://127.0.0.1/a.wav", "late"))
+        assert call.status == Status.FAILED_PRECONDITION and "not connected" in call.message
+        assert call.kinds() == ["FAILED"]
+
+
+async def test_volume_scales_and_clips_and_a_silent_track_is_unpublished(bridge, livekit, audio_server) -> None:
+    url = audio_server.add("quiet.wav", wav(tone(16_000, 1.0, 500.0, amplitude=0.2), 16_000, channels=1),
+                           "audio/wav")
+    user = "loudness"
+    async with cloud(bridge.address) as client, listener_in_room(livekit, user) as heard:
+        assert (await client.join(join_request(livekit, user))).success
+        for request_id, volume in (("unset", 0.0), ("boosted", 8.0)):
+            call = await client.play(play_request(user, url, request_id, volume=volume))
+            assert call.kinds()[-1] == "COMPLETED"
+        await trio.sleep(0.5)
+        published = (await client.actor_tree())
+        await trio.sleep(3.0)  # past the 2 s grace
+        after = await client.actor_tree()
+    def session_counters(tree):
+        [session] = [n for n in tree["children"][0]["children"] if n["name"] == f"session:{user}"]
+        return session["counters"]
+    assert session_counters(published)["published_tracks"] == 1
+    assert session_counters(after)["published_tracks"] == 0
+    assert session_counters(after)["tracks_unpublished_idle"] >= 1
+    frames = heard["speaker"]
+    peaks = [int(np.abs(frame).max()) for frame in frames.frames]
+    loud = [p for p in peaks if p > 1000]
+    # Unset volume plays at 1.0 (peak ~0.2 full scale); 8x clips at full scale, never wraps.
+    assert any(5000 < p < 8000 for p in loud)
+    assert any(p > 30000 for p in loud)
+    assert len(frames.samples()) >= FRAME_SAMPLES
