@@ -10,12 +10,16 @@ Measures, and prints as a table:
   received by the cloud's gRPC client, 100 ms packets every 20 ms;
 - CPU of the bridge process (bridge + in-process cloud client, the phone is
   another process) per forwarded packet, with 1 and with 30 sessions (the
-  per-room event filter keeps the second close to the first).
+  per-room event filter keeps the second close to the first);
+- playback latency: PlayAudio -> first sound at a listener subscribed as the
+  phone is, on a fresh track (published and subscribed first) and on a warm
+  one (bench/playback.py).
 Numbers depend on the machine; compare runs on the same one.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import pathlib
 import statistics
@@ -36,15 +40,18 @@ from actors.livekit.dev_server import start_dev_livekit  # noqa: E402
 from actors.log_setup import configure_logging  # noqa: E402
 from actors.settings import BridgeSettings  # noqa: E402
 from bridge_harness import cloud, join_request, token  # noqa: E402
+from bench.playback import playback_latency  # noqa: E402
 
 JOINS = 30
 PACKETS = 300
+PLAYBACKS = 30
 
 
-def summary(name: str, samples: list[float], unit: str = "ms") -> str:
+def summary(name: str, samples: list[float], unit: str = "ms", percentile: int = 95) -> str:
     samples = sorted(samples)
-    p95 = samples[max(0, int(len(samples) * 0.95) - 1)]
-    return f"{name:<44} n={len(samples):<4} median {statistics.median(samples):8.2f} {unit}   p95 {p95:8.2f} {unit}"
+    high = samples[min(len(samples) - 1, max(0, math.ceil(len(samples) * percentile / 100) - 1))]
+    return (f"{name:<44} n={len(samples):<4} median {statistics.median(samples):8.2f} {unit}   "
+            f"p{percentile} {high:8.2f} {unit}   max {samples[-1]:8.2f} {unit}")
 
 
 async def timed(call) -> float:
@@ -99,6 +106,7 @@ async def main() -> None:
                 for i in range(29):
                     await client.join(join_request(livekit, f"crowd-{i}"))
                 crowd_latency, crowd_cpu = await mic_path(client, livekit, "solo", PACKETS)
+                fresh_track, warm_track = await playback_latency(client, livekit, PLAYBACKS)
 
             lines = [
                 summary("JoinRoom, new user", joins),
@@ -109,6 +117,8 @@ async def main() -> None:
                 f"{'bridge CPU per forwarded packet, 1 session':<44} {solo_cpu * 1e6:8.0f} us",
                 f"{'bridge CPU per forwarded packet, 30 sessions':<44} {crowd_cpu * 1e6:8.0f} us",
                 f"{'packets forwarded / sent (1 / 30 sessions)':<44} {len(solo_latency)}/{PACKETS}, {len(crowd_latency)}/{PACKETS}",
+                summary("PlayAudio -> first sound, fresh track", fresh_track, percentile=99),
+                summary("PlayAudio -> first sound, warm track", warm_track, percentile=99),
             ]
             print("\n".join(lines), flush=True)
             nursery.cancel_scope.cancel()

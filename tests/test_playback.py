@@ -258,3 +258,64 @@ async def test_volume_scales_and_clips_and_a_silent_track_is_unpublished(bridge,
     assert any(5000 < p < 8000 for p in loud)
     assert any(p > 30000 for p in loud)
     assert len(frames.samples()) >= FRAME_SAMPLES
+
+
+@pytest.mark.parametrize("ending", ["leave", "replace"])
+async def test_leaving_or_replacing_the_session_stops_its_playbacks_first(
+        bridge, livekit, audio_server, ending, log_lines) -> None:
+    url = audio_server.add("ending.wav", wav(tone(16_000, 10.0, 500.0), 16_000, channels=1), "audio/wav")
+    url += "?signature=do-not-log-me"
+    user = f"ending-{ending}"
+    async with cloud(bridge.address) as client, listener_in_room(livekit, user) as heard, \
+            trio.open_nursery() as nursery:
+        assert (await client.join(join_request(livekit, user))).success
+        call = PlayCall()
+        nursery.start_soon(client.play, play_request(user, url, "cut"), call)
+        with trio.fail_after(20):
+            await call.started.wait()
+        await trio.sleep(0.5)
+        if ending == "leave":
+            assert (await client.leave(user)).success
+        else:
+            assert (await client.join(join_request(livekit, user))).success
+        ended_at = time.monotonic()
+        # The old session's teardown awaited its playback: its final event is already out.
+        with trio.fail_after(5):
+            await call.done.wait()
+        await trio.sleep(1.0)
+        tree = await client.actor_tree()
+    assert call.kinds()[-1] == "FAILED" and call.final.metadata.get("stopped") == "true"
+    assert "session" in call.final.error
+    assert heard["speaker"].last_loud_at() <= ended_at + 0.2
+    sessions = tree["children"][0]["children"]
+    assert all(node["children"] == [] for node in sessions)  # no playback outlived its session
+    assert not any("do-not-log-me" in line for line in log_lines)
+
+
+async def test_a_streamed_track_that_falls_silent_is_unpublished_and_comes_back(bridge, livekit) -> None:
+    user = "streamed-idle"
+    async with cloud(bridge.address) as client, listener_in_room(livekit, user) as heard:
+        assert (await client.join(join_request(livekit, user))).success
+        async with client.audio_stream(user) as stream:
+            pcm = wav(tone(16_000, 0.1, 600.0), 16_000, channels=1)[44:]
+
+            async def speak(seconds: float) -> None:
+                for _ in range(int(seconds * 10)):
+                    await stream.send(pb.AudioChunk(pcm_data=pcm, sample_rate=16_000, channels=1, track_id=1))
+                    await trio.sleep(0.1)
+
+            def counters(tree):
+                [session] = [n for n in tree["children"][0]["children"] if n["name"] == f"session:{user}"]
+                return session["counters"]
+
+            await speak(1.0)
+            assert counters(await client.actor_tree())["published_tracks"] == 1
+            with trio.fail_after(10):
+                while counters(await client.actor_tree())["published_tracks"] == 1:
+                    await trio.sleep(0.2)
+            heard_before = heard["app_audio"].loud_ms()
+            await speak(1.0)
+            await trio.sleep(0.5)
+            tree = await client.actor_tree()
+    assert counters(tree)["published_tracks"] == 1 and counters(tree)["tracks_unpublished_idle"] == 1
+    assert heard["app_audio"].loud_ms() - heard_before >= 500  # heard again after it came back
