@@ -17,7 +17,7 @@ run: setup
 test *args: setup
     tests/isolated {{python}} -m pytest {{args}}
 
-# Benchmarks: join and replace latency, per-packet cost.
+# Benchmarks: join and replace latency, per-packet cost, PlayAudio to first sound.
 bench: setup
     tests/isolated {{python}} -m bench
 

@@ -99,6 +99,7 @@ class Playback(Actor):
         self._state = "fetching"
         self._format: SourceFormat | None = None
         self._track: OutputTrack | None = None
+        self._output = NEW_TRACK_FORMAT
         self._played_samples = 0
         self._bytes = 0
         self._started_at = time.monotonic()
@@ -137,13 +138,33 @@ class Playback(Actor):
             redacted(self.request.url), outcome.kind, outcome.error or f"{outcome.duration_ms} ms")
 
     def _stop_sound(self) -> None:
-        if self._track is not None:
+        if self._track is not None and self._played_samples:
             self._track.clear()
 
     # -- the signal path -------------------------------------------------------
 
     async def _play(self) -> int:
-        """Play the request; return the milliseconds of audio played out."""
+        """Play the request; return the milliseconds of audio played out.
+
+        The track is published (and its subscriber awaited) while the file is
+        fetched: on a fresh track that hides LiveKit's subscription round trip
+        behind the audio server's time to first byte.
+        """
+        self._output = output = self._output_format()
+        track_ready = trio.Event()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._hold_track, output, track_ready)
+            played = await self._fetch_and_publish(output, track_ready)
+            nursery.cancel_scope.cancel()  # releases the track
+        return played
+
+    async def _hold_track(self, output: OutputFormat, ready: trio.Event) -> None:
+        async with self._tracks.held(self.track_id, output.sample_rate, output.channels) as track:
+            self._track = track
+            ready.set()
+            await trio.sleep_forever()
+
+    async def _fetch_and_publish(self, output: OutputFormat, track_ready: trio.Event) -> int:
         async with open_audio_url(self.request.url, self._limits.fetch) as download:
             body_send, body_receive = trio.open_memory_channel[bytes](self._limits.chunks_ahead)
             frames_send, frames_receive = trio.open_memory_channel[bytes](self._limits.frames_ahead)
@@ -151,13 +172,12 @@ class Playback(Actor):
                 nursery.start_soon(self._download, download, body_send)
                 head = await self._read_head(body_receive)
                 container = detect_container(download.content_type, download.url, head)
-                output = self._output_format()
                 nursery.start_soon(functools.partial(
                     decode_frames, body_receive, frames_send, head=head, container=container,
                     declared_seconds=declared_seconds(container, head), output=output,
                     volume=self.request.volume, max_seconds=self._limits.max_seconds,
                     on_format=self._on_format))
-                return await self._publish(frames_receive, output)
+                return await self._publish(frames_receive, track_ready)
 
     async def _download(self, download: Any, body: trio.MemorySendChannel[bytes]) -> None:
         async with body:
@@ -175,28 +195,29 @@ class Playback(Actor):
     def _on_format(self, source: SourceFormat) -> None:
         self._format = source
 
-    async def _publish(self, frames: trio.MemoryReceiveChannel[bytes], output: OutputFormat) -> int:
+    async def _publish(self, frames: trio.MemoryReceiveChannel[bytes], track_ready: trio.Event) -> int:
         """Pace the frames into the track in real time; return ms played out."""
         first = await self._next_frame(frames)
         if first is None:
             return 0  # the decoder says why, through the nursery
-        async with self._tracks.held(self.track_id, output.sample_rate, output.channels) as track:
-            self._track = track
-            self._state = "playing"
-            frame: bytes | None = first
-            next_progress = trio.current_time() + 1.0
+        await track_ready.wait()
+        track = self._track
+        assert track is not None
+        self._state = "playing"
+        frame: bytes | None = first
+        next_progress = trio.current_time() + 1.0
+        while frame is not None:
             await track.capture(frame)
-            self._played_samples += output.samples_per_frame
-            self.events.push(self._event("STARTED", metadata=self._format.as_metadata() if self._format else {}))
-            while (frame := await self._next_frame(frames)) is not None:
-                await track.capture(frame)
-                self._played_samples += output.samples_per_frame
-                if trio.current_time() >= next_progress:
-                    next_progress += 1.0
-                    self.events.push(self._event("PROGRESS", position_ms=self.position_ms))
-            self._state = "draining"
-            await trio.sleep(track.queued_seconds)  # what is queued plays out
-            self._track = None
+            self._played_samples += self._output.samples_per_frame
+            if self._played_samples == self._output.samples_per_frame:
+                self.events.push(self._event("STARTED", metadata=self._format.as_metadata() if self._format else {}))
+            elif trio.current_time() >= next_progress:
+                next_progress += 1.0
+                self.events.push(self._event("PROGRESS", position_ms=self.position_ms))
+            frame = await self._next_frame(frames)
+        self._state = "draining"
+        await trio.sleep(track.queued_seconds)  # what is queued plays out
+        self._state = "played"
         return self._samples_ms(self._played_samples)
 
     async def _read_head(self, body: trio.MemoryReceiveChannel[bytes]) -> bytes:
@@ -230,12 +251,11 @@ class Playback(Actor):
 
     @property
     def position_ms(self) -> int:
-        queued = self._track.queued_seconds if self._track is not None else 0.0
+        queued = self._track.queued_seconds if self._state in ("playing", "draining") and self._track else 0.0
         return max(0, self._samples_ms(self._played_samples) - int(queued * 1000))
 
     def _samples_ms(self, samples: int) -> int:
-        rate = self._track.sample_rate if self._track is not None else NEW_TRACK_FORMAT.sample_rate
-        return samples * 1000 // rate
+        return samples * 1000 // self._output.sample_rate
 
     def _event(self, kind: str, **fields: Any) -> PlaybackEvent:
         return PlaybackEvent(kind, self.request.request_id, **fields)

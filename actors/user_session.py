@@ -17,7 +17,7 @@ import trio
 from livekit import rtc
 from loguru import logger
 
-from .livekit.output_tracks import OutputTrack, OutputTracks, TrackFormatMismatch
+from .livekit.output_tracks import OutputTracks, TrackFormatMismatch
 from .livekit.room import joined_room
 from .messages import AttachStream, GetStatus, Join, Joined, NotPlayable, Play, SessionStatus, StopPlayback
 from .mic_audio import SequenceTracker, pcm_from_packet
@@ -193,31 +193,22 @@ class UserSession(Actor):
     # -- cloud audio: cloud -> LiveKit ---------------------------------------
 
     async def _publish_cloud_audio(self) -> None:
+        assert self._tracks is not None
         async with self._publish_receive:
             async for chunk in self._publish_receive:
-                track = await self._track_for(chunk)
-                if track is None:
-                    continue
                 try:
-                    await track.capture(chunk.pcm)
+                    # Held while the chunk is captured, so the idle reaper cannot
+                    # unpublish the track under it.
+                    async with self._tracks.held(chunk.track_id, chunk.sample_rate, chunk.channels) as track:
+                        await track.capture(chunk.pcm)
+                except TrackFormatMismatch as error:
+                    chunk.stream.refuse(str(error))
                 except Exception as error:  # e.g. the room is reconnecting: drop, count, go on
                     self._chunks_failed += 1
-                    logger.warning("user {}: cloud audio chunk not published: {}", self._join.user_id, error)
-                    continue
-                self._chunks_published += 1
-
-    async def _track_for(self, chunk: CloudChunk) -> OutputTrack | None:
-        """The chunk's track, published on first use; None when the chunk
-        cannot be published (its stream is told why, if it is the stream's fault)."""
-        assert self._tracks is not None
-        try:
-            return await self._tracks.acquire(chunk.track_id, chunk.sample_rate, chunk.channels)
-        except TrackFormatMismatch as error:
-            chunk.stream.refuse(str(error))
-        except Exception as error:
-            self._chunks_failed += 1
-            logger.warning("user {}: publishing track {} failed: {}", self._join.user_id, chunk.track_id, error)
-        return None
+                    logger.warning("user {}: cloud audio chunk on track {} not published: {}",
+                                   self._join.user_id, chunk.track_id, error)
+                else:
+                    self._chunks_published += 1
 
     # -- playback: URL -> LiveKit ---------------------------------------------
 

@@ -94,6 +94,8 @@ class Heard:
     def __init__(self) -> None:
         self.frames: list[np.ndarray] = []
         self.arrivals: list[float] = []
+        #: When the listener was told it subscribed to the track (each time it was published).
+        self.subscribed_at: list[float] = []
 
     def loud(self, threshold: float = 1000.0) -> list[int]:
         """Indices of frames with sound in them (RMS above ``threshold``)."""
@@ -119,6 +121,7 @@ async def listener_in_room(livekit: DevLiveKit, user_id: str) -> AsyncIterator[d
     tracks_send, tracks_receive = trio.open_memory_channel[tuple[str, rtc.Track]](16)
 
     def on_subscribed(track: rtc.Track, publication: rtc.RemoteTrackPublication, *_: object) -> None:
+        heard.setdefault(publication.name, Heard()).subscribed_at.append(time.monotonic())
         tracks_send.send_nowait((publication.name, track))
 
     async def record(name: str, track: rtc.Track) -> None:

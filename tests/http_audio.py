@@ -3,7 +3,9 @@
 It runs the standard library's threading HTTP server in a thread of its own,
 so it answers while the test's Trio loop waits. Paths:
 
-- ``/files/<name>``: a registered body, with its Content-Type;
+- ``/files/<name>``: a registered body, with its Content-Type
+  (``?delay_ms=N``: answer only after N ms, as a TTS server that first
+  synthesises);
 - ``/status/<code>``: an error answer;
 - ``/redirect/<n>/<name>``: n redirects, then ``/files/<name>``;
 - ``/redirect-to?location=...``: one redirect to any location;
@@ -68,6 +70,9 @@ class AudioHTTPServer:
         path = parts.path.strip("/").split("/")
         kind, rest = path[0], path[1:]
         if kind == "files":
+            delay_ms = int(urllib.parse.parse_qs(parts.query).get("delay_ms", ["0"])[0])
+            if delay_ms and self._stop.wait(delay_ms / 1000):
+                return
             self._send_file(handler, rest[0])
         elif kind == "status":
             code = int(rest[0])

@@ -20,6 +20,12 @@ import soxr
 import trio
 
 
+#: Decoder threads of the whole process. A playback past this many waits for
+#: a thread (and, after its stall timeout, fails saying it got no audio).
+#: Each thread mostly waits on its channels; the number bounds memory, not CPU.
+DECODER_THREADS = trio.CapacityLimiter(256)
+
+
 class DecodeError(Exception):
     """The body could not be decoded, or breaks a limit; the message says why."""
 
@@ -77,7 +83,7 @@ async def decode_frames(
     job = _DecodeJob(_BodyReader(body, head), frames, container, output, volume, max_seconds, on_format)
     job.declared_seconds = declared_seconds
     async with frames:
-        await trio.to_thread.run_sync(job.run)
+        await trio.to_thread.run_sync(job.run, limiter=DECODER_THREADS)
 
 
 class _DecodeJob:

@@ -44,6 +44,7 @@ class OutputTrack:
         self.sid = sid
         self.holders = 0
         self.last_audio = trio.current_time()
+        self.carried_audio = False
 
     @property
     def sample_rate(self) -> int:
@@ -61,6 +62,7 @@ class OutputTrack:
         """
         frame = rtc.AudioFrame(pcm, self.sample_rate, self.channels, len(pcm) // (2 * self.channels))
         await aio_as_trio(self.source.capture_frame)(frame)
+        self.carried_audio = True
         self.last_audio = trio.current_time() + self.source.queued_duration
 
     @property
@@ -110,7 +112,7 @@ class OutputTracks:
         async with self._publishing[track_id]:
             track = self._tracks.get(track_id)
             if track is None:
-                track = self._tracks[track_id] = await self._publish(track_id, sample_rate, channels)
+                track = await self._publish(track_id, sample_rate, channels)
         if (track.sample_rate, track.channels) != (sample_rate, channels):
             raise TrackFormatMismatch(
                 f"track {track_id} carries {track.sample_rate} Hz, {track.channels} channel(s); "
@@ -131,12 +133,15 @@ class OutputTracks:
 
     async def unpublish_idle_tracks(self) -> None:
         """Run until cancelled: unpublish each track nobody holds once it has
-        been silent for ``idle_grace`` seconds."""
+        been silent for ``idle_grace`` seconds, or at once if it never carried
+        audio (a playback published it ahead of its sound, then failed)."""
         while True:
             await trio.sleep(self._idle_grace / 4)
             now = trio.current_time()
             for track in self.all():
-                if track.holders == 0 and now - track.last_audio >= self._idle_grace:
+                if track.holders or self._publishing[track.track_id].locked():
+                    continue
+                if not track.carried_audio or now - track.last_audio >= self._idle_grace:
                     del self._tracks[track.track_id]
                     self.unpublished_idle += 1
                     await self._unpublish(track)
@@ -151,6 +156,7 @@ class OutputTracks:
     async def _publish(self, track_id: int, sample_rate: int, channels: int) -> OutputTrack:
         source = rtc.AudioSource(sample_rate, channels, queue_size_ms=self._queue_ms)
         local = rtc.LocalAudioTrack.create_audio_track(track_name(track_id), source)
+        began = trio.current_time()
         options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
         try:
             publication = await aio_as_trio(self._room.local_participant.publish_track)(local, options)
@@ -159,16 +165,23 @@ class OutputTracks:
                 await aio_as_trio(source.aclose)()
             raise
         self.published += 1
-        logger.info("user {}: published track {}", self._user_id, track_name(track_id))
+        published_at = trio.current_time()
+        # Registered at once: if the caller is cancelled while it waits below,
+        # the idle reaper still finds the track and unpublishes it.
+        track = self._tracks[track_id] = OutputTrack(track_id, source, publication.sid)
         # Frames sent before anyone subscribed are lost to the listener: the
         # start of the sound would be clipped.
         with trio.move_on_after(self._subscribe_wait) as waiting:
             await aio_as_trio(publication.wait_for_subscription)()
         if waiting.cancelled_caught:
             self.subscribe_waits_timed_out += 1
-            logger.info("user {}: nobody subscribed to track {} within {:g} s; sending anyway",
-                        self._user_id, track_name(track_id), self._subscribe_wait)
-        return OutputTrack(track_id, source, publication.sid)
+            logger.info("user {}: published track {} in {:.0f} ms; nobody subscribed within {:g} s, "
+                        "sending anyway", self._user_id, track.name, (published_at - began) * 1000,
+                        self._subscribe_wait)
+        else:
+            logger.info("user {}: published track {} in {:.0f} ms, subscribed {:.0f} ms later", self._user_id,
+                        track.name, (published_at - began) * 1000, (trio.current_time() - published_at) * 1000)
+        return track
 
     async def _unpublish(self, track: OutputTrack) -> None:
         logger.info("user {}: unpublishing silent track {}", self._user_id, track.name)
