@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,7 +23,7 @@ from loguru import logger
 
 from .audio.decoder import DecodeError, OutputFormat, SourceFormat, decode_frames
 from .audio.fetch import FetchError, FetchLimits, open_audio_url, redacted
-from .audio.formats import HEAD_BYTES, UnsupportedAudio, declared_seconds, detect_container
+from .audio.formats import HEAD_BYTES, UnsupportedAudio, detect_container, wav_layout
 from .livekit.output_tracks import OutputTrack, OutputTracks, TrackFormatMismatch
 from .runtime import Actor, DropOldestBuffer
 
@@ -102,40 +101,38 @@ class Playback(Actor):
         self._output = NEW_TRACK_FORMAT
         self._played_samples = 0
         self._bytes = 0
-        self._started_at = time.monotonic()
+        self._created_at = trio.current_time()
+        #: Milliseconds from the request to its first frame handed to the track.
+        self._first_frame_ms = 0
 
     # -- lifecycle -----------------------------------------------------------
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
-        outcome: PlaybackEvent | None = None
         try:
             outcome = self._event("COMPLETED", duration_ms=await self._play())
         except BaseException as raised:
             failure = _expected_failure(raised)
-            if failure is None and not _only_cancelled(raised):
-                outcome = self._event("FAILED", error=f"internal error of the bridge: {raised!r}")
-                raise
-            if failure is not None:
+            if failure is not None:  # the playback's outcome, not a crash
                 outcome = self._event("FAILED", error=str(failure))
-            else:
+            elif _only_cancelled(raised):  # stopped
                 self._stop_sound()
-                outcome = self._event("FAILED", error=f"stopped: {self.stop_reason}",
-                                      metadata={"stopped": "true"})
+                outcome = self._event("FAILED", error=f"stopped: {self.stop_reason}", metadata={"stopped": "true"})
+                raise
+            else:  # a bug: reported to the caller, and a crash for the supervisor to log
+                outcome = self._event("FAILED", error=f"internal error of the bridge: {raised!r}")
                 raise
         finally:
             self._finish(outcome)
 
-    def _finish(self, outcome: PlaybackEvent | None) -> None:
-        if outcome is None:  # only when interrupted by something other than a stop
-            outcome = self._event("FAILED", error="stopped: the bridge is shutting down",
-                                  metadata={"stopped": "true"})
+    def _finish(self, outcome: PlaybackEvent) -> None:
         self._state = outcome.kind.lower()
         self.events.push(outcome)
         self.events.close()
         log = logger.info if outcome.kind == "COMPLETED" or outcome.metadata.get("stopped") else logger.warning
-        log("user {}: playback {} of {} {}: {}", self._user_id, self.request.request_id,
-            redacted(self.request.url), outcome.kind, outcome.error or f"{outcome.duration_ms} ms")
+        log("user {}: playback {} of {} {}: {} (first frame after {} ms)", self._user_id, self.request.request_id,
+            redacted(self.request.url), outcome.kind, outcome.error or f"{outcome.duration_ms} ms",
+            self._first_frame_ms)
 
     def _stop_sound(self) -> None:
         if self._track is not None and self._played_samples:
@@ -174,7 +171,7 @@ class Playback(Actor):
                 container = detect_container(download.content_type, download.url, head)
                 nursery.start_soon(functools.partial(
                     decode_frames, body_receive, frames_send, head=head, container=container,
-                    declared_seconds=declared_seconds(container, head), output=output,
+                    wav=wav_layout(head) if container == "wav" else None, output=output,
                     volume=self.request.volume, max_seconds=self._limits.max_seconds,
                     on_format=self._on_format))
                 return await self._publish(frames_receive, track_ready)
@@ -210,6 +207,7 @@ class Playback(Actor):
             await track.capture(frame)
             self._played_samples += self._output.samples_per_frame
             if self._played_samples == self._output.samples_per_frame:
+                self._first_frame_ms = int((trio.current_time() - self._created_at) * 1000)
                 self.events.push(self._event("STARTED", metadata=self._format.as_metadata() if self._format else {}))
             elif trio.current_time() >= next_progress:
                 next_progress += 1.0
@@ -262,6 +260,7 @@ class Playback(Actor):
 
     def counters(self) -> dict[str, int]:
         return {"position_ms": self.position_ms, "bytes_downloaded": self._bytes,
+                "first_frame_after_ms": self._first_frame_ms,
                 "events_dropped": self.events.dropped}
 
     def details(self) -> dict[str, Any]:

@@ -50,7 +50,7 @@ def encode(samples: np.ndarray, sample_rate: int, *, container: str, codec: str,
 
 
 def wav(samples: np.ndarray, sample_rate: int, *, channels: int = 2, bits: int = 16, floating: bool = False,
-        extra_chunks: bool = False, declared_seconds: float | None = None) -> bytes:
+        extra_chunks: bool = False, declared_seconds: float | None = None, trailing_chunk: bool = False) -> bytes:
     """A RIFF/WAVE file written by hand, so the tests control every byte:
     PCM 8/16/24/32-bit or 32-bit float, optional odd-sized chunks before the
     data (each followed by its pad byte, as RIFF requires), and optionally a
@@ -76,7 +76,9 @@ def wav(samples: np.ndarray, sample_rate: int, *, channels: int = 2, bits: int =
         for name, body in ((b"LIST", b"INFOISFT\x05\x00\x00\x00test\x00"), (b"junk", b"odd")):
             chunks.append(name + struct.pack("<I", len(body)) + body + (b"\x00" if len(body) % 2 else b""))
     declared = len(data) if declared_seconds is None else int(declared_seconds * sample_rate) * block
-    chunks.append(b"data" + struct.pack("<I", declared) + data)
+    chunks.append(b"data" + struct.pack("<I", declared) + data + (b"\x00" if len(data) % 2 else b""))
+    if trailing_chunk:
+        chunks.append(b"LIST" + struct.pack("<I", 26) + b"INFOICMT\x0e\x00\x00\x00not audio!!!\x00\x00")
     body = b"WAVE" + b"".join(chunks)
     return b"RIFF" + struct.pack("<I", len(body)) + body
 

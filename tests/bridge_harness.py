@@ -189,6 +189,7 @@ class Cloud:
                 while (event := await stream.recv_message()) is not None:
                     call.events.append(event)
                     if event.type == pb.PlayAudioEventEventType.STARTED:
+                        call.started_at = time.monotonic()
                         call.started.set()
 
         try:
@@ -240,6 +241,7 @@ class PlayCall:
         self.status: grpclib.const.Status | None = None
         self.message = ""
         self.started = trio.Event()
+        self.started_at = 0.0  # time.monotonic() when STARTED arrived
         self.done = trio.Event()
 
     @property

@@ -12,33 +12,55 @@ import trio
 
 from actors.audio.decoder import DecodeError, OutputFormat, decode_frames
 from actors.audio.fetch import FetchError, FetchLimits, open_audio_url, redacted
-from actors.audio.formats import UnsupportedAudio, declared_seconds, detect_container
+from actors.audio.formats import UnsupportedAudio, detect_container, wav_layout
 from audio_fixtures import dominant_hz, encode, tone, wav
 from http_audio import audio_http_server
 
 
-async def decode(body: bytes, container: str, output: OutputFormat = OutputFormat(48_000, 1), *,
-                 volume: float = 1.0, max_seconds: float = 600.0) -> tuple[np.ndarray, list]:
-    """Decode ``body`` fed in network-sized pieces; return the PCM and the formats reported."""
-    body_send, body_receive = trio.open_memory_channel[bytes](2)
+class Decoded:
+    def __init__(self) -> None:
+        self.formats: list = []
+        self.frames: list[bytes] = []
+        self.sent_before_first_frame = 0
+
+    @property
+    def pcm(self) -> np.ndarray:
+        return np.frombuffer(b"".join(self.frames), dtype=np.int16)
+
+
+async def decode_fully(body: bytes, container: str, output: OutputFormat = OutputFormat(48_000, 1), *,
+                       volume: float = 1.0, max_seconds: float = 600.0) -> Decoded:
+    """Decode ``body`` fed in network-sized pieces, as the playback does (head first)."""
+    head = body[:4096]
+    body_send, body_receive = trio.open_memory_channel[bytes](0)
     frames_send, frames_receive = trio.open_memory_channel[bytes](4)
-    formats: list = []
-    frames: list[bytes] = []
+    decoded = Decoded()
+    sent = len(head)
     async with trio.open_nursery() as nursery:
         async def feed() -> None:
+            nonlocal sent
             async with body_send:
-                for start in range(16, len(body), 1500):
+                for start in range(len(head), len(body), 1500):
                     await body_send.send(body[start:start + 1500])
+                    sent += len(body[start:start + 1500])
 
         nursery.start_soon(feed)
         nursery.start_soon(functools.partial(
-            decode_frames, body_receive, frames_send, head=body[:16], container=container, output=output,
-            volume=volume, max_seconds=max_seconds, on_format=formats.append,
-            declared_seconds=declared_seconds(container, body[:4096])))
+            decode_frames, body_receive, frames_send, head=head, container=container, output=output,
+            volume=volume, max_seconds=max_seconds, on_format=decoded.formats.append,
+            wav=wav_layout(head) if container == "wav" else None))
         async for frame in frames_receive:
             assert len(frame) == output.samples_per_frame * output.channels * 2
-            frames.append(frame)
-    return np.frombuffer(b"".join(frames), dtype=np.int16), formats
+            if not decoded.frames:
+                decoded.sent_before_first_frame = sent
+            decoded.frames.append(frame)
+    return decoded
+
+
+async def decode(body: bytes, container: str, output: OutputFormat = OutputFormat(48_000, 1), *,
+                 volume: float = 1.0, max_seconds: float = 600.0) -> tuple[np.ndarray, list]:
+    decoded = await decode_fully(body, container, output, volume=volume, max_seconds=max_seconds)
+    return decoded.pcm, decoded.formats
 
 
 WAV_LAYOUTS = {
@@ -47,7 +69,8 @@ WAV_LAYOUTS = {
     "24-bit stereo 48 kHz": dict(bits=24, channels=2, rate=48_000),
     "32-bit mono 22.05 kHz": dict(bits=32, channels=1, rate=22_050),
     "float stereo 11.025 kHz": dict(floating=True, channels=2, rate=11_025),
-    "16-bit mono with odd extra chunks": dict(bits=16, channels=1, rate=16_000, extra_chunks=True),
+    "16-bit mono with odd extra chunks": dict(bits=16, channels=1, rate=16_000, extra_chunks=True,
+                                              trailing_chunk=True),
 }
 
 
@@ -57,7 +80,7 @@ async def test_every_wav_layout_decodes_to_the_right_pitch_and_length(layout) ->
     rate = options.pop("rate")
     pcm, formats = await decode(wav(tone(rate, 1.0, 523.0), rate, **options), "wav")
     assert formats[0].sample_rate == rate and formats[0].channels == options["channels"]
-    assert abs(len(pcm) - 48_000) <= 960  # one second, give or take the last frame's padding
+    assert 48_000 <= len(pcm) <= 48_000 + 960  # one second, and the last frame's padding: no chunk played
     assert abs(dominant_hz(pcm[4800:43200], 48_000) - 523.0) < 5
     assert 9000 < np.abs(pcm).max() < 10500  # 0.3 of full scale, every bit depth alike
 
@@ -103,15 +126,32 @@ def test_container_from_type_then_suffix_then_magic() -> None:
         detect_container("video/mp4", "http://h/a", b"\x00\x00\x00\x18ftyp")
 
 
-def test_a_wav_header_tells_its_length_unless_it_is_a_streaming_one() -> None:
+def test_a_wav_header_tells_its_layout_and_length_unless_it_is_a_streaming_one() -> None:
     with_chunks = wav(tone(16_000, 2.0, 440.0), 16_000, channels=1, extra_chunks=True)
-    assert declared_seconds("wav", with_chunks[:4096]) == pytest.approx(2.0)
+    layout = wav_layout(with_chunks[:4096])
+    assert (layout.raw_format, layout.sample_rate, layout.channels) == ("s16le", 16_000, 1)
+    assert layout.declared_seconds == pytest.approx(2.0)
+    assert with_chunks[layout.data_offset - 8:layout.data_offset - 4] == b"data"
+    assert wav_layout(wav(tone(8_000, 0.1, 1.0), 8_000, floating=True)[:4096]).raw_format == "f32le"
     plain = wav(tone(16_000, 2.0, 440.0), 16_000, channels=1)
     assert plain[36:40] == b"data"
     streaming = plain[:40] + b"\xff\xff\xff\xff" + plain[44:]
-    assert declared_seconds("wav", streaming[:4096]) is None
-    assert declared_seconds("wav", plain[:12]) is None  # the head ends before the data chunk
-    assert declared_seconds("mp3", plain) is None
+    assert wav_layout(streaming[:4096]).declared_seconds is None
+    assert wav_layout(plain[:12]) is None  # the head ends before the data chunk
+    assert wav_layout(encode(tone(8_000, 0.1, 1.0), 8_000, container="wav", codec="pcm_alaw")) is None
+
+
+@pytest.mark.parametrize("container,make", [
+    ("wav", lambda: wav(tone(24_000, 5.0, 440.0), 24_000, channels=1)),
+    ("mp3", lambda: encode(tone(24_000, 5.0, 440.0), 24_000, container="mp3", codec="mp3", channels=1)),
+    ("ogg", lambda: encode(tone(48_000, 5.0, 440.0), 48_000, container="ogg", codec="libopus", channels=1)),
+])
+async def test_the_first_frame_needs_only_the_first_few_kilobytes(container, make) -> None:
+    # A server that streams while it synthesises sends little at a time: the
+    # first sound must not wait for seconds of it (FFmpeg's WAV demuxer alone
+    # reads 64 KiB ahead, 1.4 s of this file).
+    decoded = await decode_fully(make(), container)
+    assert decoded.sent_before_first_frame <= 16_384, decoded.sent_before_first_frame
 
 
 def test_urls_are_reported_without_query_or_credentials() -> None:

@@ -319,3 +319,28 @@ async def test_a_streamed_track_that_falls_silent_is_unpublished_and_comes_back(
             tree = await client.actor_tree()
     assert counters(tree)["published_tracks"] == 1 and counters(tree)["tracks_unpublished_idle"] == 1
     assert heard["app_audio"].loud_ms() - heard_before >= 500  # heard again after it came back
+
+
+async def test_playback_starts_before_the_download_ends_and_reads_only_a_bounded_window_ahead(
+        bridge, livekit, audio_server) -> None:
+    # A minute of audio whose header does not say its length, as a streaming TTS writer sends it.
+    body = bytearray(wav(tone(16_000, 60.0, 500.0), 16_000, channels=1))
+    body[40:44] = b"\xff\xff\xff\xff"
+    url = audio_server.add("minute.wav", bytes(body), "audio/wav")
+    user = "bounded"
+    async with cloud(bridge.address) as client, listener_in_room(livekit, user), trio.open_nursery() as nursery:
+        assert (await client.join(join_request(livekit, user))).success
+        call = PlayCall()
+        nursery.start_soon(client.play, play_request(user, url, "minute"), call)
+        with trio.fail_after(20):
+            await call.started.wait()
+        await trio.sleep(1.5)
+        tree = await client.actor_tree()
+        await client.stop_audio(user, request_id="minute")
+    [session] = [n for n in tree["children"][0]["children"] if n["name"] == f"session:{user}"]
+    [playback] = session["children"]
+    assert playback["details"]["state"] == "playing"
+    assert 1000 <= playback["counters"]["position_ms"] <= 3000
+    # What was read is the audio played plus the bounded buffers between the
+    # stages, nowhere near the whole file (the socket holds the rest).
+    assert playback["counters"]["bytes_downloaded"] < len(body) // 2, playback["counters"]

@@ -19,6 +19,8 @@ import numpy as np
 import soxr
 import trio
 
+from .formats import WavLayout
+
 
 #: Decoder threads of the whole process. A playback past this many waits for
 #: a thread (and, after its stall timeout, fails saying it got no audio).
@@ -63,7 +65,7 @@ async def decode_frames(
     *,
     head: bytes = b"",
     container: str,
-    declared_seconds: float | None = None,
+    wav: WavLayout | None = None,
     output: OutputFormat,
     volume: float,
     max_seconds: float,
@@ -71,8 +73,8 @@ async def decode_frames(
 ) -> None:
     """Decode the body (``head``, then what arrives on ``body``) into PCM16 frames sent on ``frames``
     (each exactly ``output.samples_per_frame`` long, the last one padded with
-    silence), then close ``frames``. ``declared_seconds`` is the length the
-    file's header claims, where the caller knows it. ``on_format`` is called in Trio once the
+    silence), then close ``frames``. A WAV file whose ``wav`` layout is known
+    is read as raw PCM from its data chunk. ``on_format`` is called in Trio once the
     decoder knows the source's format, before the first frame.
 
     Raises:
@@ -80,8 +82,12 @@ async def decode_frames(
             audio, is longer than ``max_seconds``, or is cut short (its header
             declares more audio than arrived).
     """
-    job = _DecodeJob(_BodyReader(body, head), frames, container, output, volume, max_seconds, on_format)
-    job.declared_seconds = declared_seconds
+    reader = _BodyReader(body, head)
+    if wav is not None:
+        reader.skip(wav.data_offset)
+        reader.limit(wav.data_bytes)
+    job = _DecodeJob(reader, frames, container, output, volume, max_seconds, on_format)
+    job.wav = wav
     async with frames:
         await trio.to_thread.run_sync(job.run, limiter=DECODER_THREADS)
 
@@ -101,33 +107,46 @@ class _DecodeJob:
         self._on_format = on_format
         self._pending = np.zeros(0, dtype=np.int16)
         self._samples_out = 0
-        self.declared_seconds: float | None = None
+        self.wav: WavLayout | None = None
 
     def run(self) -> None:
         try:
-            with av.open(self._reader, format=self._container, mode="r") as container:
+            # The container is known, so FFmpeg need not read ahead to guess
+            # anything: the first frame comes sooner. The first decoded frame
+            # tells the source's rate and channels.
+            with av.open(self._reader, mode="r", **self._open_arguments()) as container:
                 self._decode(container)
         except av.FFmpegError as error:
             self._reader.raise_pending()  # cancellation or a failed download explains it better
             raise DecodeError(f"the {self._container} data could not be decoded: {error}") from None
         self._reader.raise_pending()
 
+    def _open_arguments(self) -> dict[str, Any]:
+        options = {"probesize": "32", "analyzeduration": "0"}
+        wav = self.wav
+        if wav is None:
+            return {"format": self._container, "options": options}
+        layout = {1: "mono", 2: "stereo"}.get(wav.channels, f"{wav.channels} channels")
+        return {"format": wav.raw_format,
+                "options": dict(options, sample_rate=str(wav.sample_rate), ch_layout=layout)}
+
     def _decode(self, container: Any) -> None:
         if not container.streams.audio:
             raise DecodeError(f"the {self._container} file holds no audio stream")
         stream = container.streams.audio[0]
-        source = SourceFormat(self._container, stream.codec_context.name, stream.codec_context.sample_rate,
-                              stream.codec_context.channels)
-        declared = self.declared_seconds or _declared_seconds(container, stream)
+        declared = self.wav.declared_seconds if self.wav is not None else _declared_seconds(container, stream)
         if declared is not None and declared > self._max_seconds:
             raise DecodeError(f"the audio lasts {declared:.0f} s, longer than the {self._max_seconds:g} s cap")
-        trio.from_thread.run_sync(self._on_format, source)
         resampler: soxr.ResampleStream | None = None
         source_samples = 0
+        source_rate = 1
         for frame in container.decode(stream):
             mono = _mono_float(frame)
             if resampler is None:
-                resampler = soxr.ResampleStream(frame.sample_rate, self._output.sample_rate, 1,
+                source_rate = frame.sample_rate
+                trio.from_thread.run_sync(self._on_format, SourceFormat(
+                    self._container, stream.codec_context.name, source_rate, len(frame.layout.channels)))
+                resampler = soxr.ResampleStream(source_rate, self._output.sample_rate, 1,
                                                 dtype="float32", quality="HQ")
             source_samples += len(mono)
             self._emit(resampler.resample_chunk(mono, last=False))
@@ -136,7 +155,7 @@ class _DecodeJob:
         self._emit(resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True))
         self._flush()
         self._reader.raise_pending()
-        played = source_samples / max(source.sample_rate, 1)
+        played = source_samples / source_rate
         if declared is not None and played < declared * 0.95 - 0.05:
             raise DecodeError(f"the file is cut short: its header declares {declared:.2f} s of audio, "
                               f"only {played:.2f} s arrived")
@@ -179,20 +198,38 @@ class _BodyReader:
         self._body = body
         self._buffer = head
         self._raised: BaseException | None = None
+        self._to_skip = 0
+        self._left: int | None = None
+
+    def skip(self, count: int) -> None:
+        """Pass over the first ``count`` bytes (a header already read)."""
+        self._to_skip = count
+
+    def limit(self, count: int | None) -> None:
+        """End the file after ``count`` more bytes (what follows is not audio)."""
+        self._left = count
 
     def read(self, size: int = -1) -> bytes:
-        while not self._buffer and self._raised is None:
-            try:
-                self._buffer = trio.from_thread.run(self._body.receive)
-            except trio.EndOfChannel:
+        while True:
+            while not self._buffer and self._raised is None:
+                try:
+                    self._buffer = trio.from_thread.run(self._body.receive)
+                except trio.EndOfChannel:
+                    return b""
+                except BaseException as raised:
+                    self._raised = raised
+            if self._raised is not None or self._left == 0:
                 return b""
-            except BaseException as raised:
-                self._raised = raised
-        if self._raised is not None:
-            return b""
-        size = len(self._buffer) if size < 0 else size
-        piece, self._buffer = self._buffer[:size], self._buffer[size:]
-        return piece
+            if self._to_skip:
+                skipped = min(self._to_skip, len(self._buffer))
+                self._buffer, self._to_skip = self._buffer[skipped:], self._to_skip - skipped
+                continue
+            size = len(self._buffer) if size < 0 else size
+            if self._left is not None:
+                size = min(size, self._left)
+                self._left -= min(size, len(self._buffer))
+            piece, self._buffer = self._buffer[:size], self._buffer[size:]
+            return piece
 
     def seekable(self) -> bool:
         return False

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import ipaddress
+import ssl
 import urllib.parse
 from collections.abc import AsyncIterator
 
+import certifi
 import httpx
 import trio
 
@@ -109,7 +112,7 @@ async def open_audio_url(url: str, limits: FetchLimits) -> AsyncIterator[AudioDo
     timeout = httpx.Timeout(limits.idle_read_timeout, connect=limits.connect_timeout)
     async with httpx.AsyncClient(
         timeout=timeout, follow_redirects=True, max_redirects=limits.max_redirects,
-        event_hooks=hooks, trust_env=False,
+        event_hooks=hooks, trust_env=False, verify=_tls_context(),
     ) as client:
         try:
             async with client.stream("GET", url, headers={"Accept-Encoding": "identity"}) as response:
@@ -133,6 +136,12 @@ async def open_audio_url(url: str, limits: FetchLimits) -> AsyncIterator[AudioDo
             raise FetchError(f"could not connect to {_host(url)}: {_cause(error)}") from None
         except httpx.TransportError as error:
             raise FetchError(f"fetching {redacted(url)} failed: {_cause(error)}") from None
+
+
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """Made once: loading the CA bundle takes longer than a loopback fetch."""
+    return ssl.create_default_context(cafile=certifi.where())
 
 
 def _check_response(response: httpx.Response, limits: FetchLimits) -> None:

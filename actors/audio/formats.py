@@ -3,6 +3,7 @@ URL's suffix, then its first bytes."""
 
 from __future__ import annotations
 
+import dataclasses
 import posixpath
 import struct
 import urllib.parse
@@ -26,7 +27,7 @@ _BY_SUFFIX = {".wav": "wav", ".wave": "wav", ".mp3": "mp3", ".ogg": "ogg", ".oga
 #: Content types that say nothing about the body.
 _GENERIC = {"", "application/octet-stream", "binary/octet-stream", "application/binary", "audio/*"}
 
-#: How many leading bytes :func:`detect_container` and :func:`declared_seconds`
+#: How many leading bytes :func:`detect_container` and :func:`wav_layout`
 #: want to see (fewer when the body is shorter).
 HEAD_BYTES = 4096
 
@@ -71,25 +72,59 @@ def _sniff(head: bytes) -> str | None:
     return None
 
 
-def declared_seconds(container: str, head: bytes) -> float | None:
-    """How long a WAV file's header says its audio is, or None when the head
-    does not say (another container, a streaming WAV whose writer could not
-    know its length, or a header longer than the head).
+@dataclasses.dataclass(frozen=True)
+class WavLayout:
+    """Where a PCM WAV file's samples are and what they are, from its header.
 
-    A non-seekable stream hides this from FFmpeg, and it is what tells a cut-off
-    file from a complete one, and a file over the duration cap before it plays.
+    FFmpeg's WAV demuxer reads 64 KiB ahead before its first frame (to look
+    for S/PDIF data in the PCM), seconds of audio from a server that streams
+    as it synthesises; its raw PCM demuxer, pointed at the data chunk, needs
+    one packet.
     """
-    if container != "wav" or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+
+    data_offset: int
+    #: None for a streaming WAV, whose writer could not know the length.
+    data_bytes: int | None
+    #: FFmpeg's raw PCM demuxer: u8, s16le, s24le, s32le, f32le or f64le.
+    raw_format: str
+    sample_rate: int
+    channels: int
+    block_align: int
+
+    @property
+    def declared_seconds(self) -> float | None:
+        if self.data_bytes is None:
+            return None
+        return self.data_bytes / (self.sample_rate * self.block_align)
+
+
+_PCM_FORMATS = {(1, 8): "u8", (1, 16): "s16le", (1, 24): "s24le", (1, 32): "s32le", (3, 32): "f32le",
+                (3, 64): "f64le"}
+_EXTENSIBLE = 0xFFFE
+
+
+def wav_layout(head: bytes) -> WavLayout | None:
+    """The layout of a PCM or float WAV file whose head reaches its data
+    chunk; None for anything else (left to FFmpeg's WAV demuxer)."""
+    if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
         return None
-    byte_rate = None
+    fmt: tuple[int, int, int, int, int] | None = None  # tag, channels, rate, block align, bits
     offset = 12
     while offset + 8 <= len(head):
         name, size = head[offset:offset + 4], struct.unpack_from("<I", head, offset + 4)[0]
-        if name == b"fmt " and offset + 16 <= len(head):
-            byte_rate = struct.unpack_from("<I", head, offset + 16)[0]
+        body = offset + 8
+        if name == b"fmt " and body + 16 <= len(head):
+            tag, channels, rate, _byte_rate, block, bits = struct.unpack_from("<HHIIHH", head, body)
+            if tag == _EXTENSIBLE and size >= 40 and body + 26 <= len(head):
+                tag = struct.unpack_from("<H", head, body + 24)[0]  # the sub-format GUID starts with the tag
+            fmt = (tag, channels, rate, block, bits)
         elif name == b"data":
-            if not byte_rate or size in (0, 0xFFFFFFFF):
+            if fmt is None:
                 return None
-            return size / byte_rate
-        offset += 8 + size + (size & 1)  # chunks are padded to even sizes
+            tag, channels, rate, block, bits = fmt
+            raw = _PCM_FORMATS.get((tag, bits))
+            if raw is None or channels < 1 or rate < 1 or block != channels * bits // 8:
+                return None
+            return WavLayout(body, None if size in (0, 0xFFFFFFFF) else size, raw, rate, channels, block)
+        offset = body + size + (size & 1)  # chunks are padded to even sizes
     return None

@@ -1,11 +1,11 @@
 // The cloud's side of the contract, with the cloud's own gRPC stack.
-// Usage: node cloud.mjs ADDRESS PROTO_PATH   (env USER_ID, ROOM, JOIN_TOKEN, LIVEKIT_URL)
+// Usage: node cloud.mjs ADDRESS PROTO_PATH   (env USER_ID, ROOM, JOIN_TOKEN, LIVEKIT_URL, AUDIO_URL)
 // Prints one JSON object with what each call returned, for tests/test_node_cloud.py.
 import grpc from "@grpc/grpc-js";
 import protoLoader from "@grpc/proto-loader";
 
 const [address, protoPath] = process.argv.slice(2);
-const { USER_ID: userId, ROOM: room, JOIN_TOKEN: token, LIVEKIT_URL: livekitUrl } = process.env;
+const { USER_ID: userId, ROOM: room, JOIN_TOKEN: token, LIVEKIT_URL: livekitUrl, AUDIO_URL: audioUrl } = process.env;
 
 const definition = protoLoader.loadSync(protoPath, { keepCase: true, longs: Number, enums: String, defaults: true });
 const { LiveKitBridge } = grpc.loadPackageDefinition(definition).mentra.livekit.bridge;
@@ -41,6 +41,17 @@ const streamAudio = (chunks, want) =>
     for (const chunk of chunks) call.write(chunk);
   });
 
+// Runs a PlayAudio call to its end: the events it streamed, and its status.
+const playAudio = (request) =>
+  new Promise((resolve) => {
+    const call = client.PlayAudio(request, { deadline: Date.now() + 30_000 });
+    const events = [];
+    call.on("data", (event) => events.push({ type: event.type, duration_ms: event.duration_ms, error: event.error,
+                                             metadata: event.metadata }));
+    call.on("error", (error) => resolve({ code: grpc.status[error.code], details: error.details, events }));
+    call.on("status", (status) => resolve({ code: grpc.status[status.code], details: status.details, events }));
+  });
+
 const result = {};
 result.health = await unary("HealthCheck", {});
 result.join = await unary("JoinRoom", { user_id: userId, room_name: room, token, livekit_url: livekitUrl, target_identity: userId });
@@ -49,6 +60,9 @@ result.unknown_user_stream = await streamAudio([{ user_id: "nobody-" + userId }]
 result.audio_stream = await streamAudio([{ user_id: userId }], 5);
 result.bad_chunk_stream = await streamAudio(
   [{ user_id: userId }, { user_id: userId, pcm_data: Buffer.alloc(640), sample_rate: 12345, channels: 1 }], 0);
+result.play = await playAudio({ request_id: "node-play", audio_url: audioUrl, user_id: userId, track_id: 2 });
+result.play_bad_url = await playAudio({ request_id: "node-bad", audio_url: "ftp://127.0.0.1/a.wav", user_id: userId });
+result.stop = await unary("StopAudio", { user_id: userId, track_id: -1, reason: "node test" });
 result.status = await unary("GetStatus", { user_id: userId });
 result.leave = await unary("LeaveRoom", { user_id: userId, reason: "node test" });
 result.leave_again = await unary("LeaveRoom", { user_id: userId, reason: "node test" });
