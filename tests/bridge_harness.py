@@ -94,13 +94,19 @@ class Heard:
     def __init__(self) -> None:
         self.frames: list[np.ndarray] = []
         self.arrivals: list[float] = []
+        #: RMS of each frame, computed once on arrival.
+        self.levels: list[float] = []
         #: When the listener was told it subscribed to the track (each time it was published).
         self.subscribed_at: list[float] = []
 
-    def loud(self, threshold: float = 1000.0) -> list[int]:
-        """Indices of frames with sound in them (RMS above ``threshold``)."""
-        return [i for i, frame in enumerate(self.frames)
-                if np.sqrt(np.mean(frame.astype(np.float64) ** 2)) > threshold]
+    def add(self, frame: np.ndarray) -> None:
+        self.frames.append(frame)
+        self.arrivals.append(time.monotonic())
+        self.levels.append(float(np.sqrt(np.mean(frame.astype(np.float64) ** 2))))
+
+    def loud(self, threshold: float = 1000.0, *, start: int = 0) -> list[int]:
+        """Indices (from ``start``) of frames with sound in them (RMS above ``threshold``)."""
+        return [i for i in range(start, len(self.levels)) if self.levels[i] > threshold]
 
     def loud_ms(self, *, after: float = 0.0) -> int:
         return 10 * sum(1 for i in self.loud() if self.arrivals[i] >= after)
@@ -128,8 +134,7 @@ async def listener_in_room(livekit: DevLiveKit, user_id: str) -> AsyncIterator[d
         into = heard.setdefault(name, Heard())
         stream = rtc.AudioStream(track, sample_rate=LISTEN_RATE, num_channels=1)
         async for event in aio_as_trio(stream):
-            into.frames.append(np.frombuffer(bytes(event.frame.data), dtype=np.int16))
-            into.arrivals.append(time.monotonic())
+            into.add(np.frombuffer(bytes(event.frame.data), dtype=np.int16))
 
     async def record_each() -> None:
         async with trio.open_nursery() as recorders:
