@@ -1,6 +1,7 @@
 """Playback latency: PlayAudio call -> first sound at a listener subscribed as the phone is.
 
-Three cases, because they are different costs:
+The listener is a process of its own, as the phone is. Three cases, because
+they are different costs:
 - fresh track: the track is not published yet, so the bridge publishes it and
   waits for the listener to subscribe before the first frame;
 - fresh track behind a slow audio server: the server answers after 150 ms, as
@@ -12,33 +13,21 @@ Three cases, because they are different costs:
 
 from __future__ import annotations
 
+import os
+import pathlib
+import subprocess
+import sys
 import time
 
 import trio
 
-from audio_fixtures import dominant_hz, tone, wav
-from bridge_harness import LISTEN_RATE, PlayCall, join_request, listener_in_room
+from audio_fixtures import tone, wav
+from bridge_harness import PlayCall, join_request, token
 from http_audio import audio_http_server
 from proto.mentra.livekit import bridge as pb
 
 
-async def first_sound_after(heard: dict, track: str, since: float, hz: float, timeout: float = 10.0) -> float:
-    """Milliseconds from ``since`` to the first frame on ``track`` that carries
-    the ``hz`` tone (consecutive sounds alternate tones, so the tail of the
-    previous one, still arriving, is not taken for the start of this one)."""
-    checked = 0  # frames are scanned once: the poll must not load the process it measures
-    with trio.fail_after(timeout):
-        while True:
-            frames = heard.get(track)
-            if frames is not None:
-                for index in frames.loud(start=checked):
-                    if frames.arrivals[index] >= since and \
-                            abs(dominant_hz(frames.frames[index], LISTEN_RATE) - hz) < 100:
-                        return (frames.arrivals[index] - since) * 1000
-                checked = len(frames.levels)
-            await trio.sleep(0.002)
-
-
+HERE = pathlib.Path(__file__).resolve().parent
 SLOW_SERVER_MS = 150
 TONES_HZ = (700.0, 1500.0)
 
@@ -55,7 +44,14 @@ async def playback_latency(client, livekit, samples: int) -> dict[str, list[floa
     with audio_http_server() as server:
         urls = {hz: server.add(f"bench-{hz:.0f}.wav", wav(tone(44_100, 0.4, hz), 44_100, channels=2), "audio/wav")
                 for hz in TONES_HZ}
-        async with listener_in_room(livekit, user) as heard:
+        env = dict(os.environ, PHONE_TOKEN=token(livekit, user, f"room-{user}"))
+        listener = await trio.lowlevel.open_process(
+            [sys.executable, str(HERE / "listener_process.py"), livekit.url],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        try:
+            lines = LineReader(listener.stdout)
+            with trio.fail_after(30):
+                assert await lines.next() == "ready"
             assert (await client.join(join_request(livekit, user))).success
             for index in range(samples):
                 plan = ((TONES_HZ[0], "", 10 + 2 * index), (TONES_HZ[1], f"?delay_ms={SLOW_SERVER_MS}", 11 + 2 * index),
@@ -67,8 +63,33 @@ async def playback_latency(client, livekit, samples: int) -> dict[str, list[floa
                         nursery.start_soon(client.play, pb.PlayAudioRequest(
                             request_id=f"bench-{index}-{track_id}-{hz:.0f}", audio_url=urls[hz] + query, user_id=user,
                             track_id=track_id), call)
-                        latencies.append(await first_sound_after(heard, f"track_{track_id}", started, hz))
+                        await listener.stdin.send_all(f"track_{track_id} {hz} {started}\n".encode())
+                        answer = await lines.next()
+                        assert answer != "timeout", f"the listener never heard track_{track_id}"
+                        latencies.append(float(answer))
                     assert call.kinds()[-1] == "COMPLETED", call.events
                     ours[case].append((call.started_at - started) * 1000)
+            await listener.stdin.aclose()
+            with trio.move_on_after(10):
+                await listener.wait()
+        finally:
+            listener.kill()
     return {**{f"first sound at the listener, {case}": values for case, values in cases.items()},
             **{f"STARTED (first frame to LiveKit), {case}": values for case, values in ours.items()}}
+
+
+class LineReader:
+    """Lines from a process's stdout."""
+
+    def __init__(self, stream: trio.abc.ReceiveStream) -> None:
+        self._stream = stream
+        self._buffer = b""
+
+    async def next(self) -> str:
+        while b"\n" not in self._buffer:
+            data = await self._stream.receive_some(4096)
+            if not data:
+                raise EOFError("the listener process ended")
+            self._buffer += data
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return line.decode().strip()
