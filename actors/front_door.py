@@ -26,7 +26,9 @@ from proto.mentra.livekit.bridge import debug as debug_pb
 
 from .grpc.transport import read_message, serve_grpc
 from .audio.fetch import FetchError, check_url
-from .messages import AttachStream, GetHealth, GetStatus, Join, Leave, NotPlayable, Play, StopPlayback
+from .live_objects import live_objects
+from .messages import (FAULT_KINDS, AttachStream, Fault, GetHealth, GetStatus, Join, Leave, NotPlayable, Play,
+                       StopPlayback)
 from .playback import PlaybackEvent, PlaybackRequest
 from .mic_audio import MIC_CHANNELS, MIC_SAMPLE_RATE
 from .runtime import ActorGone, Child, MailboxFull
@@ -73,6 +75,8 @@ class FrontDoor:
                 self._get_status, pb.BridgeStatusRequest, pb.BridgeStatusResponse),
             DEBUG_SERVICE + "DescribeActors": self._unary(
                 self._describe_actors, debug_pb.DescribeActorsRequest, debug_pb.DescribeActorsResponse),
+            DEBUG_SERVICE + "InjectFault": self._unary(
+                self._inject_fault, debug_pb.InjectFaultRequest, debug_pb.InjectFaultResponse),
         }
 
     # -- plumbing ------------------------------------------------------------
@@ -206,6 +210,24 @@ class FrontDoor:
             raise GRPCError(Status.NOT_FOUND, f"user {request.user_id!r} has no session")
         return pb.StopAudioResponse(success=True, stopped_request_id=",".join(stopped))
 
+    async def _inject_fault(self, request: debug_pb.InjectFaultRequest) -> debug_pb.InjectFaultResponse:
+        if not self._settings.chaos_enabled:
+            raise GRPCError(Status.PERMISSION_DENIED,
+                            "fault injection is off; start the bridge with BRIDGE_CHAOS=1 to allow it")
+        if request.kind not in FAULT_KINDS:
+            raise GRPCError(Status.INVALID_ARGUMENT, f"fault kind {request.kind!r} is not one of {FAULT_KINDS}")
+        if request.kind == "leak-check":
+            return debug_pb.InjectFaultResponse(detail=json.dumps(live_objects()))
+        prefix = "sessions/session:"
+        if not request.actor_path.startswith(prefix) or len(request.actor_path) == len(prefix):
+            raise GRPCError(Status.INVALID_ARGUMENT,
+                            f"actor_path {request.actor_path!r} names no session; use {prefix}<user id>")
+        user_id = request.actor_path[len(prefix):]
+        done = await self._ask(Fault(user_id, request.kind, request.seconds or 5.0))
+        if done is None:
+            raise GRPCError(Status.NOT_FOUND, f"user {user_id!r} has no session")
+        return debug_pb.InjectFaultResponse(detail=done)
+
     # -- audio ---------------------------------------------------------------
 
     async def _stream_audio(self, stream: grpclib.server.Stream) -> None:
@@ -242,6 +264,8 @@ class FrontDoor:
                 chunk = await lease.mic.get()
             except trio.EndOfChannel:
                 return
+            if lease.stalled_until > trio.current_time():  # an injected slow consumer
+                await trio.sleep_until(lease.stalled_until)
             message = pb.AudioChunk(
                 pcm_data=chunk.pcm, sample_rate=MIC_SAMPLE_RATE, channels=MIC_CHANNELS,
                 timestamp_ms=chunk.timestamp_ms, user_id=user_id,

@@ -104,3 +104,17 @@ class StopPlayback(Request["list[str] | None"]):
     request_id: str
     reason: str
     track_id: int
+
+
+#: What InjectFault can do to an actor (chaos testing).
+FAULT_KINDS = ("crash", "hang", "drop-room", "slow-consumer", "leak-check")
+
+
+@dataclasses.dataclass
+class Fault(Request[str]):
+    """Answered with what was done. ``user_id`` names the session; ``seconds``
+    is how long a slow consumer stalls."""
+
+    user_id: str
+    kind: str
+    seconds: float = 5.0

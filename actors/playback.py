@@ -25,7 +25,7 @@ from .audio.decoder import DecodeError, OutputFormat, SourceFormat, decode_frame
 from .audio.fetch import FetchError, FetchLimits, open_audio_url, redacted
 from .audio.formats import HEAD_BYTES, UnsupportedAudio, detect_container, wav_layout
 from .livekit.output_tracks import OutputTrack, OutputTracks, TrackFormatMismatch
-from .runtime import Actor, DropOldestBuffer
+from .runtime import Actor, DropOldestBuffer, only_cancelled
 
 #: Rate and channels of a track a playback publishes itself (Opus's own rate).
 NEW_TRACK_FORMAT = OutputFormat(sample_rate=48_000, channels=1)
@@ -115,7 +115,7 @@ class Playback(Actor):
             failure = _expected_failure(raised)
             if failure is not None:  # the playback's outcome, not a crash
                 outcome = self._event("FAILED", error=str(failure))
-            elif _only_cancelled(raised):  # stopped
+            elif only_cancelled(raised):  # stopped
                 self._stop_sound()
                 outcome = self._event("FAILED", error=f"stopped: {self.stop_reason}", metadata={"stopped": "true"})
                 raise
@@ -279,14 +279,8 @@ def _expected_failure(raised: BaseException) -> Exception | None:
         return raised
     if isinstance(raised, BaseExceptionGroup):
         matched, rest = raised.split(EXPECTED_FAILURES)
-        if matched is not None and (rest is None or _only_cancelled(rest)):
+        if matched is not None and (rest is None or only_cancelled(rest)):
             while isinstance(matched, BaseExceptionGroup):
                 matched = matched.exceptions[0]
             return matched
     return None
-
-
-def _only_cancelled(raised: BaseException) -> bool:
-    if isinstance(raised, BaseExceptionGroup):
-        return raised.split(trio.Cancelled)[1] is None
-    return isinstance(raised, trio.Cancelled)

@@ -7,24 +7,45 @@ It guarantees, by structure rather than by checks:
 - one user's JoinRoom and LeaveRoom calls are carried out one at a time, in
   arrival order, so the last join wins;
 - different users never wait for each other: each user's commands run in a
-  task of their own, so a slow or unreachable LiveKit URL delays only its user.
+  task of their own, so a slow or unreachable LiveKit URL delays only its user;
+- a crashed session is restarted from its JoinRoom (same token, same
+  StreamAudio consumer) with backoff, and given up on after
+  ``session_max_restarts`` crashes within a minute;
+- a session that has had no StreamAudio consumer for ``idle_session_ttl``
+  seconds (a zombie whose cloud went away) is torn down;
+- for ``ended_session_memory`` seconds after a session ended by itself (given
+  up, reaped, or ended by LiveKit), GetStatus says why.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
+import time
 from typing import Any
 
 import trio
 from loguru import logger
 
 from .livekit.room import AbandonedConnect, RoomConnectError
-from .messages import AttachStream, GetHealth, GetStatus, Health, Join, Joined, Leave, Play, StopPlayback
-from .runtime import Actor, ActorGone, Child, MailboxFull, Supervisor
+from .messages import (AttachStream, Fault, GetHealth, GetStatus, Health, Join, Joined, Leave, Play,
+                       SessionStatus, StopPlayback)
+from .runtime import Actor, ActorGone, Child, MailboxFull, Request, Restart, RestartPolicy, Supervisor
 from .settings import BridgeSettings
+from .user_line import UserLine
 from .user_session import UserSession
 
-UserCommand = Join | Leave
+
+@dataclasses.dataclass
+class _Reap(Request[None]):
+    """Tear down ``session`` (if it is still the user's) for having no consumer."""
+
+    user_id: str
+    session: Child
+    reason: str
+
+
+UserCommand = Join | Leave | _Reap
 
 
 class SessionSupervisor(Actor):
@@ -42,11 +63,16 @@ class SessionSupervisor(Actor):
         self._replacements = 0
         self._failed_joins = 0
         self._skipped = 0
+        self._reaped = 0
+        self._given_up = 0
+        #: user -> (when, why) their last session ended by itself; bounded by age.
+        self._ended: dict[str, tuple[float, int, str]] = {}
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             self._supervisor = Supervisor(nursery, on_exit=self._on_session_exit)
+            nursery.start_soon(self._reap_unattended_sessions)
             task_status.started()
             try:
                 await self.serve()
@@ -60,7 +86,9 @@ class SessionSupervisor(Actor):
     async def handle(self, message: Any) -> None:
         if isinstance(message, (Join, Leave)):
             self._enqueue(message)
-        elif isinstance(message, (GetStatus, AttachStream, Play, StopPlayback)):
+        elif isinstance(message, GetStatus) and message.user_id not in self._sessions:
+            message.reply.send(self._ended_status(message.user_id))
+        elif isinstance(message, (GetStatus, AttachStream, Play, StopPlayback, Fault)):
             self._forward_to_session(message)
         elif isinstance(message, GetHealth):
             message.reply.send(Health(active_sessions=len(self._sessions)))
@@ -75,6 +103,8 @@ class SessionSupervisor(Actor):
             "replacements": self._replacements,
             "failed_joins": self._failed_joins,
             "skipped_commands_of_gone_callers": self._skipped,
+            "sessions_reaped": self._reaped,
+            "sessions_given_up": self._given_up,
         }
 
     def children(self) -> list[dict[str, Any]]:
@@ -109,8 +139,10 @@ class SessionSupervisor(Actor):
                     await self._settle_abandoned_connect(user_id)
                     if isinstance(command, Join):
                         command.reply.send(await self._join(command))
-                    else:
+                    elif isinstance(command, Leave):
                         command.reply.send(await self._leave(command))
+                    else:
+                        command.reply.send(await self._reap(command))
                 finally:
                     command.reply.fail(ActorGone("the bridge is shutting down; try again"))  # if unanswered
         finally:
@@ -145,22 +177,29 @@ class SessionSupervisor(Actor):
             self._replacements += 1
             logger.info("Replacing existing bridge session for user {}", join.user_id)
             await self._supervisor.stop(old)
+        line = UserLine(mic_buffer_packets=self._settings.mic_buffer_packets,
+                        publish_buffer_chunks=self._settings.publish_buffer_chunks)
+        policy = RestartPolicy(restart=Restart.TRANSIENT, max_restarts=self._settings.session_max_restarts,
+                               within_seconds=60)
         try:
-            child = await self._supervisor.start(lambda: UserSession(join, self._settings))
+            child = await self._supervisor.start(lambda: UserSession(join, self._settings, line), policy=policy)
         except RoomConnectError as error:
             self._failed_joins += 1
             if error.abandoned is not None:
                 self._forget_settled_connects()
                 self._abandoned_connects[join.user_id] = error.abandoned
+            line.close()
             logger.warning("user {}: JoinRoom failed: {}", join.user_id, error)
             return Joined(False, error=str(error))
         except Exception as error:
             self._failed_joins += 1
+            line.close()
             logger.opt(exception=error).error("user {}: JoinRoom failed unexpectedly", join.user_id)
             return Joined(False, error=f"could not join the room: {type(error).__name__}: {error}")
         if child.done.is_set():  # it ended between reporting started and now
             return Joined(False, error=f"the session ended at once: {child.last_error or 'no error recorded'}")
         self._sessions[join.user_id] = child
+        self._ended.pop(join.user_id, None)
         return child.start_value
 
     async def _leave(self, leave: Leave) -> str | None:
@@ -172,16 +211,70 @@ class SessionSupervisor(Actor):
         await self._supervisor.stop(session)
         return None
 
+    async def _reap(self, reap: _Reap) -> None:
+        assert self._supervisor is not None
+        if self._sessions.get(reap.user_id) is not reap.session:
+            return  # replaced or left meanwhile
+        del self._sessions[reap.user_id]
+        self._reaped += 1
+        logger.warning("user {}: {}", reap.user_id, reap.reason)
+        self._remember_end(reap.user_id, reap.reason)
+        await self._supervisor.stop(reap.session)
+
+    async def _reap_unattended_sessions(self) -> None:
+        """Run until cancelled: queue a _Reap for each session that has had no
+        StreamAudio consumer for idle_session_ttl seconds."""
+        ttl = self._settings.idle_session_ttl
+        while True:
+            await trio.sleep(max(0.2, min(ttl / 10, 5.0)))
+            now = trio.current_time()
+            for user_id, session in list(self._sessions.items()):
+                line = session.actor.line
+                if line.stream_attached:
+                    line.unattended_since = None
+                elif line.unattended_since is None:
+                    line.unattended_since = now
+                elif now - line.unattended_since >= ttl and not line.reap_queued:
+                    line.reap_queued = True
+                    self._enqueue(_Reap(user_id, session,
+                                        f"reaped: no StreamAudio consumer for {ttl:g} s (the cloud went away "
+                                        f"without LeaveRoom?)"))
+            self._forget_old_ends()
+
     def _on_session_exit(self, child: Child, crash: BaseException | None) -> None:
+        """A session is gone for good: stopped, given up on, or ended by itself."""
         user_id = child.actor.user_id
-        if self._sessions.get(user_id) is child:
-            del self._sessions[user_id]
+        child.actor.line.close()
+        if self._sessions.get(user_id) is not child:
+            return  # stopped by us (left, replaced, reaped): already accounted for
+        del self._sessions[user_id]
         if crash is not None:
-            logger.error("session {} crashed: {}", child.name, crash)
+            self._given_up += 1
+            why = f"the session crashed and was given up on after {child.restarts} restarts: {child.last_error}"
+            logger.error("user {}: {}", user_id, why)
+        else:
+            why = child.actor.line.last_disconnect_reason or "the session ended; no reason was recorded"
+        self._remember_end(user_id, why)
+
+    # -- what GetStatus says of a session that ended ---------------------------
+
+    def _remember_end(self, user_id: str, why: str) -> None:
+        self._ended[user_id] = (trio.current_time(), int(time.time() * 1000), why)
+
+    def _forget_old_ends(self) -> None:
+        oldest = trio.current_time() - self._settings.ended_session_memory
+        self._ended = {user: ended for user, ended in self._ended.items() if ended[0] >= oldest}
+
+    def _ended_status(self, user_id: str) -> SessionStatus | None:
+        ended = self._ended.get(user_id)
+        if ended is None:
+            return None
+        return SessionStatus(connected=False, participant_id="", participant_count=0,
+                             last_disconnect_at_ms=ended[1], last_disconnect_reason=ended[2])
 
     # -- questions for one session -------------------------------------------
 
-    def _forward_to_session(self, message: GetStatus | AttachStream | Play | StopPlayback) -> None:
+    def _forward_to_session(self, message: GetStatus | AttachStream | Play | StopPlayback | Fault) -> None:
         session = self._sessions.get(message.user_id)
         if session is None:
             message.reply.send(None)

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 
 from .audio.fetch import FetchLimits
 from .playback import PlaybackLimits
+from .runtime import Backoff
 
 
 class SettingsError(ValueError):
@@ -36,6 +37,17 @@ class BridgeSettings:
     max_pending_commands_per_user: int = 64
     max_message_bytes: int = 10 * 1024 * 1024
     max_concurrent_streams: int = 10_000
+    #: Waits between attempts to rejoin a room LiveKit dropped: short, so
+    #: audio flows again soon after a LiveKit server comes back.
+    rejoin_backoff: Backoff = Backoff(initial=0.1, maximum=1.0)
+    #: Restarts of a crashed session before it is given up on (within 60 s).
+    session_max_restarts: int = 3
+    #: A session without a StreamAudio consumer this long is torn down (env BRIDGE_IDLE_SESSION_TTL).
+    idle_session_ttl: float = 120.0
+    #: How long GetStatus remembers why a user's session ended.
+    ended_session_memory: float = 600.0
+    #: InjectFault works only when this is set (env BRIDGE_CHAOS=1).
+    chaos_enabled: bool = False
     #: A published track that carries no audio this long is unpublished (silence would hiss).
     track_idle_grace: float = 2.0
     #: How long a newly published track waits for a subscriber before its first frame.
@@ -99,4 +111,6 @@ class BridgeSettings:
             playback_max_bytes=int(number("BRIDGE_PLAYBACK_MAX_BYTES", cls.playback_max_bytes)),
             playback_max_seconds=number("BRIDGE_PLAYBACK_MAX_SECONDS", cls.playback_max_seconds, float),
             playback_refuse_private=flag("BRIDGE_PLAYBACK_REFUSE_PRIVATE", cls.playback_refuse_private),
+            idle_session_ttl=number("BRIDGE_IDLE_SESSION_TTL", cls.idle_session_ttl, float),
+            chaos_enabled=flag("BRIDGE_CHAOS", cls.chaos_enabled),
         )

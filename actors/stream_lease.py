@@ -44,6 +44,8 @@ class StreamLease:
         self.claimed = False
         self.released = trio.Event()
         self.refusal: str | None = None
+        #: Until when (trio.current_time()) the stream's sender holds back: an injected slow consumer.
+        self.stalled_until = 0.0
 
     @property
     def active(self) -> bool:
@@ -51,6 +53,9 @@ class StreamLease:
 
     def end(self) -> None:
         self.scope.cancel()
+
+    def stall(self, seconds: float) -> None:
+        self.stalled_until = trio.current_time() + seconds
 
     def refuse(self, why: str) -> None:
         if self.refusal is None:

@@ -1,74 +1,147 @@
 """One user's bridge session: a LiveKit room joined on the user's behalf.
 
-The session is an actor. It owns the room connection, the microphone buffer
-that feeds the user's StreamAudio, the tracks it publishes the cloud's audio
-on, and supervises the user's playbacks (PlayAudio). When its scope is
-cancelled it stops its playbacks, ends the stream, unpublishes its tracks and
-leaves the room before it reports itself stopped, so its supervisor can start
-a replacement knowing nothing of the old one remains.
+The session is an actor. It owns the room connection and the tracks it
+publishes the cloud's audio on, feeds the user's UserLine (the microphone
+buffer the cloud's StreamAudio reads), and supervises the user's playbacks
+(PlayAudio). When its scope is cancelled it stops its playbacks, ends the
+stream, unpublishes its tracks and leaves the room before it reports itself
+stopped, so its supervisor can start a replacement knowing nothing of the old
+one remains.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import trio
 from livekit import rtc
 from loguru import logger
+from trio_asyncio import aio_as_trio
 
 from .livekit.output_tracks import OutputTracks, TrackFormatMismatch
-from .livekit.room import joined_room
-from .messages import AttachStream, GetStatus, Join, Joined, NotPlayable, Play, SessionStatus, StopPlayback
-from .mic_audio import SequenceTracker, pcm_from_packet
+from .livekit.room import RoomConnectError, joined_room
+from .livekit.token import token_expiry
+from .messages import (AttachStream, Fault, GetStatus, Join, Joined, NotPlayable, Play, SessionStatus,
+                       StopPlayback)
+from .mic_audio import pcm_from_packet
 from .playback import Playback, PlaybackEvents
-from .runtime import Actor, Child, DropOldestBuffer, Supervisor
+from .runtime import Actor, Child, Supervisor, only_cancelled
 from .settings import BridgeSettings
-from .stream_lease import CloudChunk, MicChunk, StreamLease
+from .stream_lease import MicChunk
+from .user_line import UserLine
 
 
 def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-class _RoomDisconnected:
-    """LiveKit disconnected the room; the session records when and why."""
+#: Disconnect reasons after which the session does not come back on its own:
+#: LiveKit or an operator wants this participant gone, or another session took
+#: over its identity.
+FINAL_DISCONNECTS = frozenset({"DUPLICATE_IDENTITY", "PARTICIPANT_REMOVED", "ROOM_DELETED", "ROOM_CLOSED"})
 
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
+
+class InjectedCrash(Exception):
+    """A crash asked for through InjectFault (chaos testing)."""
 
 
 class UserSession(Actor):
-    def __init__(self, join: Join, settings: BridgeSettings) -> None:
+    """One incarnation of a user's session: it joins the room, serves the
+    session's messages, and rejoins with backoff when LiveKit drops the room
+    for a reason that is not final, while the token is valid.
+
+    It crashes only on a bug (or an injected fault); its supervisor then starts
+    a new incarnation from the same JoinRoom and the same UserLine, so the
+    cloud's StreamAudio carries on. Cancelled, it stops its playbacks, ends the
+    stream, unpublishes its tracks and leaves the room before it returns.
+    """
+
+    def __init__(self, join: Join, settings: BridgeSettings, line: UserLine) -> None:
         super().__init__(f"session:{join.user_id}")
         self.user_id = join.user_id
+        self.line = line
         self._join = join
         self._settings = settings
         self._room: rtc.Room | None = None
-        self._lease: StreamLease | None = None
+        self._room_lost = trio.Event()
+        self._link = "connecting"  # connecting, connected, reconnecting, rejoining
+        self._rejoins = 0
         self._tracks: OutputTracks | None = None
         self._playback_supervisor: Supervisor | None = None
         self._playbacks: set[Child] = set()
         self._playbacks_started = 0
         self._playbacks_stopped = 0
-        self._mic = DropOldestBuffer[MicChunk](settings.mic_buffer_packets)
-        self._sequence = SequenceTracker()
-        self._publish_send, self._publish_receive = trio.open_memory_channel[CloudChunk](
-            settings.publish_buffer_chunks
-        )
-        self._last_disconnect_at_ms = 0
-        self._last_disconnect_reason = ""
-        self._packets_received = 0
-        self._packets_ignored = 0
-        self._packets_unnamed = 0
-        self._packets_empty = 0
-        self._chunks_published = 0
-        self._chunks_failed = 0
+        self._token_expires_at = token_expiry(join.token)
 
     # -- lifecycle ---------------------------------------------------------
 
     async def run(self, task_status: trio.TaskStatus[Joined] = trio.TASK_STATUS_IGNORED) -> None:
+        join_failure: RoomConnectError | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                try:
+                    joined = await nursery.start(self._stay_in_room_then_end, nursery.cancel_scope)
+                except RoomConnectError as error:
+                    join_failure = error  # raised below, alone: the JoinRoom failed
+                else:
+                    task_status.started(joined)
+                    await self.serve()
+                    nursery.cancel_scope.cancel()
+        except BaseException as raised:
+            if only_cancelled(raised):  # stopped: the stream ends with the session
+                await self.line.end_stream(self._settings.teardown_timeout)
+            raise  # a crash keeps the line for the next incarnation
+        if join_failure is not None:
+            raise join_failure
+
+    async def _stay_in_room_then_end(self, session_scope: trio.CancelScope,
+                                     task_status: trio.TaskStatus[Joined]) -> None:
+        await self._stay_in_room(task_status)
+        session_scope.cancel()  # LiveKit ended it for good: so ends the session
+
+    async def _stay_in_room(self, task_status: trio.TaskStatus[Joined]) -> None:
+        """Join, and rejoin whenever LiveKit drops the room for a reason that
+        is not final. Returns once it will not rejoin, which ends the session."""
+        rejoin_backoff = self._settings.rejoin_backoff
+        failures = 0
+        while True:
+            try:
+                async with self._joined_room() as room:
+                    failures = 0
+                    if task_status is not trio.TASK_STATUS_IGNORED:
+                        task_status.started(Joined(True, participant_id=room.local_participant.identity,
+                                                   participant_count=self._participant_count()))
+                        task_status = trio.TASK_STATUS_IGNORED
+                    await self._room_lost.wait()
+            except RoomConnectError as error:
+                if task_status is not trio.TASK_STATUS_IGNORED:
+                    raise  # the JoinRoom itself failed
+                failures += 1
+                self.line.record_disconnect(now_ms(), f"rejoining failed: {error}")
+            reason = self.line.last_disconnect_reason
+            if reason in FINAL_DISCONNECTS:
+                logger.warning("user {}: LiveKit ended the session ({}); not rejoining", self.user_id, reason)
+                return
+            if self._token_expires_at is not None and time.time() >= self._token_expires_at:
+                self.line.record_disconnect(now_ms(), f"{reason}; the token has expired, so the session ends")
+                logger.warning("user {}: token expired; not rejoining", self.user_id)
+                return
+            self._link = "rejoining"
+            delay = rejoin_backoff.delay(failures + 1)
+            logger.info("user {}: rejoining LiveKit in {:.2f} s ({})", self.user_id, delay, reason)
+            await trio.sleep(delay)
+            self._rejoins += 1
+
+    @contextlib.asynccontextmanager
+    async def _joined_room(self) -> AsyncIterator[rtc.Room]:
+        """The room, with the tracks, the cloud-audio publisher and the
+        playbacks that live only as long as it does."""
         join = self._join
+        self._room_lost = trio.Event()
+        self._link = "connecting"
         try:
             async with joined_room(
                 join.livekit_url,
@@ -76,42 +149,52 @@ class UserSession(Actor):
                 connect_timeout=self._settings.connect_timeout,
                 teardown_timeout=self._settings.teardown_timeout,
                 on_data=self._on_data,
-                subscribe={"disconnected": self._tell_disconnected},
+                subscribe={"disconnected": self._on_disconnected, "reconnecting": self._on_reconnecting,
+                           "reconnected": self._on_reconnected},
             ) as room:
                 self._room = room
+                self._link = "connected"
                 self._tracks = OutputTracks(
                     room, user_id=join.user_id, idle_grace=self._settings.track_idle_grace,
                     subscribe_wait=self._settings.subscribe_wait, queue_ms=self._settings.track_queue_ms)
-                try:
-                    async with trio.open_nursery() as nursery:
-                        self._playback_supervisor = Supervisor(nursery, on_exit=self._on_playback_exit)
-                        nursery.start_soon(self._publish_cloud_audio)
-                        nursery.start_soon(self._tracks.unpublish_idle_tracks)
-                        task_status.started(
-                            Joined(True, participant_id=room.local_participant.identity,
-                                   participant_count=self._participant_count())
-                        )
-                        logger.info("user {} joined room {} as {}", join.user_id, join.room_name,
-                                    room.local_participant.identity)
-                        await self.serve()
-                finally:
-                    await self._end_stream()
-                    self._mic.close()
+                async with trio.open_nursery() as nursery:
+                    self._playback_supervisor = Supervisor(nursery, on_exit=self._on_playback_exit)
+                    nursery.start_soon(self._publish_cloud_audio, self._tracks)
+                    nursery.start_soon(self._tracks.unpublish_idle_tracks)
+                    logger.info("user {} joined room {} as {}", join.user_id, join.room_name,
+                                room.local_participant.identity)
+                    try:
+                        yield room
+                    finally:
+                        if not self._room_lost.is_set():
+                            self._link = "leaving"  # our own leave: its 'disconnected' is no loss
+                    for child in self._playbacks:  # the room is gone; so is their sound
+                        child.actor.stop_reason = f"the LiveKit room was lost ({self.line.last_disconnect_reason})"
+                    nursery.cancel_scope.cancel()
         finally:
-            # Only now: leaving the room has unpublished the tracks they feed.
-            if self._tracks is not None:
+            self._room = None
+            if self._tracks is not None:  # only now: leaving the room unpublished the tracks they feed
                 await self._tracks.close()
+                self._tracks = None
 
-    async def _end_stream(self) -> None:
-        lease, self._lease = self._lease, None
-        if lease is None:
+    # -- LiveKit's events (run in the Trio thread) -----------------------------
+
+    def _on_disconnected(self, reason: Any) -> None:
+        if self._link == "leaving":
             return
-        lease.end()
-        if not lease.claimed:
-            return
-        with trio.move_on_after(self._settings.teardown_timeout) as waited:
-            waited.shield = True
-            await lease.released.wait()
+        name = _reason_name(reason)
+        self.line.record_disconnect(now_ms(), name)
+        self._link = "disconnected"
+        logger.warning("user {}: LiveKit room disconnected ({})", self.user_id, name)
+        self._room_lost.set()
+
+    def _on_reconnecting(self) -> None:
+        self._link = "reconnecting"
+        logger.info("user {}: LiveKit connection interrupted; the SDK is reconnecting", self.user_id)
+
+    def _on_reconnected(self) -> None:
+        self._link = "connected"
+        logger.info("user {}: LiveKit connection back", self.user_id)
 
     # -- messages ----------------------------------------------------------
 
@@ -119,40 +202,42 @@ class UserSession(Actor):
         if isinstance(message, GetStatus):
             message.reply.send(self.status())
         elif isinstance(message, AttachStream):
-            message.reply.send(self._attach_stream())
+            if self.line.lease is not None:
+                logger.info("user {}: a newer StreamAudio replaces the current one", self.user_id)
+            message.reply.send(self.line.attach_stream())
         elif isinstance(message, Play):
             message.reply.send(await self._play(message))
         elif isinstance(message, StopPlayback):
             message.reply.send(await self._stop_playbacks(message))
-        elif isinstance(message, _RoomDisconnected):
-            self._last_disconnect_at_ms = now_ms()
-            self._last_disconnect_reason = message.reason
-            logger.warning("user {}: LiveKit room disconnected ({})", self._join.user_id, message.reason)
+        elif isinstance(message, Fault):
+            await self._inject(message)
         else:
             raise TypeError(f"a user session does not handle {type(message).__name__}")
 
     def status(self) -> SessionStatus:
         room = self._room
+        if room is None:
+            return self.line.disconnected_status()
         return SessionStatus(
             connected=self._connected(),
-            participant_id=room.local_participant.identity if room is not None else "",
+            participant_id=room.local_participant.identity,
             participant_count=self._participant_count(),
-            last_disconnect_at_ms=self._last_disconnect_at_ms,
-            last_disconnect_reason=self._last_disconnect_reason,
+            last_disconnect_at_ms=self.line.last_disconnect_at_ms,
+            last_disconnect_reason=self.line.last_disconnect_reason,
         )
 
-    def _attach_stream(self) -> StreamLease:
-        if self._lease is not None:
-            logger.info("user {}: a newer StreamAudio replaces the current one", self._join.user_id)
-            self._lease.end()
-        self._lease = StreamLease(self._mic, self._publish_send)
-        return self._lease
-
-    def _tell_disconnected(self, reason: Any) -> None:
-        try:
-            self.mailbox.tell(_RoomDisconnected(_reason_name(reason)))
-        except Exception as error:  # a full mailbox must not break the SDK's event loop
-            logger.warning("user {}: room disconnect not recorded: {}", self._join.user_id, error)
+    async def _inject(self, fault: Fault) -> None:
+        """Chaos testing: the fault, as if it had happened by itself."""
+        fault.reply.send(f"{fault.kind} injected into {self.name}")
+        if fault.kind == "crash":
+            raise InjectedCrash(f"crash injected into {self.name}")
+        if fault.kind == "hang":
+            await trio.sleep_forever()  # stops draining the mailbox; stopping still works
+        elif fault.kind == "drop-room" and self._room is not None:
+            room = self._room
+            await aio_as_trio(room.disconnect)()  # LiveKit's 'disconnected' follows, as on a real loss
+        elif fault.kind == "slow-consumer" and self.line.lease is not None:
+            self.line.lease.stall(fault.seconds)
 
     # The room keeps these current itself (the SDK updates it before emitting
     # events), so they are read, never copied.
@@ -175,51 +260,51 @@ class UserSession(Actor):
         which sends its audio as data) in batches every 3 s, so a reconnected
         phone's first seconds of audio arrive unnamed.
         """
+        line = self.line
         target = self._join.target_identity
         if sender and target and sender != target:
-            self._packets_ignored += 1
+            line.packets_ignored += 1
             return
         if not sender:
-            self._packets_unnamed += 1
-        self._packets_received += 1
+            line.packets_unnamed += 1
+        line.packets_received += 1
         sequence, pcm = pcm_from_packet(payload)
         if sequence is not None:
-            self._sequence.observe(sequence)
+            line.sequence.observe(sequence)
         if not pcm:
-            self._packets_empty += 1
+            line.packets_empty += 1
             return
-        self._mic.push(MicChunk(pcm, now_ms()))
+        line.mic.push(MicChunk(pcm, now_ms()))
 
     # -- cloud audio: cloud -> LiveKit ---------------------------------------
 
-    async def _publish_cloud_audio(self) -> None:
-        assert self._tracks is not None
-        async with self._publish_receive:
-            async for chunk in self._publish_receive:
-                try:
-                    # Held while the chunk is captured, so the idle reaper cannot
-                    # unpublish the track under it.
-                    async with self._tracks.held(chunk.track_id, chunk.sample_rate, chunk.channels) as track:
-                        await track.capture(chunk.pcm)
-                except TrackFormatMismatch as error:
-                    chunk.stream.refuse(str(error))
-                except Exception as error:  # e.g. the room is reconnecting: drop, count, go on
-                    self._chunks_failed += 1
-                    logger.warning("user {}: cloud audio chunk on track {} not published: {}",
-                                   self._join.user_id, chunk.track_id, error)
-                else:
-                    self._chunks_published += 1
+    async def _publish_cloud_audio(self, tracks: OutputTracks) -> None:
+        # The channel is the line's: it outlives this room and this incarnation.
+        async for chunk in self.line.publish_receive:
+            try:
+                # Held while the chunk is captured, so the idle reaper cannot
+                # unpublish the track under it.
+                async with tracks.held(chunk.track_id, chunk.sample_rate, chunk.channels) as track:
+                    await track.capture(chunk.pcm)
+            except TrackFormatMismatch as error:
+                chunk.stream.refuse(str(error))
+            except Exception as error:  # e.g. the room is reconnecting: drop, count, go on
+                self.line.chunks_failed += 1
+                logger.warning("user {}: cloud audio chunk on track {} not published: {}",
+                               self.user_id, chunk.track_id, error)
+            else:
+                self.line.chunks_published += 1
 
     # -- playback: URL -> LiveKit ---------------------------------------------
 
     async def _play(self, message: Play) -> PlaybackEvents | NotPlayable:
         """Start a playback once those it replaces have stopped: all of them
         with stop_other, else the one on the same track."""
-        assert self._playback_supervisor is not None and self._tracks is not None
         request = message.request
-        if not self._connected():
+        if not self._connected() or self._playback_supervisor is None or self._tracks is None:
             return NotPlayable(f"the LiveKit room of user {self.user_id!r} is not connected "
-                               f"({self._last_disconnect_reason or 'no disconnect recorded'}); call JoinRoom")
+                               f"({self.line.last_disconnect_reason or 'no disconnect recorded'}); "
+                               f"it rejoins by itself unless that reason is final, else call JoinRoom")
         for child in list(self._playbacks):
             if message.stop_other or child.actor.track_id == request.track_id:
                 await self._stop_playback(child, f"replaced by playback {request.request_id!r}")
@@ -254,22 +339,27 @@ class UserSession(Actor):
 
     # -- observability -----------------------------------------------------
 
+    def details(self) -> dict[str, Any]:
+        return {"link": self._link, "last_disconnect_reason": self.line.last_disconnect_reason}
+
     def counters(self) -> dict[str, int]:
+        line = self.line
         return {
             "connected": int(self._connected()),
             "participant_count": self._participant_count(),
-            "stream_attached": int(self._lease is not None and self._lease.active),
-            "mic_packets_received": self._packets_received,
-            "mic_packets_lost": self._sequence.lost,
-            "mic_packets_out_of_order": self._sequence.out_of_order,
-            "mic_packets_empty": self._packets_empty,
-            "mic_packets_ignored_other_sender": self._packets_ignored,
-            "mic_packets_unnamed_sender": self._packets_unnamed,
-            "mic_buffer_depth": len(self._mic),
-            "mic_buffer_capacity": self._mic.capacity,
-            "mic_buffer_dropped": self._mic.dropped,
-            "cloud_chunks_published": self._chunks_published,
-            "cloud_chunks_failed": self._chunks_failed,
+            "stream_attached": int(line.stream_attached),
+            "mic_packets_received": line.packets_received,
+            "mic_packets_lost": line.sequence.lost,
+            "mic_packets_out_of_order": line.sequence.out_of_order,
+            "mic_packets_empty": line.packets_empty,
+            "mic_packets_ignored_other_sender": line.packets_ignored,
+            "mic_packets_unnamed_sender": line.packets_unnamed,
+            "mic_buffer_depth": len(line.mic),
+            "mic_buffer_capacity": line.mic.capacity,
+            "mic_buffer_dropped": line.mic.dropped,
+            "cloud_chunks_published": line.chunks_published,
+            "cloud_chunks_failed": line.chunks_failed,
+            "rejoins": self._rejoins,
             **self._track_counters(),
             "playbacks_active": len(self._playbacks),
             "playbacks_started": self._playbacks_started,

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import pytest
 import trio
 
-from actors.runtime import Actor, ActorGone, ChildState, MailboxFull, Mailbox, Request, RestartPolicy, Supervisor
+from actors.runtime import (Actor, ActorGone, Backoff, ChildState, MailboxFull, Mailbox, Request, Restart,
+                            RestartPolicy, Supervisor)
 
 
 @dataclasses.dataclass
@@ -196,3 +198,55 @@ async def test_a_restart_that_fails_to_start_counts_as_a_crash() -> None:
             await child.done.wait()
     assert child.state == ChildState.CRASHED and "cannot come back" in child.last_error
     assert len(incarnations) == 2
+
+
+def test_backoff_doubles_up_to_its_maximum_within_its_jitter() -> None:
+    backoff = Backoff(initial=0.1, maximum=1.0, multiplier=2.0, jitter=0.2)
+    for restarts, base in ((1, 0.1), (2, 0.2), (3, 0.4), (4, 0.8), (5, 1.0), (9, 1.0)):
+        delays = [backoff.delay(restarts) for _ in range(200)]
+        assert base * 0.8 <= min(delays) and max(delays) <= base * 1.2
+        assert max(delays) - min(delays) > base * 0.1  # spread, so siblings do not restart in step
+
+
+class Returns(EchoActor):
+    async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        self.log.append("up")
+        task_status.started()
+
+
+async def test_permanent_children_come_back_after_returning_transient_and_temporary_do_not(autojump_clock) -> None:
+    async with trio.open_nursery() as nursery:
+        supervisor = Supervisor(nursery)
+        lives: dict[Restart, list[str]] = {}
+        children = {}
+        for restart in Restart:
+            lives[restart] = []
+            policy = RestartPolicy(restart=restart, max_restarts=2, within_seconds=60)
+            children[restart] = await supervisor.start(functools.partial(Returns, log=lives[restart]), policy=policy)
+        for child in children.values():
+            await child.done.wait()
+    assert lives == {Restart.PERMANENT: ["up"] * 3, Restart.TRANSIENT: ["up"], Restart.TEMPORARY: ["up"]}
+    assert "3 ends within 60 s" in children[Restart.PERMANENT].given_up
+    assert children[Restart.TRANSIENT].given_up is None
+
+
+async def test_a_crashing_child_waits_out_a_growing_backoff_and_is_then_given_up_on(autojump_clock) -> None:
+    started_at: list[float] = []
+
+    class CrashesAtOnce(EchoActor):
+        async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+            started_at.append(trio.current_time())
+            task_status.started()
+            raise RuntimeError("crash")
+
+    policy = RestartPolicy(max_restarts=3, within_seconds=60, backoff=Backoff(initial=1.0, jitter=0.0))
+    async with trio.open_nursery() as nursery:
+        supervisor = Supervisor(nursery)
+        child = await supervisor.start(CrashesAtOnce, policy=policy)
+        await trio.sleep(0.5)
+        assert child.describe()["state"] == ChildState.RESTARTING
+        await child.done.wait()
+    gaps = [later - earlier for earlier, later in zip(started_at, started_at[1:])]
+    assert gaps == pytest.approx([1.0, 2.0, 4.0])
+    assert child.state == ChildState.CRASHED and child.restarts == 3
+    assert "allows 3 restarts" in child.describe()["given_up"]

@@ -5,12 +5,14 @@ Nothing here knows about LiveKit or gRPC; the bridge's actors build on it.
 
 from .actor import Actor
 from .buffer import DropOldestBuffer
+from .cancellation import only_cancelled
 from .mailbox import ActorGone, Mailbox, MailboxFull, Reply, Request
-from .supervisor import NEVER_RESTART, Child, ChildState, RestartPolicy, Supervisor
+from .supervisor import NEVER_RESTART, Backoff, Child, ChildState, Restart, RestartPolicy, Supervisor
 
 __all__ = [
     "Actor",
     "ActorGone",
+    "Backoff",
     "Child",
     "ChildState",
     "DropOldestBuffer",
@@ -19,6 +21,8 @@ __all__ = [
     "NEVER_RESTART",
     "Reply",
     "Request",
+    "Restart",
     "RestartPolicy",
     "Supervisor",
+    "only_cancelled",
 ]

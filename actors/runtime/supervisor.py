@@ -11,7 +11,9 @@ blocks have finished.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
+import random
 import time
 from collections.abc import Callable
 from typing import Any
@@ -25,24 +27,55 @@ from .actor import Actor
 class ChildState:
     STARTING = "starting"
     RUNNING = "running"
+    #: Crashed, waiting out its backoff before the next start.
+    RESTARTING = "restarting"
     STOPPING = "stopping"
     STOPPED = "stopped"
     CRASHED = "crashed"
 
 
+class Restart(enum.Enum):
+    """When a child is started again (Erlang/OTP's restart types)."""
+
+    #: Whenever it ends by itself, returned or crashed.
+    PERMANENT = "permanent"
+    #: Only after a crash.
+    TRANSIENT = "transient"
+    #: Never.
+    TEMPORARY = "temporary"
+
+
+@dataclasses.dataclass(frozen=True)
+class Backoff:
+    """The wait before a restart: ``initial`` doubling (``multiplier``) with
+    each restart inside the policy's window, at most ``maximum``, spread by
+    ±``jitter`` so that children that crashed together do not restart together."""
+
+    initial: float = 0.1
+    maximum: float = 5.0
+    multiplier: float = 2.0
+    jitter: float = 0.2
+
+    def delay(self, restarts_in_window: int) -> float:
+        base = min(self.maximum, self.initial * self.multiplier ** max(0, restarts_in_window - 1))
+        return base * random.uniform(1 - self.jitter, 1 + self.jitter)
+
+
 @dataclasses.dataclass(frozen=True)
 class RestartPolicy:
-    """Restart a crashed child at most ``max_restarts`` times in ``within_seconds``.
-
-    A child that crashes more often is given up on, as Erlang supervisors do:
-    a fault that repeats at once is not cured by restarting.
+    """A child spec's restart part, as data: when to restart (``restart``),
+    after how long (``backoff``), and when to give up: more than
+    ``max_restarts`` restarts within ``within_seconds``, as Erlang supervisors
+    do, since a fault that repeats at once is not cured by restarting.
     """
 
-    max_restarts: int = 0
+    restart: Restart = Restart.TRANSIENT
+    max_restarts: int = 3
     within_seconds: float = 60.0
+    backoff: Backoff = Backoff()
 
 
-NEVER_RESTART = RestartPolicy(max_restarts=0)
+NEVER_RESTART = RestartPolicy(restart=Restart.TEMPORARY, max_restarts=0)
 
 
 class Child:
@@ -60,6 +93,8 @@ class Child:
         self.started_at = time.time()
         self.restarts = 0
         self.last_error: str | None = None
+        #: Why the supervisor stopped restarting it, once it has.
+        self.given_up: str | None = None
         self.start_value: Any = None
         self.done = trio.Event()
         self._cancel_scope = trio.CancelScope()
@@ -84,20 +119,24 @@ class Child:
             "started_at": self.started_at,
             "restarts": self.restarts,
             "last_error": self.last_error,
+            "given_up": self.given_up,
             "mailbox": {"depth": mailbox.depth, "capacity": mailbox.capacity, "refused_full": mailbox.refused_full},
             "counters": self.actor.counters(),
             "details": self.actor.details(),
             "children": self.actor.children(),
         }
 
-    def _may_restart(self) -> bool:
+    def _next_restart_delay(self) -> float | None:
+        """Seconds to wait before restarting, or None when the policy gives up."""
         now = trio.current_time()
         window_start = now - self.policy.within_seconds
         self._restart_times = [t for t in self._restart_times if t >= window_start]
         if len(self._restart_times) >= self.policy.max_restarts:
-            return False
+            self.given_up = (f"{len(self._restart_times) + 1} ends within {self.policy.within_seconds:g} s "
+                             f"(the policy allows {self.policy.max_restarts} restarts)")
+            return None
         self._restart_times.append(now)
-        return True
+        return self.policy.backoff.delay(len(self._restart_times))
 
 
 ExitCallback = Callable[[Child, BaseException | None], None]
@@ -175,10 +214,11 @@ class Supervisor:
         was being cancelled, so no child's failure ever reaches the nursery
         that other children share.
         """
+        restart = child.policy.restart
         while True:
+            crash: Exception | None = None
             try:
                 await child.actor.run(start_signal)
-                return None
             except BaseException as raised:
                 crash = _crash_in(raised)
                 if crash is None:
@@ -186,15 +226,22 @@ class Supervisor:
                 if not start_signal.fired and child.restarts == 0:
                     raise
                 child.last_error = _describe(crash)
-                if _being_cancelled() or not child._may_restart():
+            if crash is None and restart is not Restart.PERMANENT:
+                return None
+            delay = None if restart is Restart.TEMPORARY or _being_cancelled() else child._next_restart_delay()
+            if delay is None:
+                if crash is not None:
                     logger.opt(exception=crash).error("actor {} crashed; not restarting", child.name)
-                    return crash
-                logger.opt(exception=crash).warning("actor {} crashed; restarting", child.name)
-                child.restarts += 1
-                child.actor.mailbox.close()
-                child.actor = child.factory()
-                child.state = ChildState.STARTING
-                start_signal = _StartSignal(child, trio.TASK_STATUS_IGNORED)
+                return crash
+            ended = f"crashed ({child.last_error})" if crash is not None else "ended"
+            logger.opt(exception=crash).warning("actor {} {}; restarting in {:.2f} s", child.name, ended, delay)
+            child.actor.mailbox.close()
+            child.state = ChildState.RESTARTING
+            await trio.sleep(delay)
+            child.restarts += 1
+            child.actor = child.factory()
+            child.state = ChildState.STARTING
+            start_signal = _StartSignal(child, trio.TASK_STATUS_IGNORED)
 
 
 def _cancel(child: Child) -> None:

@@ -30,6 +30,28 @@ class DescribeActorsResponse(betterproto.Message):
     tree_json: str = betterproto.string_field(1)
 
 
+@dataclass(eq=False, repr=False)
+class InjectFaultRequest(betterproto.Message):
+    actor_path: str = betterproto.string_field(1)
+    """
+    "sessions/session:<user id>" (as in the actor tree); leak-check takes any path.
+    """
+
+    kind: str = betterproto.string_field(2)
+    """crash, hang, drop-room, slow-consumer or leak-check."""
+
+    seconds: float = betterproto.double_field(3)
+    """How long a slow consumer stalls (default 5)."""
+
+
+@dataclass(eq=False, repr=False)
+class InjectFaultResponse(betterproto.Message):
+    detail: str = betterproto.string_field(1)
+    """
+    What was done; for leak-check, JSON counts of the bridge's live objects.
+    """
+
+
 class BridgeDebugStub(betterproto.ServiceStub):
     async def describe_actors(
         self,
@@ -48,12 +70,34 @@ class BridgeDebugStub(betterproto.ServiceStub):
             metadata=metadata,
         )
 
+    async def inject_fault(
+        self,
+        inject_fault_request: "InjectFaultRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "InjectFaultResponse":
+        return await self._unary_unary(
+            "/mentra.livekit.bridge.debug.BridgeDebug/InjectFault",
+            inject_fault_request,
+            InjectFaultResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
 
 class BridgeDebugBase(ServiceBase):
 
     async def describe_actors(
         self, describe_actors_request: "DescribeActorsRequest"
     ) -> "DescribeActorsResponse":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def inject_fault(
+        self, inject_fault_request: "InjectFaultRequest"
+    ) -> "InjectFaultResponse":
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def __rpc_describe_actors(
@@ -64,6 +108,13 @@ class BridgeDebugBase(ServiceBase):
         response = await self.describe_actors(request)
         await stream.send_message(response)
 
+    async def __rpc_inject_fault(
+        self, stream: "grpclib.server.Stream[InjectFaultRequest, InjectFaultResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.inject_fault(request)
+        await stream.send_message(response)
+
     def __mapping__(self) -> Dict[str, grpclib.const.Handler]:
         return {
             "/mentra.livekit.bridge.debug.BridgeDebug/DescribeActors": grpclib.const.Handler(
@@ -71,5 +122,11 @@ class BridgeDebugBase(ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 DescribeActorsRequest,
                 DescribeActorsResponse,
+            ),
+            "/mentra.livekit.bridge.debug.BridgeDebug/InjectFault": grpclib.const.Handler(
+                self.__rpc_inject_fault,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                InjectFaultRequest,
+                InjectFaultResponse,
             ),
         }

@@ -1,0 +1,273 @@
+"""Sessions that heal: crashes restarted from their JoinRoom, rooms rejoined after
+LiveKit loses them (a livekit-server killed and started again), zombies
+reaped, and faults injected through the debug service. Every fault stays with
+its user."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import time
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import trio
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
+
+from actors.livekit.dev_server import DevLiveKit, free_port, start_dev_livekit
+from bridge_harness import cloud, join_request, phone_in_room
+from proto.mentra.livekit import bridge as pb
+from proto.mentra.livekit.bridge import debug as debug_pb
+
+DEBUG = "/mentra.livekit.bridge.debug.BridgeDebug/"
+
+
+@pytest.fixture
+def bridge_settings(bridge_settings):
+    return dataclasses.replace(bridge_settings, chaos_enabled=True, ask_timeout=2.0)
+
+
+async def inject(client, user: str, kind: str, seconds: float = 0.0) -> str:
+    reply = await client.unary(DEBUG + "InjectFault", debug_pb.InjectFaultRequest(
+        actor_path=f"sessions/session:{user}", kind=kind, seconds=seconds), debug_pb.InjectFaultResponse)
+    return reply.detail
+
+
+async def session_node(client, user: str) -> dict | None:
+    tree = await client.actor_tree()
+    for node in tree["children"][0]["children"]:
+        if node["name"] == f"session:{user}":
+            return node
+    return None
+
+
+async def receive_packets(stream, count: int, timeout: float = 15.0) -> list[bytes]:
+    received = []
+    with trio.fail_after(timeout):
+        while len(received) < count:
+            chunk = await stream.recv()
+            assert chunk is not None, "the stream ended"
+            received.append(chunk.pcm_data)
+    return received
+
+
+async def test_a_crashed_session_restarts_from_its_join_and_keeps_its_stream(bridge, livekit) -> None:
+    user = "crashy"
+    async with cloud(bridge.address) as client, phone_in_room(livekit, user) as phone, \
+            trio.open_nursery() as nursery:
+        assert (await client.join(join_request(livekit, user))).success
+        nursery.start_soon(phone.keep_talking)
+        async with client.audio_stream(user) as stream:
+            await receive_packets(stream, 3)
+            assert "crash injected" in await inject(client, user, "crash")
+            with trio.fail_after(15):
+                while (node := await session_node(client, user)) is None or node["restarts"] < 1 \
+                        or node["state"] != "running" or not (await client.status(user)).connected:
+                    await trio.sleep(0.05)
+            assert "InjectedCrash" in node["last_error"]
+            # The same StreamAudio call carries the restarted session's audio.
+            await receive_packets(stream, 5)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_session_that_keeps_crashing_is_given_up_and_status_says_why(bridge, livekit) -> None:
+    user = "hopeless"
+    async with cloud(bridge.address) as client:
+        assert (await client.join(join_request(livekit, user))).success
+        async with client.audio_stream(user) as stream:
+            for crash in range(4):  # the policy allows 3 restarts within a minute
+                with trio.fail_after(15):
+                    while True:
+                        try:
+                            await inject(client, user, "crash")
+                            break
+                        except GRPCError:  # between incarnations: not there to take it
+                            await trio.sleep(0.05)
+                    while crash < 3 and (await session_node(client, user) or {}).get("restarts", 0) <= crash:
+                        await trio.sleep(0.05)
+            with trio.fail_after(10):
+                assert await stream.status() == Status.OK  # the stream ends with the session
+        status = await client.status(user)
+        tree = await client.actor_tree()
+        assert await session_node(client, user) is None
+    assert not status.connected and "given up on after 3 restarts" in status.last_disconnect_reason
+    assert "InjectedCrash" in status.last_disconnect_reason
+    assert tree["children"][0]["counters"]["sessions_given_up"] == 1
+
+
+async def test_a_hung_session_harms_nobody_else_and_a_join_replaces_it(bridge, livekit) -> None:
+    async with cloud(bridge.address) as client:
+        for user in ("hung", "healthy"):
+            assert (await client.join(join_request(livekit, user))).success
+        await inject(client, "hung", "hang")
+        with pytest.raises(GRPCError) as caught:
+            await client.status("hung")
+        assert caught.value.status == Status.DEADLINE_EXCEEDED
+        assert (await client.status("healthy")).connected
+        with trio.fail_after(15):
+            assert (await client.join(join_request(livekit, "hung"))).success  # cancels the hung one
+        assert (await client.status("hung")).connected
+
+
+async def test_a_dropped_room_is_rejoined_and_the_stream_carries_on(bridge, livekit) -> None:
+    user = "dropped"
+    async with cloud(bridge.address) as client, phone_in_room(livekit, user) as phone, \
+            trio.open_nursery() as nursery:
+        assert (await client.join(join_request(livekit, user))).success
+        nursery.start_soon(phone.keep_talking)
+        async with client.audio_stream(user) as stream:
+            await receive_packets(stream, 3)
+            await inject(client, user, "drop-room")
+            with trio.fail_after(15):
+                while (node := await session_node(client, user))["counters"]["rejoins"] < 1:
+                    await trio.sleep(0.05)
+            await receive_packets(stream, 5)
+            status = await client.status(user)
+        nursery.cancel_scope.cancel()
+    assert status.connected and status.last_disconnect_reason == "CLIENT_INITIATED"
+    assert node["restarts"] == 0  # healed inside the session, no restart
+
+
+async def test_a_slow_consumer_loses_only_the_oldest_audio_and_catches_up(bridge, livekit) -> None:
+    user = "slowpoke"
+    async with cloud(bridge.address) as client, phone_in_room(livekit, user) as phone, \
+            trio.open_nursery() as nursery:
+        assert (await client.join(join_request(livekit, user))).success
+        nursery.start_soon(phone.keep_talking, 0.01)
+        async with client.audio_stream(user) as stream:
+            await receive_packets(stream, 3)
+            await inject(client, user, "slow-consumer", seconds=3.0)
+            await trio.sleep(3.5)
+            await receive_packets(stream, 250)  # what the buffer held, then live audio again
+            node = await session_node(client, user)
+        nursery.cancel_scope.cancel()
+    assert node["counters"]["mic_buffer_dropped"] > 0  # 3 s at 100 packets/s overflowed its 200
+
+
+async def test_zombies_are_reaped_and_status_says_so_for_a_while(bridge_settings, livekit) -> None:
+    from actors.bridge import run_bridge
+    import trio_asyncio
+
+    settings = dataclasses.replace(bridge_settings, idle_session_ttl=1.0)
+    async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
+        bridge = await nursery.start(run_bridge, settings)
+        async with cloud(bridge.address) as client:
+            assert (await client.join(join_request(livekit, "zombie"))).success
+            assert (await client.join(join_request(livekit, "attended"))).success
+            async with client.audio_stream("attended"):
+                with trio.fail_after(10):
+                    while (status := await client.status("zombie")).connected:
+                        await trio.sleep(0.1)
+                assert "reaped: no StreamAudio consumer for 1 s" in status.last_disconnect_reason
+                assert (await client.status("attended")).connected
+                tree = await client.actor_tree()
+        nursery.cancel_scope.cancel()
+    assert tree["children"][0]["counters"]["sessions_reaped"] == 1
+
+
+async def test_fault_injection_is_refused_unless_enabled_and_leak_check_counts_objects(
+        bridge_settings, livekit) -> None:
+    from actors.bridge import run_bridge
+    import trio_asyncio
+
+    for chaos in (False, True):
+        settings = dataclasses.replace(bridge_settings, chaos_enabled=chaos)
+        async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
+            bridge = await nursery.start(run_bridge, settings)
+            async with cloud(bridge.address) as client:
+                if not chaos:
+                    with pytest.raises(GRPCError) as caught:
+                        await inject(client, "anyone", "crash")
+                    assert caught.value.status == Status.PERMISSION_DENIED and "BRIDGE_CHAOS" in caught.value.message
+                else:
+                    for user in ("leak-a", "leak-b"):
+                        assert (await client.join(join_request(livekit, user))).success
+                    counts = json.loads(await inject(client, "", "leak-check"))
+                    assert counts["UserSession"] == 2 and counts["Room"] >= 2
+                    for user in ("leak-a", "leak-b"):
+                        assert (await client.leave(user)).success
+                    counts = json.loads(await inject(client, "", "leak-check"))
+                    assert counts["UserSession"] == 0 and counts["UserLine"] == 0, counts
+                    with pytest.raises(GRPCError) as caught:
+                        await inject(client, "leak-a", "explode")
+                    assert caught.value.status == Status.INVALID_ARGUMENT
+            nursery.cancel_scope.cancel()
+
+
+@pytest.fixture
+def own_livekit(tmp_path, livekit: DevLiveKit) -> Iterator[dict]:
+    """A livekit-server of the test's own, to kill and start again on its port
+    (same keys, so the sessions' tokens stay valid)."""
+    port = free_port()
+    config = dict(port=port, api_key=livekit.api_key, api_secret=livekit.api_secret, udp_ports=(41000, 41999))
+    state = {"server": start_dev_livekit(tmp_path / "first", **config), "config": config, "tmp": tmp_path}
+    yield state
+    state["server"].stop()
+
+
+async def test_after_a_livekit_server_restart_every_session_streams_again_without_any_rpc(
+        bridge, own_livekit) -> None:
+    server: DevLiveKit = own_livekit["server"]
+    users = ["heal-a", "heal-b", "heal-c"]
+    async with cloud(bridge.address) as client:
+        for user in users:
+            assert (await client.join(join_request(server, user))).success
+        async with trio.open_nursery() as streams:
+            stream_calls = {}
+            for user in users:
+                stream_calls[user] = await streams.start(hold_stream, client, user)
+            async with phones_talking(server, users):
+                for user in users:
+                    await receive_packets(stream_calls[user], 2)
+
+            server.process.kill()  # as a crash would: no goodbye to anyone
+            server.process.wait()
+            with trio.fail_after(30):
+                while (await client.status(users[0])).connected:
+                    await trio.sleep(0.1)
+            # A session that exists but has no room: PlayAudio says so.
+            call = await client.play(pb.PlayAudioRequest(request_id="r", audio_url="http://127.0.0.1/a.wav",
+                                                         user_id=users[0]))
+            assert call.status == Status.FAILED_PRECONDITION and call.kinds() == ["FAILED"], call.message
+            assert "not connected" in call.message
+
+            await trio.sleep(1.0)
+            restarted = start_dev_livekit(own_livekit["tmp"] / "second", **own_livekit["config"])
+            own_livekit["server"] = restarted
+            back_at = time.monotonic()
+            healed_after = {}
+            async with phones_talking(restarted, users):  # the phones rejoin, as the app does
+                with trio.fail_after(30):
+                    for user in users:
+                        await receive_packets(stream_calls[user], 1)
+                        while not (await client.status(user)).connected:
+                            await trio.sleep(0.05)
+                        healed_after[user] = time.monotonic() - back_at
+            # The audio came on the StreamAudio calls opened before the restart.
+            streams.cancel_scope.cancel()
+    print(f"sessions healed after the LiveKit server came back: "
+          f"{ {user: round(seconds, 2) for user, seconds in healed_after.items()} }")
+
+
+async def hold_stream(client, user: str, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    async with client.audio_stream(user) as stream:
+        task_status.started(stream)
+        await trio.sleep_forever()
+
+
+@contextlib.asynccontextmanager
+async def phones_talking(server: DevLiveKit, users: list[str]) -> AsyncIterator[None]:
+    """Each user's phone in its room, talking, for the block's duration."""
+    async with trio.open_nursery() as nursery:
+        for user in users:
+            await nursery.start(_talking_phone, server, user)
+        yield
+        nursery.cancel_scope.cancel()
+
+
+async def _talking_phone(server: DevLiveKit, user: str, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    async with phone_in_room(server, user) as phone:
+        task_status.started()
+        await phone.keep_talking()
