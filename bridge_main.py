@@ -24,7 +24,7 @@ import tempfile
 import trio
 from loguru import logger
 
-from actors.bridge import run_bridge
+from actors.bridge import RunningBridge, run_bridge
 from actors.livekit.dev_server import start_dev_livekit
 from actors.log_setup import configure_logging
 from actors.settings import BridgeSettings, SettingsError
@@ -35,15 +35,28 @@ def serve(settings: BridgeSettings) -> None:
 
 
 async def _serve_until_signalled(settings: BridgeSettings) -> None:
-    """Run the bridge until SIGTERM or SIGINT, then stop it the structured way:
-    every session ends its stream and leaves its room before the process exits."""
+    """Run the bridge until SIGTERM or SIGINT, then drain it and stop it the
+    structured way: HealthCheck answers NOT_SERVING, new calls are refused and
+    open StreamAudio and PlayAudio calls end with UNAVAILABLE (the cloud
+    rejoins elsewhere), then every session leaves its room before the process
+    exits. A second signal exits at once."""
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(run_bridge, settings)
+            running = await nursery.start(run_bridge, settings)
             async for signum in signals:
-                logger.info("{} received; stopping", signal.Signals(signum).name)
-                nursery.cancel_scope.cancel()
-                break
+                name = signal.Signals(signum).name
+                if running.front_door.draining:
+                    logger.warning("{} received again; exiting at once", name)
+                    os._exit(1)
+                logger.info("{} received; draining, then stopping", name)
+                nursery.start_soon(_drain_then_stop, running, settings, nursery.cancel_scope)
+
+
+async def _drain_then_stop(running: RunningBridge, settings: BridgeSettings, stop: trio.CancelScope) -> None:
+    await running.front_door.drain(timeout=settings.teardown_timeout / 2)
+    # Load balancers poll HealthCheck: give them a moment to see NOT_SERVING.
+    await trio.sleep(settings.drain_grace)
+    stop.cancel()
 
 
 def dev(settings: BridgeSettings) -> None:

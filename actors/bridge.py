@@ -7,7 +7,7 @@ import dataclasses
 import trio
 import trio_asyncio
 
-from .front_door import serve_front_door
+from .front_door import FrontDoor, serve_front_door
 from .runtime import Child, RestartPolicy, Supervisor
 from .session_supervisor import SessionSupervisor
 from .settings import BridgeSettings
@@ -18,6 +18,7 @@ class RunningBridge:
     #: "host:port" or "unix:/path" the front door listens on.
     address: str
     sessions: Child
+    front_door: FrontDoor
 
 
 async def run_bridge(
@@ -28,6 +29,7 @@ async def run_bridge(
     Opens the process's one asyncio loop (trio-asyncio) unless the caller
     already runs inside one. On cancellation the front door stops listening
     and every session is torn down (stream ended, room left) before it returns.
+    For a graceful stop, ``drain`` the front door first (see bridge_main).
     """
     if trio_asyncio.current_loop.get() is None:
         async with trio_asyncio.open_loop():
@@ -44,5 +46,6 @@ async def _run(settings: BridgeSettings, task_status: trio.TaskStatus[RunningBri
         sessions = await root.start(
             lambda: SessionSupervisor(settings), policy=RestartPolicy(max_restarts=3, within_seconds=60)
         )
-        address = await nursery.start(serve_front_door, sessions, settings, root.describe)
-        task_status.started(RunningBridge(address, sessions))
+        front_door = FrontDoor(sessions, settings, root.describe)
+        address = await nursery.start(serve_front_door, front_door, settings)
+        task_status.started(RunningBridge(address, sessions, front_door))

@@ -40,6 +40,7 @@ DEBUG_SERVICE = "/mentra.livekit.bridge.debug.BridgeDebug/"
 SUPPORTED_SAMPLE_RATES = (8_000, 16_000, 22_050, 24_000, 32_000, 44_100, 48_000)
 #: How long one outgoing audio message may take before the client counts as stuck.
 SEND_GRACE_SECONDS = 2.0
+SHUTTING_DOWN = "the bridge is shutting down; connect to another instance and call JoinRoom again"
 
 try:
     from importlib.metadata import version as _package_version
@@ -59,6 +60,9 @@ class FrontDoor:
         self._settings = settings
         self._started = time.monotonic()
         self.active_streams = 0
+        #: Set by drain(): new calls are refused, HealthCheck says NOT_SERVING.
+        self.draining = False
+        self._open_calls: set[trio.CancelScope] = set()
 
     def __mapping__(self) -> dict[str, grpclib.const.Handler]:
         return {
@@ -70,11 +74,12 @@ class FrontDoor:
                 self._play_audio, grpclib.const.Cardinality.UNARY_STREAM, pb.PlayAudioRequest, pb.PlayAudioEvent),
             SERVICE + "StopAudio": self._unary(self._stop_audio, pb.StopAudioRequest, pb.StopAudioResponse),
             SERVICE + "HealthCheck": self._unary(
-                self._health_check, pb.HealthCheckRequest, pb.HealthCheckResponse),
+                self._health_check, pb.HealthCheckRequest, pb.HealthCheckResponse, while_draining=True),
             SERVICE + "GetStatus": self._unary(
                 self._get_status, pb.BridgeStatusRequest, pb.BridgeStatusResponse),
             DEBUG_SERVICE + "DescribeActors": self._unary(
-                self._describe_actors, debug_pb.DescribeActorsRequest, debug_pb.DescribeActorsResponse),
+                self._describe_actors, debug_pb.DescribeActorsRequest, debug_pb.DescribeActorsResponse,
+                while_draining=True),
             DEBUG_SERVICE + "InjectFault": self._unary(
                 self._inject_fault, debug_pb.InjectFaultRequest, debug_pb.InjectFaultResponse),
         }
@@ -82,14 +87,37 @@ class FrontDoor:
     # -- plumbing ------------------------------------------------------------
 
     def _handler(self, body: Callable[[Any], Awaitable[None]], cardinality: grpclib.const.Cardinality,
-                 request_type: type, reply_type: type) -> grpclib.const.Handler:
+                 request_type: type, reply_type: type, *, while_draining: bool = False) -> grpclib.const.Handler:
+        async def call(stream: grpclib.server.Stream) -> None:
+            if self.draining and not while_draining:
+                raise GRPCError(Status.UNAVAILABLE, SHUTTING_DOWN)
+            with trio.CancelScope() as scope:
+                self._open_calls.add(scope)
+                try:
+                    await body(stream)
+                finally:
+                    self._open_calls.discard(scope)
+            if scope.cancelled_caught:  # only drain() cancels it
+                raise GRPCError(Status.UNAVAILABLE, SHUTTING_DOWN)
+
         async def asyncio_handler(stream: grpclib.server.Stream) -> None:
-            await trio_as_aio(body)(stream)
+            await trio_as_aio(call)(stream)
 
         return grpclib.const.Handler(asyncio_handler, cardinality, request_type, reply_type)
 
+    async def drain(self, timeout: float) -> None:
+        """Refuse new calls and end every open one with UNAVAILABLE, so clients
+        go to another bridge instance; HealthCheck answers NOT_SERVING from now
+        on. Returns once the open calls have ended (at most ``timeout`` s)."""
+        self.draining = True
+        for scope in list(self._open_calls):
+            scope.cancel()
+        with trio.move_on_after(timeout):
+            while self._open_calls:
+                await trio.sleep(0.01)
+
     def _unary(self, body: Callable[[Any], Awaitable[Any]], request_type: type,
-               reply_type: type) -> grpclib.const.Handler:
+               reply_type: type, *, while_draining: bool = False) -> grpclib.const.Handler:
         async def unary_body(stream: grpclib.server.Stream) -> None:
             request = await self._read(stream)
             if request is None:
@@ -97,7 +125,8 @@ class FrontDoor:
             reply = await body(request)
             await aio_as_trio(stream.send_message)(reply)
 
-        return self._handler(unary_body, grpclib.const.Cardinality.UNARY_UNARY, request_type, reply_type)
+        return self._handler(unary_body, grpclib.const.Cardinality.UNARY_UNARY, request_type, reply_type,
+                             while_draining=while_draining)
 
     async def _read(self, stream: grpclib.server.Stream) -> Any:
         return await aio_as_trio(read_message)(stream, self._settings.max_message_bytes)
@@ -151,8 +180,9 @@ class FrontDoor:
 
     async def _health_check(self, request: pb.HealthCheckRequest) -> pb.HealthCheckResponse:
         health = await self._ask(GetHealth())
+        serving = pb.HealthCheckResponseServingStatus
         return pb.HealthCheckResponse(
-            status=pb.HealthCheckResponseServingStatus.SERVING,
+            status=serving.NOT_SERVING if self.draining else serving.SERVING,
             active_sessions=health.active_sessions,
             active_streams=self.active_streams,
             uptime_seconds=int(time.monotonic() - self._started),
@@ -333,11 +363,9 @@ def _require(value: str, what: str) -> None:
 
 
 async def serve_front_door(
-    sessions: Child, settings: BridgeSettings, describe_tree: Callable[[], list[dict[str, Any]]],
-    *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+    front_door: FrontDoor, settings: BridgeSettings, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the bridge's gRPC services until cancelled; reports the address it listens on once ready."""
-    front_door = FrontDoor(sessions, settings, describe_tree)
     await serve_grpc([front_door], host=settings.host, port=settings.port, unix_socket=settings.unix_socket,
                      max_concurrent_streams=settings.max_concurrent_streams,
                      close_timeout=settings.teardown_timeout, task_status=task_status)

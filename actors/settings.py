@@ -46,6 +46,8 @@ class BridgeSettings:
     idle_session_ttl: float = 120.0
     #: How long GetStatus remembers why a user's session ended.
     ended_session_memory: float = 600.0
+    #: On SIGTERM, how long HealthCheck answers NOT_SERVING before the listener closes.
+    drain_grace: float = 0.5
     #: InjectFault works only when this is set (env BRIDGE_CHAOS=1).
     chaos_enabled: bool = False
     #: A published track that carries no audio this long is unpublished (silence would hiss).
