@@ -227,19 +227,23 @@ class SessionSupervisor(Actor):
         ttl = self._settings.idle_session_ttl
         while True:
             await trio.sleep(max(0.2, min(ttl / 10, 5.0)))
-            now = trio.current_time()
-            for user_id, session in list(self._sessions.items()):
-                line = session.actor.line
-                if line.stream_attached:
-                    line.unattended_since = None
-                elif line.unattended_since is None:
-                    line.unattended_since = now
-                elif now - line.unattended_since >= ttl and not line.reap_queued:
-                    line.reap_queued = True
-                    self._enqueue(_Reap(user_id, session,
-                                        f"reaped: no StreamAudio consumer for {ttl:g} s (the cloud went away "
-                                        f"without LeaveRoom?)"))
+            self._queue_reaps(ttl)
             self._forget_old_ends()
+
+    def _queue_reaps(self, ttl: float) -> None:
+        # A method of its own, so no session stays referenced from the
+        # sleeping loop's locals after it is gone.
+        now = trio.current_time()
+        for user_id, session in list(self._sessions.items()):
+            line = session.actor.line
+            if line.stream_attached:
+                line.unattended_since = None
+            elif line.unattended_since is None:
+                line.unattended_since = now
+            elif now - line.unattended_since >= ttl and not line.reap_queued:
+                line.reap_queued = True
+                self._enqueue(_Reap(user_id, session, f"reaped: no StreamAudio consumer for {ttl:g} s "
+                                                      f"(the cloud went away without LeaveRoom?)"))
 
     def _on_session_exit(self, child: Child, crash: BaseException | None) -> None:
         """A session is gone for good: stopped, given up on, or ended by itself."""

@@ -1,0 +1,418 @@
+"""The chaos suite: a live bridge under random faults, then its invariants.
+
+    just chaos [--seed N] [--users 20] [--seconds 300] [--rounds 50]
+    (tests/test_chaos.py runs a short version in `just test`)
+
+The bridge runs as its own process (BRIDGE_CHAOS=1) against a real
+livekit-server. Every user has a phone that talks (lossy data packets, as the
+app sends them; it rejoins when LiveKit drops it, as the app does) and a cloud
+agent that joins, holds the user's StreamAudio, watches GetStatus and rejoins
+when the stream ends or the status says the session is unwell, as the cloud
+does. For the given seconds, faults are injected at random: crash, hang,
+drop-room, slow consumer, JoinRoom storms for one user, cloud agents killed
+without LeaveRoom, and livekit-server restarts. The seed is printed; the same
+seed replays the same faults in the same order.
+
+Invariants, checked during and after, printed as a table:
+- at most one bridge participant per user in each room (asked of LiveKit);
+- every RPC answered (a status counts; only silence past its deadline fails);
+- GetStatus agrees with LiveKit about who is connected;
+- every user's audio flows again, and each packet sent in the final quiet
+  window arrives exactly once and in order;
+- the actor tree returns to its baseline (no session, no playback, no live
+  session objects after everyone left);
+- bridge RSS after the last of the join/stream/leave rounds is within 10 % of
+  its level after the first few.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import os
+import pathlib
+import random
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpclib.exceptions
+import trio
+import trio_asyncio
+
+HERE = pathlib.Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(HERE))
+
+from actors.livekit.dev_server import DevLiveKit, free_port, start_dev_livekit  # noqa: E402
+from actors.livekit.room import joined_room  # noqa: E402
+from actors.log_setup import configure_logging  # noqa: E402
+from bridge_harness import Cloud, bridge_identity, join_request, list_participants, token  # noqa: E402
+from proto.mentra.livekit import bridge as pb  # noqa: E402
+from proto.mentra.livekit.bridge import debug as debug_pb  # noqa: E402
+
+DEBUG = "/mentra.livekit.bridge.debug.BridgeDebug/"
+RPC_DEADLINE = 20.0
+FAULTS = ("crash", "hang", "drop-room", "slow-consumer", "join-storm", "kill-cloud", "livekit-restart")
+
+
+@dataclasses.dataclass
+class Invariant:
+    name: str
+    held: bool = True
+    detail: str = ""
+
+    def fail(self, detail: str) -> None:
+        if self.held:  # the first violation says the most
+            self.detail = detail
+        self.held = False
+
+
+@dataclasses.dataclass
+class Chaos:
+    seed: int
+    users: list[str]
+    #: Every livekit-server started, the current one last (a restart starts another).
+    servers: list[DevLiveKit]
+    livekit_config: dict[str, Any]
+    workdir: pathlib.Path
+    client: Cloud
+    rng: random.Random
+    bridge_pid: int
+    invariants: dict[str, Invariant] = dataclasses.field(default_factory=dict)
+    faults: list[str] = dataclasses.field(default_factory=list)
+    rpcs: int = 0
+    #: (user, packet counter) the cloud agents received, in arrival order.
+    received: dict[str, list[int]] = dataclasses.field(default_factory=dict)
+    #: Phones pause while LiveKit restarts, and the quiet window marks its packets.
+
+    @property
+    def livekit(self) -> DevLiveKit:
+        return self.servers[-1]
+
+    def invariant(self, name: str) -> Invariant:
+        return self.invariants.setdefault(name, Invariant(name))
+
+    async def rpc(self, call: Any) -> Any:
+        """Run one RPC; a gRPC status is an answer, no answer by the deadline is a violation."""
+        self.rpcs += 1
+        with trio.move_on_after(RPC_DEADLINE) as waiting:
+            try:
+                return await call
+            except grpclib.exceptions.GRPCError as error:
+                return error
+            except (grpclib.exceptions.StreamTerminatedError, OSError, ConnectionError) as error:
+                return error
+        if waiting.cancelled_caught:
+            self.invariant("every RPC answered").fail(f"no answer within {RPC_DEADLINE:g} s")
+        return None
+
+
+# -- the phones -----------------------------------------------------------------
+
+
+def mic_packet(counter: int) -> bytes:
+    """A phone packet: the sequence byte, then 100 ms of PCM that starts with its counter."""
+    return bytes([counter % 256]) + struct.pack("<Q", counter) + bytes(3200 - 8)
+
+
+async def phone(chaos: Chaos, user: str) -> None:
+    """Talk in the user's room for ever, rejoining whenever LiveKit drops it."""
+    counter = 0
+    while True:
+        lost = trio.Event()
+        try:
+            async with joined_room(chaos.livekit.url, token(chaos.livekit, user, f"room-{user}"),
+                                   connect_timeout=10, teardown_timeout=3, on_data=lambda *_: None,
+                                   subscribe={"disconnected": lambda *_: lost.set()}) as room:
+                send = trio_asyncio.aio_as_trio(room.local_participant.publish_data)
+                while not lost.is_set():
+                    await send(mic_packet(counter), reliable=False)
+                    counter += 1
+                    await trio.sleep(0.1)
+        except Exception:
+            pass  # LiveKit is down or restarting: try again, as the app does
+        await trio.sleep(0.5)
+
+
+# -- the cloud agents -------------------------------------------------------------
+
+
+async def cloud_agent(chaos: Chaos, user: str) -> None:
+    """Join, hold the user's StreamAudio, and rejoin whenever it ends or
+    GetStatus says the session is unwell, as the cloud does."""
+    while True:
+        joined = await chaos.rpc(chaos.client.join(join_request(chaos.livekit, user)))
+        if not isinstance(joined, pb.JoinRoomResponse) or not joined.success:
+            await trio.sleep(0.5)
+            continue
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_watch_status, chaos, user, nursery.cancel_scope)
+            await _hold_stream(chaos, user)
+            nursery.cancel_scope.cancel()
+        await trio.sleep(0.2)
+
+
+async def _hold_stream(chaos: Chaos, user: str) -> None:
+    with contextlib.suppress(Exception):
+        async with chaos.client.audio_stream(user) as stream:
+            while (chunk := await stream.recv()) is not None:
+                chaos.received[user].append(struct.unpack_from("<Q", chunk.pcm_data)[0])
+
+
+async def _watch_status(chaos: Chaos, user: str, rejoin: trio.CancelScope) -> None:
+    unwell_since: float | None = None
+    while True:
+        await trio.sleep(1.0)
+        status = await chaos.rpc(chaos.client.status(user))
+        healthy = isinstance(status, pb.BridgeStatusResponse) and status.connected
+        if healthy:
+            unwell_since = None
+        elif unwell_since is None:
+            unwell_since = trio.current_time()
+        elif trio.current_time() - unwell_since > 4.0:  # the SDK's own reconnect had its chance
+            rejoin.cancel()
+            return
+
+
+# -- the faults ---------------------------------------------------------------------
+
+
+async def inject(chaos: Chaos, user: str, kind: str, seconds: float = 0.0) -> None:
+    await chaos.rpc(chaos.client.unary(DEBUG + "InjectFault", debug_pb.InjectFaultRequest(
+        actor_path=f"sessions/session:{user}", kind=kind, seconds=seconds), debug_pb.InjectFaultResponse))
+
+
+async def inject_faults(chaos: Chaos, seconds: float, agents: dict[str, trio.CancelScope],
+                        nursery: trio.Nursery) -> None:
+    deadline = trio.current_time() + seconds
+    while trio.current_time() < deadline:
+        await trio.sleep(chaos.rng.uniform(0.3, 1.2))
+        kind = chaos.rng.choice(FAULTS)
+        user = chaos.rng.choice(chaos.users)
+        chaos.faults.append(kind)
+        if kind in ("crash", "hang", "drop-room"):
+            await inject(chaos, user, kind)
+        elif kind == "slow-consumer":
+            await inject(chaos, user, kind, seconds=chaos.rng.uniform(0.5, 3.0))
+        elif kind == "join-storm":
+            async with trio.open_nursery() as storm:
+                for _ in range(chaos.rng.randint(3, 8)):
+                    storm.start_soon(chaos.rpc, chaos.client.join(join_request(chaos.livekit, user)))
+        elif kind == "kill-cloud":
+            agents[user].cancel()  # the cloud process dies: no LeaveRoom
+            await trio.sleep(chaos.rng.uniform(0.5, 2.0))
+            agents[user] = await nursery.start(_agent_scope, chaos, user)
+        elif kind == "livekit-restart":
+            chaos.livekit.process.kill()
+            chaos.livekit.process.wait()
+            await trio.sleep(chaos.rng.uniform(0.5, 2.0))
+            chaos.servers.append(start_dev_livekit(chaos.workdir / f"livekit-{len(chaos.faults)}",
+                                                   **chaos.livekit_config))
+        await check_one_participant_per_user(chaos)
+
+
+async def _agent_scope(chaos: Chaos, user: str, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    with trio.CancelScope() as scope:
+        task_status.started(scope)
+        await cloud_agent(chaos, user)
+
+
+# -- the invariants -------------------------------------------------------------------
+
+
+async def bridge_participants(chaos: Chaos, user: str) -> list[str] | None:
+    try:
+        identities = await list_participants(chaos.livekit, f"room-{user}")
+    except Exception:
+        return None  # LiveKit restarting: nothing to ask
+    return [identity for identity in identities if identity == bridge_identity(user)]
+
+
+async def check_one_participant_per_user(chaos: Chaos) -> None:
+    for user in chaos.users:
+        found = await bridge_participants(chaos, user)
+        if found is not None and len(found) > 1:
+            chaos.invariant("at most one bridge participant per user").fail(f"{user}: {found}")
+
+
+async def check_after_healing(chaos: Chaos) -> None:
+    """Every user's audio flows again; the quiet window's packets arrive once, in order."""
+    flows = chaos.invariant("every user's audio flows again")
+    with trio.move_on_after(60):
+        while [user for user in chaos.users if not chaos.received[user] or not await _connected(chaos, user)]:
+            await trio.sleep(0.5)
+    for user in chaos.users:
+        if not await _connected(chaos, user):
+            flows.fail(f"{user}: GetStatus says not connected 60 s after the faults stopped")
+    # The quiet window: no faults; every packet sent from here on must arrive once, in order.
+    marks = {user: len(chaos.received[user]) for user in chaos.users}
+    await trio.sleep(3.0)
+    exactly_once = chaos.invariant("quiet window: each packet exactly once, in order")
+    for user in chaos.users:
+        window = chaos.received[user][marks[user]:]
+        if len(window) < 20:
+            flows.fail(f"{user}: only {len(window)} packets in 3 s of quiet")
+        elif len(set(window)) != len(window) or window != sorted(window) or window[-1] - window[0] + 1 != len(window):
+            exactly_once.fail(f"{user}: {window[:5]}...{window[-5:]} ({len(window)} packets)")
+    agree = chaos.invariant("GetStatus agrees with LiveKit")
+    for user in chaos.users:
+        connected = await _connected(chaos, user)
+        present = await bridge_participants(chaos, user)
+        if present is not None and connected != (len(present) == 1):
+            agree.fail(f"{user}: GetStatus connected={connected}, LiveKit has {present}")
+
+
+async def _connected(chaos: Chaos, user: str) -> bool:
+    status = await chaos.rpc(chaos.client.status(user))
+    return isinstance(status, pb.BridgeStatusResponse) and status.connected
+
+
+async def check_baseline(chaos: Chaos) -> None:
+    baseline = chaos.invariant("actor tree back to its baseline")
+    for user in chaos.users:
+        await chaos.rpc(chaos.client.leave(user))
+    await trio.sleep(1.0)
+    tree = await chaos.rpc(chaos.client.actor_tree())
+    supervisor = tree["children"][0] if isinstance(tree, dict) else None
+    if supervisor is None or supervisor["children"] or supervisor["counters"]["sessions"]:
+        baseline.fail(f"sessions left: {supervisor and [c['name'] for c in supervisor['children']]}")
+    counts = await leak_check(chaos)
+    if counts is None or any(counts[kind] for kind in ("UserSession", "UserLine", "Playback", "StreamLease")):
+        baseline.fail(f"live objects after everyone left: {counts}")
+
+
+async def leak_check(chaos: Chaos) -> dict[str, int] | None:
+    reply = await chaos.rpc(chaos.client.unary(DEBUG + "InjectFault", debug_pb.InjectFaultRequest(
+        kind="leak-check"), debug_pb.InjectFaultResponse))
+    return json.loads(reply.detail) if isinstance(reply, debug_pb.InjectFaultResponse) else None
+
+
+def rss_kib(pid: int) -> int:
+    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+async def check_memory_over_rounds(chaos: Chaos, rounds: int, users: int = 10) -> None:
+    """Join, stream and leave ``users`` users ``rounds`` times; RSS must level off."""
+    steady = chaos.invariant(f"RSS after {rounds} rounds within 10 % of its level after the first few")
+    early_round = max(2, rounds // 10)
+    early = late = 0
+    for round_ in range(1, rounds + 1):
+        names = [f"round-user-{index}" for index in range(users)]
+        async with trio.open_nursery() as nursery:
+            for name in names:
+                nursery.start_soon(_join_stream_leave, chaos, name)
+        if round_ == early_round:
+            early = rss_kib(chaos.bridge_pid)
+    late = rss_kib(chaos.bridge_pid)
+    detail = f"{early / 1024:.1f} MiB after round {early_round}, {late / 1024:.1f} MiB after round {rounds}"
+    steady.detail = detail
+    if late > early * 1.10:
+        steady.fail(detail)
+
+
+async def _join_stream_leave(chaos: Chaos, user: str) -> None:
+    joined = await chaos.rpc(chaos.client.join(join_request(chaos.livekit, user)))
+    if isinstance(joined, pb.JoinRoomResponse) and joined.success:
+        with contextlib.suppress(Exception):
+            async with chaos.client.audio_stream(user) as stream:
+                await stream.send(pb.AudioChunk(pcm_data=bytes(3200), sample_rate=16000, channels=1))
+                await trio.sleep(0.2)
+    await chaos.rpc(chaos.client.leave(user))
+
+
+# -- running it -------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def bridge_process(livekit: DevLiveKit, workdir: pathlib.Path) -> AsyncIterator[tuple[str, subprocess.Popen]]:
+    port = free_port()
+    log = open(workdir / "bridge.log", "wb")
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "bridge_main.py"), "serve"],
+        env=dict(os.environ, PORT=str(port), BRIDGE_HOST="127.0.0.1", LIVEKIT_URL=livekit.url, BRIDGE_CHAOS="1"),
+        cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+    )
+    try:
+        yield f"127.0.0.1:{port}", process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                await trio.to_thread.run_sync(lambda: process.wait(timeout=10))
+            except subprocess.TimeoutExpired:
+                process.kill()
+        log.close()
+
+
+async def run_chaos(seed: int, users: int, seconds: float, rounds: int) -> dict[str, Invariant]:
+    print(f"chaos: seed {seed}, {users} users, {seconds:g} s of faults, {rounds} rounds "
+          f"(replay with --seed {seed})", flush=True)
+    workdir = pathlib.Path(tempfile.mkdtemp(prefix="bridge-chaos-"))
+    config = dict(port=free_port(), api_secret=os.urandom(24).hex(), udp_ports=(42000, 42999))
+    servers = [start_dev_livekit(workdir / "livekit-0", **config)]
+    try:
+        async with trio_asyncio.open_loop(), bridge_process(servers[0], workdir) as (address, process):
+            client = Cloud(address)
+            chaos = Chaos(seed, [f"chaos-{index}" for index in range(users)], servers, config, workdir, client,
+                          random.Random(seed), process.pid)
+            chaos.received = {user: [] for user in chaos.users}
+            with trio.fail_after(30):
+                while not isinstance(await chaos.rpc(client.health()), pb.HealthCheckResponse):
+                    await trio.sleep(0.2)
+            try:
+                async with trio.open_nursery() as nursery:
+                    agents = {}
+                    for user in chaos.users:
+                        nursery.start_soon(phone, chaos, user)
+                        agents[user] = await nursery.start(_agent_scope, chaos, user)
+                    await trio.sleep(3.0)
+                    await inject_faults(chaos, seconds, agents, nursery)
+                    await check_after_healing(chaos)
+                    nursery.cancel_scope.cancel()
+                await check_baseline(chaos)
+                await check_memory_over_rounds(chaos, rounds)
+            finally:
+                await client.close()
+            chaos.invariant("every RPC answered").detail = f"{chaos.rpcs} RPCs"
+            faults = {kind: chaos.faults.count(kind) for kind in FAULTS}
+            print(f"faults injected: {faults}")
+            return chaos.invariants
+    finally:
+        for server in servers:
+            server.stop()
+
+
+def print_table(invariants: dict[str, Invariant]) -> None:
+    width = max(len(name) for name in invariants)
+    print(f"\n| {'invariant':<{width}} | held | detail |\n|{'-' * (width + 2)}|------|--------|")
+    for invariant in invariants.values():
+        print(f"| {invariant.name:<{width}} | {'yes' if invariant.held else 'NO':<4} | {invariant.detail} |")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seed", type=int, default=int(time.time()) % 100_000)
+    parser.add_argument("--users", type=int, default=20)
+    parser.add_argument("--seconds", type=float, default=300.0)
+    parser.add_argument("--rounds", type=int, default=50)
+    args = parser.parse_args(argv)
+    configure_logging(level="WARNING")
+    invariants = trio.run(run_chaos, args.seed, args.users, args.seconds, args.rounds)
+    print_table(invariants)
+    return 0 if all(invariant.held for invariant in invariants.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
