@@ -21,6 +21,11 @@ test *args: setup
 bench: setup
     tests/isolated {{python}} -m bench
 
+# (Args: --seed N to replay, --users, --seconds, --rounds; a short run is part of `just test`.)
+# The chaos suite: 20 users, 5 minutes of random faults, then the invariants as a table.
+chaos *args: setup
+    tests/isolated {{python}} tests/chaos_run.py {{args}}
+
 # Regenerate proto/mentra/** from proto/*.proto.
 proto: venv
     {{python}} -m proto.generate

@@ -19,7 +19,9 @@ TRACKED = (UserSession, UserLine, StreamLease, Playback, OutputTrack, Child, rtc
 
 def live_objects() -> dict[str, int]:
     """After a full collection: how many objects of each kind a session owns
-    are alive. With no sessions, every count should be 0 (a leak otherwise)."""
+    are alive (with no sessions, every count should be 0: a leak otherwise),
+    and how many objects the collector tracks in all."""
     gc.collect()
-    counts = collections.Counter(type(obj).__name__ for obj in gc.get_objects() if isinstance(obj, TRACKED))
-    return {kind.__name__: counts.get(kind.__name__, 0) for kind in TRACKED}
+    objects = gc.get_objects()
+    counts = collections.Counter(type(obj).__name__ for obj in objects if isinstance(obj, TRACKED))
+    return {**{kind.__name__: counts.get(kind.__name__, 0) for kind in TRACKED}, "python_objects": len(objects)}
