@@ -71,7 +71,9 @@ class SessionSupervisor(Actor):
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            self._supervisor = Supervisor(nursery, on_exit=self._on_session_exit)
+            # A session's own teardown is bounded (leave, stream end); this is the backstop.
+            self._supervisor = Supervisor(nursery, on_exit=self._on_session_exit,
+                                          teardown_timeout=self._settings.teardown_timeout * 3)
             nursery.start_soon(self._reap_unattended_sessions)
             task_status.started()
             try:
@@ -105,6 +107,7 @@ class SessionSupervisor(Actor):
             "skipped_commands_of_gone_callers": self._skipped,
             "sessions_reaped": self._reaped,
             "sessions_given_up": self._given_up,
+            "teardown_overruns": self._supervisor.teardown_overruns if self._supervisor is not None else 0,
         }
 
     def children(self) -> list[dict[str, Any]]:

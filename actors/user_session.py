@@ -190,6 +190,7 @@ class UserSession(Actor):
 
     def _on_reconnecting(self) -> None:
         self._link = "reconnecting"
+        self.line.record_disconnect(now_ms(), "RECONNECTING (the SDK is restoring the connection)")
         logger.info("user {}: LiveKit connection interrupted; the SDK is reconnecting", self.user_id)
 
     def _on_reconnected(self) -> None:

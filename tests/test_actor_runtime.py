@@ -250,3 +250,23 @@ async def test_a_crashing_child_waits_out_a_growing_backoff_and_is_then_given_up
     assert gaps == pytest.approx([1.0, 2.0, 4.0])
     assert child.state == ChildState.CRASHED and child.restarts == 3
     assert "allows 3 restarts" in child.describe()["given_up"]
+
+
+async def test_a_teardown_that_overruns_is_counted_and_never_hangs_its_supervisor(autojump_clock) -> None:
+    class StuckInTeardown(EchoActor):
+        async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+            try:
+                task_status.started()
+                await trio.sleep_forever()
+            finally:
+                with trio.CancelScope(shield=True):
+                    await trio.sleep(60)  # a leave that never answers
+
+    async with trio.open_nursery() as nursery:
+        supervisor = Supervisor(nursery, teardown_timeout=5)
+        child = await supervisor.start(StuckInTeardown)
+        started = trio.current_time()
+        await supervisor.stop(child)
+        assert trio.current_time() - started == pytest.approx(5)
+        assert supervisor.teardown_overruns == 1 and not child.done.is_set()
+        await child.done.wait()  # it does finish, in the background

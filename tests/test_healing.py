@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -16,8 +17,11 @@ import trio
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
+from livekit import api
+
 from actors.livekit.dev_server import DevLiveKit, free_port, start_dev_livekit
-from bridge_harness import cloud, join_request, phone_in_room
+from actors.livekit.token import token_expiry
+from bridge_harness import bridge_identity, cloud, join_request, phone_in_room
 from proto.mentra.livekit import bridge as pb
 from proto.mentra.livekit.bridge import debug as debug_pb
 
@@ -271,3 +275,26 @@ async def _talking_phone(server: DevLiveKit, user: str, task_status=trio.TASK_ST
     async with phone_in_room(server, user) as phone:
         task_status.started()
         await phone.keep_talking()
+
+
+async def test_an_expired_token_ends_the_session_instead_of_rejoining(bridge, livekit) -> None:
+    user = "expiring"
+    grants = api.VideoGrants(room_join=True, room=f"room-{user}", can_publish=True, can_subscribe=True,
+                             can_publish_data=True)
+    short_lived = (api.AccessToken(livekit.api_key, livekit.api_secret).with_identity(bridge_identity(user))
+                   .with_grants(grants).with_ttl(datetime.timedelta(seconds=2)).to_jwt())
+    async with cloud(bridge.address) as client:
+        assert (await client.join(join_request(livekit, user, token=short_lived))).success
+        await trio.sleep(2.5)
+        await inject(client, user, "drop-room")
+        with trio.fail_after(10):
+            while await session_node(client, user) is not None:
+                await trio.sleep(0.05)
+        status = await client.status(user)
+    assert not status.connected and "token has expired" in status.last_disconnect_reason
+
+
+def test_the_token_expiry_is_read_without_verifying_and_unreadable_tokens_have_none() -> None:
+    token = api.AccessToken("key", "secret").with_ttl(datetime.timedelta(seconds=60)).to_jwt()
+    assert abs(token_expiry(token) - (time.time() + 60)) < 5
+    assert token_expiry("not-a-jwt") is None and token_expiry("a.b.c") is None

@@ -149,12 +149,21 @@ class Supervisor:
     good, with the error that crashed it or None; it runs synchronously in the
     child's task, so the owner's bookkeeping is current before anyone awaits
     ``child.done``.
+
+    ``teardown_timeout`` bounds how long :meth:`stop` waits: a child whose
+    teardown takes longer is logged and counted in ``teardown_overruns``, and
+    ``stop`` returns while it finishes in the background (cancelled, it is
+    never restarted). Children bound their own teardown; this is the backstop
+    that keeps one stuck child from hanging its supervisor.
     """
 
-    def __init__(self, nursery: trio.Nursery, *, on_exit: ExitCallback | None = None) -> None:
+    def __init__(self, nursery: trio.Nursery, *, on_exit: ExitCallback | None = None,
+                 teardown_timeout: float = math.inf) -> None:
         self._nursery = nursery
         self._on_exit = on_exit
         self._children: set[Child] = set()
+        self._teardown_timeout = teardown_timeout
+        self.teardown_overruns = 0
 
     def __len__(self) -> int:
         return len(self._children)
@@ -174,17 +183,27 @@ class Supervisor:
         return child
 
     async def stop(self, child: Child) -> None:
-        """Cancel the child and wait until its teardown has finished."""
+        """Cancel the child and wait until its teardown has finished (at most
+        ``teardown_timeout``)."""
         _cancel(child)
-        await child.done.wait()
+        await self._await_teardown([child])
 
     async def stop_all(self) -> None:
         """Cancel every child at once, then wait for all their teardowns."""
         children = list(self._children)
         for child in children:
             _cancel(child)
+        await self._await_teardown(children)
+
+    async def _await_teardown(self, children: list[Child]) -> None:
+        with trio.move_on_after(self._teardown_timeout):
+            for child in children:
+                await child.done.wait()
         for child in children:
-            await child.done.wait()
+            if not child.done.is_set():
+                self.teardown_overruns += 1
+                logger.error("actor {} did not finish its teardown within {:g} s; going on without it",
+                             child.name, self._teardown_timeout)
 
     def describe(self) -> list[dict[str, Any]]:
         return [child.describe() for child in sorted(self._children, key=lambda c: c.started_at)]
