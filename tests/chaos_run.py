@@ -52,7 +52,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(HERE))
 
-from actors.livekit.dev_server import DevLiveKit, free_port, start_dev_livekit  # noqa: E402
+from actors.livekit.dev_server import DevLiveKit, LiveKitServerError, free_port, start_dev_livekit  # noqa: E402
 from actors.livekit.room import joined_room  # noqa: E402
 from actors.log_setup import configure_logging  # noqa: E402
 from bridge_harness import Cloud, bridge_identity, join_request, list_participants, token  # noqa: E402
@@ -215,9 +215,19 @@ async def inject_faults(chaos: Chaos, seconds: float, agents: dict[str, trio.Can
             chaos.livekit.process.kill()
             chaos.livekit.process.wait()
             await trio.sleep(chaos.rng.uniform(0.5, 2.0))
-            chaos.servers.append(start_dev_livekit(chaos.workdir / f"livekit-{len(chaos.faults)}",
-                                                   **chaos.livekit_config))
+            chaos.servers.append(await restart_livekit(chaos))
         await check_one_participant_per_user(chaos)
+
+
+async def restart_livekit(chaos: Chaos) -> DevLiveKit:
+    """Start livekit-server again on its ports; a port a client grabbed meanwhile
+    (they are from the ephemeral range) is retried."""
+    for attempt in range(5):
+        try:
+            return start_dev_livekit(chaos.workdir / f"livekit-{len(chaos.faults)}-{attempt}", **chaos.livekit_config)
+        except LiveKitServerError:
+            await trio.sleep(0.5)
+    raise LiveKitServerError("livekit-server did not start again after 5 attempts")
 
 
 async def _agent_scope(chaos: Chaos, user: str, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -383,7 +393,8 @@ async def run_chaos(seed: int, users: int, seconds: float, rounds: int) -> dict[
     print(f"chaos: seed {seed}, {users} users, {seconds:g} s of faults, {rounds} rounds "
           f"(replay with --seed {seed})", flush=True)
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="bridge-chaos-"))
-    config = dict(port=free_port(), api_secret=os.urandom(24).hex(), udp_ports=(42000, 42999))
+    config = dict(port=free_port(), rtc_tcp_port=free_port(), api_secret=os.urandom(24).hex(),
+                  udp_ports=(42000, 42999))
     servers = [start_dev_livekit(workdir / "livekit-0", **config)]
     try:
         async with trio_asyncio.open_loop(), bridge_process(servers[0], workdir) as (address, process):

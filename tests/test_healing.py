@@ -205,7 +205,8 @@ def own_livekit(tmp_path, livekit: DevLiveKit) -> Iterator[dict]:
     """A livekit-server of the test's own, to kill and start again on its port
     (same keys, so the sessions' tokens stay valid)."""
     port = free_port()
-    config = dict(port=port, api_key=livekit.api_key, api_secret=livekit.api_secret, udp_ports=(41000, 41999))
+    config = dict(port=port, rtc_tcp_port=free_port(), api_key=livekit.api_key, api_secret=livekit.api_secret,
+                  udp_ports=(41000, 41999))
     state = {"server": start_dev_livekit(tmp_path / "first", **config), "config": config, "tmp": tmp_path}
     yield state
     state["server"].stop()

@@ -84,6 +84,7 @@ def start_dev_livekit(
     api_key: str = "devkey",
     api_secret: str | None = None,
     udp_ports: tuple[int, int] = (50000, 50999),
+    rtc_tcp_port: int | None = None,
     ready_timeout: float = 30.0,
 ) -> DevLiveKit:
     """Start livekit-server and return once it accepts connections.
@@ -101,7 +102,7 @@ def start_dev_livekit(
     api_secret = api_secret or secrets.token_hex(24)
     config = workdir / "livekit.yaml"
     config.write_text(loopback_config(
-        port=port, rtc_tcp_port=free_port(), udp_ports=udp_ports, api_key=api_key, api_secret=api_secret,
+        port=port, rtc_tcp_port=rtc_tcp_port or free_port(), udp_ports=udp_ports, api_key=api_key, api_secret=api_secret,
     ))
     config.chmod(0o600)
     log_path = workdir / "livekit-server.log"
