@@ -7,6 +7,7 @@ import dataclasses
 import trio
 import trio_asyncio
 
+from . import asyncio_compat
 from .front_door import FrontDoor, serve_front_door
 from .runtime import Child, RestartPolicy, Supervisor
 from .session_supervisor import SessionSupervisor
@@ -31,6 +32,7 @@ async def run_bridge(
     and every session is torn down (stream ended, room left) before it returns.
     For a graceful stop, ``drain`` the front door first (see bridge_main).
     """
+    asyncio_compat.match_asyncio()
     if trio_asyncio.current_loop.get() is None:
         async with trio_asyncio.open_loop():
             await _run(settings, task_status)

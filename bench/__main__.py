@@ -117,7 +117,8 @@ async def main() -> None:
                 summary("mic packet: phone -> cloud, 30 sessions", crowd_latency),
                 f"{'bridge CPU per forwarded packet, 1 session':<60} {solo_cpu * 1e6:8.0f} us",
                 f"{'bridge CPU per forwarded packet, 30 sessions':<60} {crowd_cpu * 1e6:8.0f} us",
-                f"{'packets forwarded / sent (1 / 30 sessions)':<60} {len(solo_latency)}/{PACKETS}, {len(crowd_latency)}/{PACKETS}",
+                f"{'packets forwarded / sent (1 / 30 sessions)':<60} "
+                f"{len(solo_latency)}/{PACKETS}, {len(crowd_latency)}/{PACKETS}",
             ] + [summary(f"PlayAudio -> {case}", latencies, percentile=99)
                  for case, latencies in playback.items()]
             print("\n".join(lines), flush=True)

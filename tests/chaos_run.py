@@ -90,8 +90,10 @@ class Chaos:
     invariants: dict[str, Invariant] = dataclasses.field(default_factory=dict)
     faults: list[str] = dataclasses.field(default_factory=list)
     rpcs: int = 0
-    #: (user, packet counter) the cloud agents received, in arrival order.
+    #: Packet counters the cloud agents received, per user, in arrival order.
     received: dict[str, list[int]] = dataclasses.field(default_factory=dict)
+    #: How many packets each user's phone has sent so far.
+    sent: dict[str, int] = dataclasses.field(default_factory=dict)
     #: Phones pause while LiveKit restarts, and the quiet window marks its packets.
 
     @property
@@ -137,6 +139,7 @@ async def phone(chaos: Chaos, user: str) -> None:
                 while not lost.is_set():
                     await send(mic_packet(counter), reliable=False)
                     counter += 1
+                    chaos.sent[user] = counter
                     await trio.sleep(0.1)
         except Exception:
             pass  # LiveKit is down or restarting: try again, as the app does
@@ -263,16 +266,25 @@ async def check_after_healing(chaos: Chaos) -> None:
     for user in chaos.users:
         if not await _connected(chaos, user):
             flows.fail(f"{user}: GetStatus says not connected 60 s after the faults stopped")
-    # The quiet window: no faults; every packet sent from here on must arrive once, in order.
+    # The quiet window: no faults; every packet the phones send in it must
+    # arrive once, in order (a second more is allowed for the last to arrive).
+    first = {user: chaos.sent.get(user, 0) for user in chaos.users}
     marks = {user: len(chaos.received[user]) for user in chaos.users}
     await trio.sleep(3.0)
+    past = {user: chaos.sent.get(user, 0) for user in chaos.users}
+    await trio.sleep(1.0)
     exactly_once = chaos.invariant("quiet window: each packet exactly once, in order")
+    sent_in_window = 0
     for user in chaos.users:
-        window = chaos.received[user][marks[user]:]
-        if len(window) < 20:
-            flows.fail(f"{user}: only {len(window)} packets in 3 s of quiet")
-        elif len(set(window)) != len(window) or window != sorted(window) or window[-1] - window[0] + 1 != len(window):
-            exactly_once.fail(f"{user}: {window[:5]}...{window[-5:]} ({len(window)} packets)")
+        expected = list(range(first[user], past[user]))
+        sent_in_window += len(expected)
+        window = [n for n in chaos.received[user][marks[user]:] if first[user] <= n < past[user]]
+        if len(expected) < 5:
+            flows.fail(f"{user}: its phone sent only {len(expected)} packets in 3 s of quiet")
+        elif window != expected:
+            exactly_once.fail(f"{user}: sent {first[user]}..{past[user] - 1}, received {window[:4]}...{window[-4:]} "
+                              f"({len(window)} of {len(expected)})")
+    exactly_once.detail = f"{sent_in_window} packets sent in the window"
     agree = chaos.invariant("GetStatus agrees with LiveKit")
     for user in chaos.users:
         connected = await _connected(chaos, user)
@@ -342,7 +354,8 @@ async def check_memory_over_rounds(chaos: Chaos, rounds: int, users: int = 10) -
                      f"from round {early_round} to {rounds}; within 10 %: {'yes' if late <= early * 1.1 else 'no'}; "
                      f"Python objects {early_objects} -> {late_objects}")
     sessions = (rounds - early_round) * users
-    if growth > floor_growth * 1.25 + 5 * 1024 or late_objects - early_objects > sessions:
+    # A leak of ours grows the heap per session; a few hundred objects come and go with caches.
+    if growth > floor_growth * 1.25 + 5 * 1024 or late_objects - early_objects > sessions + 500:
         steady.fail(steady.detail)
 
 

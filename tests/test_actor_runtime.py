@@ -270,3 +270,21 @@ async def test_a_teardown_that_overruns_is_counted_and_never_hangs_its_superviso
         assert trio.current_time() - started == pytest.approx(5)
         assert supervisor.teardown_overruns == 1 and not child.done.is_set()
         await child.done.wait()  # it does finish, in the background
+
+
+async def test_the_asyncio_loop_takes_a_negative_delay_as_now_as_asyncio_does() -> None:
+    import asyncio
+
+    import trio_asyncio
+
+    from actors.asyncio_compat import match_asyncio
+
+    match_asyncio()
+    called = trio.Event()
+    async with trio_asyncio.open_loop():
+        async def schedule() -> None:
+            asyncio.get_running_loop().call_later(-0.01, called.set)  # as livekit's AudioSource does
+
+        await trio_asyncio.aio_as_trio(schedule)()
+        with trio.fail_after(5):
+            await called.wait()

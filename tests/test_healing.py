@@ -296,6 +296,7 @@ async def test_an_expired_token_ends_the_session_instead_of_rejoining(bridge, li
 
 
 def test_the_token_expiry_is_read_without_verifying_and_unreadable_tokens_have_none() -> None:
-    token = api.AccessToken("key", "secret").with_ttl(datetime.timedelta(seconds=60)).to_jwt()
+    secret = "a-secret-long-enough-for-hmac-sha256"
+    token = api.AccessToken("key", secret).with_ttl(datetime.timedelta(seconds=60)).to_jwt()
     assert abs(token_expiry(token) - (time.time() + 60)) < 5
     assert token_expiry("not-a-jwt") is None and token_expiry("a.b.c") is None

@@ -60,7 +60,15 @@ def assert_heard_stepped_tone(heard: Heard, seconds: float) -> None:
             steps[-1][1] += 20
         else:
             steps.append([nearest, 20])
-    steps = [step for step in steps if step[1] >= 60]  # a transition's blur is no step
+    merged: list[list] = []
+    for hz, milliseconds in steps:
+        if milliseconds < 60:  # a transition's blur, or concealment in a gap: no step
+            continue
+        if merged and merged[-1][0] == hz:  # the same step, on both sides of a blur
+            merged[-1][1] += milliseconds
+        else:
+            merged.append([hz, milliseconds])
+    steps = merged
     expected = [expected_hz_at((i + 0.5) * STEP_SECONDS) for i in range(int(seconds / STEP_SECONDS))]
     assert [hz for hz, _ in steps] == expected, steps
     for hz, milliseconds in steps:
@@ -144,7 +152,7 @@ async def test_two_tracks_mix_and_stop_other_stops_both(bridge, livekit, audio_s
             await tts.done.wait()
     for name, hz in (("app_audio", 400.0), ("tts", 1100.0)):
         loud = heard[name].loud()
-        assert 10 * len(loud) >= 1000, name
+        assert 10 * len(loud) >= 500, name  # both were heard, at once
         middle = heard[name].samples(loud[0])[:int(0.5 * LISTEN_RATE)]
         assert abs(dominant_hz(middle, LISTEN_RATE) - hz) < 15, name
     for call in (app, tts):

@@ -96,7 +96,8 @@ class _DecodeJob:
     """The decoding chain as it runs in its worker thread."""
 
     def __init__(self, reader: _BodyReader, frames: trio.MemorySendChannel[bytes], container: str,
-                 output: OutputFormat, volume: float, max_seconds: float, on_format: Callable[[SourceFormat], None]) -> None:
+                 output: OutputFormat, volume: float, max_seconds: float,
+                 on_format: Callable[[SourceFormat], None]) -> None:
         self._reader = reader
         self._frames = frames
         self._container = container

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
+import random
 import secrets
 import socket
 import subprocess
@@ -47,10 +48,23 @@ class DevLiveKit:
                 self.process.wait()
 
 
+#: Ports are picked below Linux's ephemeral range (32768-60999): a port from
+#: that range can be taken by any outgoing connection between the pick and the
+#: server's bind, and livekit-server binds its RTC port on every address.
+_PORTS = range(20_000, 32_000)
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A TCP port nothing listens on, outside the ephemeral range."""
+    for _ in range(100):
+        port = random.choice(_PORTS)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+            return port
+    raise LiveKitServerError("found no free port between 20000 and 32000")
 
 
 def loopback_config(*, port: int, rtc_tcp_port: int, udp_ports: tuple[int, int], api_key: str, api_secret: str) -> str:
@@ -102,7 +116,8 @@ def start_dev_livekit(
     api_secret = api_secret or secrets.token_hex(24)
     config = workdir / "livekit.yaml"
     config.write_text(loopback_config(
-        port=port, rtc_tcp_port=rtc_tcp_port or free_port(), udp_ports=udp_ports, api_key=api_key, api_secret=api_secret,
+        port=port, rtc_tcp_port=rtc_tcp_port or free_port(), udp_ports=udp_ports, api_key=api_key,
+        api_secret=api_secret,
     ))
     config.chmod(0o600)
     log_path = workdir / "livekit-server.log"
