@@ -130,7 +130,7 @@ async def test_a_dropped_room_is_rejoined_and_the_stream_carries_on(bridge, live
             await receive_packets(stream, 5)
             status = await client.status(user)
         nursery.cancel_scope.cancel()
-    assert status.connected and status.last_disconnect_reason == "CLIENT_INITIATED"
+    assert status.connected and status.last_disconnect_reason == "DROPPED_BY_FAULT_INJECTION"
     assert node["restarts"] == 0  # healed inside the session, no restart
 
 
@@ -288,7 +288,7 @@ async def test_an_expired_token_ends_the_session_instead_of_rejoining(bridge, li
         assert (await client.join(join_request(livekit, user, token=short_lived))).success
         await trio.sleep(2.5)
         await inject(client, user, "drop-room")
-        with trio.fail_after(10):
+        with trio.fail_after(30):
             while await session_node(client, user) is not None:
                 await trio.sleep(0.05)
         status = await client.status(user)

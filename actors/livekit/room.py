@@ -109,7 +109,7 @@ async def _connect(room: rtc.Room, url: str, token: str, options: rtc.RoomOption
     asyncio task of its own; when we stop waiting for it, it is abandoned: left
     to finish, and a room it still reaches is left again at once.
     """
-    connecting = await aio_as_trio(_in_background)(room.connect(url, token, options))
+    connecting = await aio_as_trio(in_background)(room.connect(url, token, options))
     try:
         with trio.fail_after(timeout):
             await aio_as_trio(asyncio.shield)(connecting)
@@ -133,7 +133,9 @@ async def _connect(room: rtc.Room, url: str, token: str, options: rtc.RoomOption
 _background: set[asyncio.Future[None]] = set()
 
 
-async def _in_background(coroutine: Any) -> asyncio.Future[None]:
+async def in_background(coroutine: Any) -> asyncio.Future[None]:
+    """Run ``coroutine`` as an asyncio task that nothing waits for and nothing
+    interrupts (held until done, so it is not garbage-collected midway)."""
     task = asyncio.ensure_future(coroutine)
     _background.add(task)
     task.add_done_callback(_background.discard)
@@ -149,7 +151,7 @@ async def _abandon(room: rtc.Room, connecting: asyncio.Future[None]) -> asyncio.
         logger.info("a connect given up on reached room {} after all; leaving it", room.name)
         await _unpublish_and_disconnect(room)
 
-    return await _in_background(leave_once_connected())
+    return await in_background(leave_once_connected())
 
 
 async def _new_room() -> rtc.Room:
@@ -162,7 +164,7 @@ async def _leave(room: rtc.Room, timeout: float) -> None:
     s; a leave that takes longer goes on in the background rather than being
     interrupted, so the room is left in the end either way."""
     with trio.CancelScope(shield=True):
-        leaving = await aio_as_trio(_in_background)(_unpublish_and_disconnect(room))
+        leaving = await aio_as_trio(in_background)(_unpublish_and_disconnect(room))
         await aio_as_trio(asyncio.wait)([leaving], timeout=timeout)
     if not leaving.done():
         logger.warning("leaving LiveKit room {} takes longer than {:g} s; it goes on in the background",
