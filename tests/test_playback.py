@@ -44,7 +44,8 @@ def assert_heard_stepped_tone(heard: Heard, seconds: float) -> None:
     step at its pitch, in order, each lasting as long as in the file.
 
     Step lengths get a tolerance: the listener's jitter buffer may stretch or
-    squeeze a little audio to follow the network, as it does on the phone."""
+    squeeze a little audio to follow the network, as it does on the phone,
+    most at the start of a stream."""
     loud = heard.loud()
     assert loud, "the listener heard nothing"
     assert 10 * len(loud) >= 0.98 * seconds * 1000, f"heard {10 * len(loud)} ms of {seconds * 1000:.0f} ms"
@@ -71,9 +72,11 @@ def assert_heard_stepped_tone(heard: Heard, seconds: float) -> None:
     steps = merged
     expected = [expected_hz_at((i + 0.5) * STEP_SECONDS) for i in range(int(seconds / STEP_SECONDS))]
     assert [hz for hz, _ in steps] == expected, steps
-    for hz, milliseconds in steps:
-        assert abs(milliseconds - STEP_SECONDS * 1000) <= 120, steps
-    assert abs(sum(ms for _, ms in steps) - seconds * 1000) <= 0.05 * seconds * 1000, steps
+    lengths = sorted(milliseconds for _, milliseconds in steps)
+    # The typical step keeps the file's timing (a resampling error shifts them
+    # all); one the jitter buffer stretched may be off a little more.
+    assert abs(lengths[len(lengths) // 2] - STEP_SECONDS * 1000) <= 0.05 * STEP_SECONDS * 1000, steps
+    assert all(abs(length - STEP_SECONDS * 1000) <= 150 for length in lengths), steps
 
 
 FORMATS = {
