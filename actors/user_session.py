@@ -66,7 +66,8 @@ class UserSession(Actor):
         self._settings = settings
         self._room: rtc.Room | None = None
         self._room_lost = trio.Event()
-        self._link = "connecting"  # connecting, connected, reconnecting, rejoining
+        #: connecting, connected, reconnecting (the SDK), disconnected, leaving, rejoining
+        self._link = "connecting"
         self._rejoins = 0
         self._tracks: OutputTracks | None = None
         self._playback_supervisor: Supervisor | None = None
