@@ -11,6 +11,7 @@ import datetime
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 import trio
@@ -57,23 +58,30 @@ async def receive_packets(stream, count: int, timeout: float = 15.0) -> list[byt
     return received
 
 
-async def test_a_crashed_session_restarts_from_its_join_and_keeps_its_stream(bridge, livekit) -> None:
-    user = "crashy"
-    async with cloud(bridge.address) as client, phone_in_room(livekit, user) as phone, \
-            trio.open_nursery() as nursery:
+@contextlib.asynccontextmanager
+async def talking_user(client, livekit, user: str, interval: float = 0.1) -> AsyncIterator[Any]:
+    """A joined user whose phone keeps talking; yields the user's StreamAudio
+    once audio flows on it."""
+    async with phone_in_room(livekit, user) as phone, trio.open_nursery() as nursery:
         assert (await client.join(join_request(livekit, user))).success
-        nursery.start_soon(phone.keep_talking)
+        nursery.start_soon(phone.keep_talking, interval)
         async with client.audio_stream(user) as stream:
             await receive_packets(stream, 3)
-            assert "crash injected" in await inject(client, user, "crash")
-            with trio.fail_after(15):
-                while (node := await session_node(client, user)) is None or node["restarts"] < 1 \
-                        or node["state"] != "running" or not (await client.status(user)).connected:
-                    await trio.sleep(0.05)
-            assert "InjectedCrash" in node["last_error"]
-            # The same StreamAudio call carries the restarted session's audio.
-            await receive_packets(stream, 5)
+            yield stream
         nursery.cancel_scope.cancel()
+
+
+async def test_a_crashed_session_restarts_from_its_join_and_keeps_its_stream(bridge, livekit) -> None:
+    user = "crashy"
+    async with cloud(bridge.address) as client, talking_user(client, livekit, user) as stream:
+        assert "crash injected" in await inject(client, user, "crash")
+        with trio.fail_after(15):
+            while (node := await session_node(client, user)) is None or node["restarts"] < 1 \
+                    or node["state"] != "running" or not (await client.status(user)).connected:
+                await trio.sleep(0.05)
+        assert "InjectedCrash" in node["last_error"]
+        # The same StreamAudio call carries the restarted session's audio.
+        await receive_packets(stream, 5)
 
 
 async def test_a_session_that_keeps_crashing_is_given_up_and_status_says_why(bridge, livekit) -> None:
@@ -117,36 +125,24 @@ async def test_a_hung_session_harms_nobody_else_and_a_join_replaces_it(bridge, l
 
 async def test_a_dropped_room_is_rejoined_and_the_stream_carries_on(bridge, livekit) -> None:
     user = "dropped"
-    async with cloud(bridge.address) as client, phone_in_room(livekit, user) as phone, \
-            trio.open_nursery() as nursery:
-        assert (await client.join(join_request(livekit, user))).success
-        nursery.start_soon(phone.keep_talking)
-        async with client.audio_stream(user) as stream:
-            await receive_packets(stream, 3)
-            await inject(client, user, "drop-room")
-            with trio.fail_after(15):
-                while (node := await session_node(client, user))["counters"]["rejoins"] < 1:
-                    await trio.sleep(0.05)
-            await receive_packets(stream, 5)
-            status = await client.status(user)
-        nursery.cancel_scope.cancel()
+    async with cloud(bridge.address) as client, talking_user(client, livekit, user) as stream:
+        await inject(client, user, "drop-room")
+        with trio.fail_after(15):
+            while (node := await session_node(client, user))["counters"]["rejoins"] < 1:
+                await trio.sleep(0.05)
+        await receive_packets(stream, 5)
+        status = await client.status(user)
     assert status.connected and status.last_disconnect_reason == "DROPPED_BY_FAULT_INJECTION"
     assert node["restarts"] == 0  # healed inside the session, no restart
 
 
 async def test_a_slow_consumer_loses_only_the_oldest_audio_and_catches_up(bridge, livekit) -> None:
     user = "slowpoke"
-    async with cloud(bridge.address) as client, phone_in_room(livekit, user) as phone, \
-            trio.open_nursery() as nursery:
-        assert (await client.join(join_request(livekit, user))).success
-        nursery.start_soon(phone.keep_talking, 0.01)
-        async with client.audio_stream(user) as stream:
-            await receive_packets(stream, 3)
-            await inject(client, user, "slow-consumer", seconds=3.0)
-            await trio.sleep(3.5)
-            await receive_packets(stream, 80)  # what the buffer held, then live audio again
-            node = await session_node(client, user)
-        nursery.cancel_scope.cancel()
+    async with cloud(bridge.address) as client, talking_user(client, livekit, user, interval=0.01) as stream:
+        await inject(client, user, "slow-consumer", seconds=3.0)
+        await trio.sleep(3.5)
+        await receive_packets(stream, 80)  # what the buffer held, then live audio again
+        node = await session_node(client, user)
     assert node["counters"]["mic_buffer_dropped"] > 0  # 3 s of packets overflowed its 50
 
 

@@ -39,6 +39,15 @@ def play_request(user: str, url: str, request_id: str, *, track_id: int = 0, **f
     return pb.PlayAudioRequest(request_id=request_id, audio_url=url, user_id=user, track_id=track_id, **fields)
 
 
+async def start_playing(client, nursery: trio.Nursery, request: pb.PlayAudioRequest) -> PlayCall:
+    """Start a PlayAudio call in ``nursery`` and return once its sound has started."""
+    call = PlayCall()
+    nursery.start_soon(client.play, request, call)
+    with trio.fail_after(20):
+        await call.started.wait()
+    return call
+
+
 def assert_heard_stepped_tone(heard: Heard, seconds: float) -> None:
     """The listener heard the whole stepped tone: at least 98 % of it, every
     step at its pitch, in order, each lasting as long as in the file.
@@ -113,10 +122,7 @@ async def test_stop_audio_silences_at_once_and_the_stream_ends_failed_stopped(br
     async with cloud(bridge.address) as client, listener_in_room(livekit, user) as heard, \
             trio.open_nursery() as nursery:
         assert (await client.join(join_request(livekit, user))).success
-        call = PlayCall()
-        nursery.start_soon(client.play, play_request(user, url, "long-one"), call)
-        with trio.fail_after(20):
-            await call.started.wait()
+        call = await start_playing(client, nursery, play_request(user, url, "long-one"))
         await trio.sleep(1.0)
         reply = await client.stop_audio(user, request_id="long-one", reason="user said stop")
         stopped_at = time.monotonic()
@@ -207,10 +213,7 @@ async def test_every_bad_input_fails_with_its_reason_while_another_track_plays(
     async with cloud(bridge.address) as client, listener_in_room(livekit, user) as heard, \
             trio.open_nursery() as nursery:
         assert (await client.join(join_request(livekit, user))).success
-        playing = PlayCall()
-        nursery.start_soon(client.play, play_request(user, background, "background", track_id=1), playing)
-        with trio.fail_after(20):
-            await playing.started.wait()
+        playing = await start_playing(client, nursery, play_request(user, background, "background", track_id=1))
         calls: dict[str, PlayCall] = {}
         async with trio.open_nursery() as bad:
             for track_id, (case, (url, _)) in enumerate(cases.items(), start=10):  # a track each
@@ -287,10 +290,7 @@ async def test_leaving_or_replacing_the_session_stops_its_playbacks_first(
     async with cloud(bridge.address) as client, listener_in_room(livekit, user) as heard, \
             trio.open_nursery() as nursery:
         assert (await client.join(join_request(livekit, user))).success
-        call = PlayCall()
-        nursery.start_soon(client.play, play_request(user, url, "cut"), call)
-        with trio.fail_after(20):
-            await call.started.wait()
+        call = await start_playing(client, nursery, play_request(user, url, "cut"))
         await trio.sleep(0.5)
         if ending == "leave":
             assert (await client.leave(user)).success
@@ -348,10 +348,7 @@ async def test_playback_starts_before_the_download_ends_and_reads_only_a_bounded
     user = "bounded"
     async with cloud(bridge.address) as client, listener_in_room(livekit, user), trio.open_nursery() as nursery:
         assert (await client.join(join_request(livekit, user))).success
-        call = PlayCall()
-        nursery.start_soon(client.play, play_request(user, url, "minute"), call)
-        with trio.fail_after(20):
-            await call.started.wait()
+        await start_playing(client, nursery, play_request(user, url, "minute"))
         await trio.sleep(1.5)
         tree = await client.actor_tree()
         await client.stop_audio(user, request_id="minute")
