@@ -104,6 +104,7 @@ class Playback(Actor):
         self._created_at = trio.current_time()
         #: Milliseconds from the request to its first frame handed to the track.
         self._first_frame_ms = 0
+        self._underruns = 0
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -204,6 +205,8 @@ class Playback(Actor):
         frame: bytes | None = first
         next_progress = trio.current_time() + 1.0
         while frame is not None:
+            if self._played_samples and track.queued_seconds == 0:
+                self._underruns += 1  # the track ran dry: the listener hears a gap, concealed
             await track.capture(frame)
             self._played_samples += self._output.samples_per_frame
             if self._played_samples == self._output.samples_per_frame:
@@ -260,7 +263,7 @@ class Playback(Actor):
 
     def counters(self) -> dict[str, int]:
         return {"position_ms": self.position_ms, "bytes_downloaded": self._bytes,
-                "first_frame_after_ms": self._first_frame_ms,
+                "first_frame_after_ms": self._first_frame_ms, "underruns": self._underruns,
                 "events_dropped": self.events.dropped}
 
     def details(self) -> dict[str, Any]:

@@ -86,9 +86,12 @@ def assert_heard_stepped_tone(heard: Heard, seconds: float) -> None:
         middle = (first + blocks // 2) * block
         window = samples[middle - LISTEN_RATE // 10:middle + LISTEN_RATE // 10]  # 200 ms: 5 Hz resolution
         assert abs(dominant_hz(window, LISTEN_RATE) - hz) <= max(10.0, 0.02 * hz), (hz, steps)
+    # Under load (this listener shares the bridge's process) the jitter buffer
+    # was seen stretching a 3 s file by up to 11 %; a resampling error is
+    # caught by the pitch above and by duration_ms.
     lengths = [blocks * 20 for _, _, blocks in steps]
-    assert abs(statistics.median(lengths) - STEP_SECONDS * 1000) <= 0.08 * STEP_SECONDS * 1000, lengths
-    assert all(abs(length - STEP_SECONDS * 1000) <= 150 for length in lengths), lengths
+    assert abs(statistics.median(lengths) - STEP_SECONDS * 1000) <= 0.15 * STEP_SECONDS * 1000, lengths
+    assert all(abs(length - STEP_SECONDS * 1000) <= 250 for length in lengths), lengths
 
 
 FORMATS = {
