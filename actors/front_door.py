@@ -27,8 +27,8 @@ from proto.mentra.livekit.bridge import debug as debug_pb
 from .grpc.transport import read_message, serve_grpc
 from .audio.fetch import FetchError, check_url
 from .live_objects import live_objects
-from .messages import (FAULT_KINDS, AttachStream, Fault, GetHealth, GetStatus, Join, Leave, NotPlayable, Play,
-                       StopPlayback)
+from .messages import (FAULT_KINDS, SIMULATED_SCENARIOS, AttachStream, Fault, GetHealth, GetStatus, Join, Leave, NotPlayable, Play,
+                       StopPlayback, is_fault_kind)
 from .playback import PlaybackEvent, PlaybackRequest
 from .mic_audio import MIC_CHANNELS, MIC_SAMPLE_RATE
 from .runtime import ActorGone, Child, MailboxFull
@@ -244,8 +244,9 @@ class FrontDoor:
         if not self._settings.chaos_enabled:
             raise GRPCError(Status.PERMISSION_DENIED,
                             "fault injection is off; start the bridge with BRIDGE_CHAOS=1 to allow it")
-        if request.kind not in FAULT_KINDS:
-            raise GRPCError(Status.INVALID_ARGUMENT, f"fault kind {request.kind!r} is not one of {FAULT_KINDS}")
+        if not is_fault_kind(request.kind):
+            raise GRPCError(Status.INVALID_ARGUMENT, f"fault kind {request.kind!r} is not one of {FAULT_KINDS}, "
+                                                     f"nor simulate:<one of {SIMULATED_SCENARIOS}>")
         if request.kind == "leak-check":
             return debug_pb.InjectFaultResponse(detail=json.dumps(live_objects()))
         prefix = "sessions/session:"

@@ -108,6 +108,14 @@ class StopPlayback(Request["list[str] | None"]):
 
 #: What InjectFault can do to an actor (chaos testing).
 FAULT_KINDS = ("crash", "hang", "drop-room", "slow-consumer", "leak-check")
+#: InjectFault "simulate:<NAME>" runs the livekit SDK's own fault scenario on the session's room.
+SIMULATED_SCENARIOS = ("SIGNAL_RECONNECT", "NODE_FAILURE", "SERVER_LEAVE", "MIGRATION", "FULL_RECONNECT",
+                       "DISCONNECT_SIGNAL_ON_RESUME")
+
+
+def is_fault_kind(kind: str) -> bool:
+    scenario = kind.removeprefix("simulate:")
+    return kind in FAULT_KINDS or (scenario != kind and scenario in SIMULATED_SCENARIOS)
 
 
 @dataclasses.dataclass

@@ -19,9 +19,10 @@ from typing import Any
 import trio
 from livekit import rtc
 from loguru import logger
+from trio_asyncio import aio_as_trio
 
 from .livekit.output_tracks import OutputTracks, TrackFormatMismatch
-from .livekit.room import RoomConnectError, joined_room
+from .livekit.room import RoomConnectError, in_background, joined_room
 from .livekit.token import token_expiry
 from .messages import (AttachStream, Fault, GetStatus, Join, Joined, NotPlayable, Play, SessionStatus,
                        StopPlayback)
@@ -241,6 +242,10 @@ class UserSession(Actor):
             self._room_gone("DROPPED_BY_FAULT_INJECTION")
         elif fault.kind == "slow-consumer" and self.line.lease is not None:
             self.line.lease.stall(fault.seconds)
+        elif fault.kind.startswith("simulate:") and self._room is not None:
+            scenario = rtc.SimulateScenarioKind.Value("SIMULATE_" + fault.kind.removeprefix("simulate:"))
+            # In the background: the session goes on serving while the SDK plays it out.
+            await aio_as_trio(in_background)(self._room.simulate_scenario(scenario))
 
     # The room keeps these current itself (the SDK updates it before emitting
     # events), so they are read, never copied.

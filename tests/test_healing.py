@@ -136,6 +136,18 @@ async def test_a_dropped_room_is_rejoined_and_the_stream_carries_on(bridge, live
     assert node["restarts"] == 0  # healed inside the session, no restart
 
 
+@pytest.mark.parametrize("scenario", ["SIGNAL_RECONNECT", "FULL_RECONNECT"])
+async def test_the_sdks_own_fault_scenarios_heal_and_the_stream_carries_on(bridge, livekit, scenario) -> None:
+    user = f"simulated-{scenario.lower()}"
+    async with cloud(bridge.address) as client, talking_user(client, livekit, user) as stream:
+        assert scenario in await inject(client, user, f"simulate:{scenario}")
+        await trio.sleep(1.0)
+        await receive_packets(stream, 10, timeout=20)
+        with trio.fail_after(20):
+            while not (await client.status(user)).connected:
+                await trio.sleep(0.1)
+
+
 async def test_a_slow_consumer_loses_only_the_oldest_audio_and_catches_up(bridge, livekit) -> None:
     user = "slowpoke"
     async with cloud(bridge.address) as client, talking_user(client, livekit, user, interval=0.01) as stream:

@@ -38,7 +38,10 @@ class InjectFaultRequest(betterproto.Message):
     """
 
     kind: str = betterproto.string_field(2)
-    """crash, hang, drop-room, slow-consumer or leak-check."""
+    """
+    crash, hang, drop-room, slow-consumer, leak-check, or simulate:<SCENARIO>
+     (the livekit SDK's SimulateScenarioKind without its SIMULATE_ prefix).
+    """
 
     seconds: float = betterproto.double_field(3)
     """How long a slow consumer stalls (default 5)."""
