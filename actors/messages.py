@@ -56,6 +56,12 @@ class SessionStatus:
     last_disconnect_at_ms: int
     last_disconnect_reason: str
 
+    @classmethod
+    def disconnected(cls, at_ms: int, reason: str) -> SessionStatus:
+        """A user with no room connected, and when and why it was lost."""
+        return cls(connected=False, participant_id="", participant_count=0,
+                   last_disconnect_at_ms=at_ms, last_disconnect_reason=reason)
+
 
 @dataclasses.dataclass
 class AttachStream(Request[Any]):

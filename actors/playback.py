@@ -62,10 +62,6 @@ class PlaybackEvent:
     error: str = ""
     metadata: dict[str, str] = dataclasses.field(default_factory=dict)
 
-    @property
-    def final(self) -> bool:
-        return self.kind in ("COMPLETED", "FAILED")
-
 
 class PlaybackEvents(DropOldestBuffer[PlaybackEvent]):
     """What a playback reports, in order, for its PlayAudio call to send.

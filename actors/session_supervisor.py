@@ -276,8 +276,7 @@ class SessionSupervisor(Actor):
         ended = self._ended.get(user_id)
         if ended is None:
             return None
-        return SessionStatus(connected=False, participant_id="", participant_count=0,
-                             last_disconnect_at_ms=ended[1], last_disconnect_reason=ended[2])
+        return SessionStatus.disconnected(at_ms=ended[1], reason=ended[2])
 
     # -- questions for one session -------------------------------------------
 

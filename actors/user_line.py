@@ -46,9 +46,7 @@ class UserLine:
 
     def disconnected_status(self) -> SessionStatus:
         """What GetStatus says while no room is connected."""
-        return SessionStatus(connected=False, participant_id="", participant_count=0,
-                             last_disconnect_at_ms=self.last_disconnect_at_ms,
-                             last_disconnect_reason=self.last_disconnect_reason)
+        return SessionStatus.disconnected(self.last_disconnect_at_ms, self.last_disconnect_reason)
 
     def attach_stream(self) -> StreamLease:
         """A lease for a new StreamAudio call; the one it replaces ends."""

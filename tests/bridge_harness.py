@@ -96,8 +96,6 @@ class Heard:
         self.arrivals: list[float] = []
         #: RMS of each frame, computed once on arrival.
         self.levels: list[float] = []
-        #: When the listener was told it subscribed to the track (each time it was published).
-        self.subscribed_at: list[float] = []
 
     def add(self, frame: np.ndarray) -> None:
         self.frames.append(frame)
@@ -127,7 +125,6 @@ async def listener_in_room(livekit: DevLiveKit, user_id: str) -> AsyncIterator[d
     tracks_send, tracks_receive = trio.open_memory_channel[tuple[str, rtc.Track]](16)
 
     def on_subscribed(track: rtc.Track, publication: rtc.RemoteTrackPublication, *_: object) -> None:
-        heard.setdefault(publication.name, Heard()).subscribed_at.append(time.monotonic())
         tracks_send.send_nowait((publication.name, track))
 
     async def record(name: str, track: rtc.Track) -> None:

@@ -19,9 +19,6 @@ from bridge_harness import FRAME_SAMPLES, LISTEN_RATE, Heard, PlayCall, cloud, j
 from http_audio import AudioHTTPServer, audio_http_server
 from proto.mentra.livekit import bridge as pb
 
-EventType = pb.PlayAudioEventEventType
-
-
 @pytest.fixture(scope="module")
 def audio_server() -> Iterator[AudioHTTPServer]:
     with audio_http_server() as server:
