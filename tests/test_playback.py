@@ -82,7 +82,8 @@ def assert_heard_stepped_tone(heard: Heard, seconds: float) -> None:
     for hz, first, blocks in steps:
         middle = (first + blocks // 2) * block
         window = samples[middle - LISTEN_RATE // 10:middle + LISTEN_RATE // 10]  # 200 ms: 5 Hz resolution
-        assert abs(dominant_hz(window, LISTEN_RATE) - hz) <= max(10.0, 0.02 * hz), (hz, steps)
+        # 5 Hz bins; concealment inside a stretched step can smear a bin or two.
+        assert abs(dominant_hz(window, LISTEN_RATE) - hz) <= max(15.0, 0.03 * hz), (hz, steps)
     # Under the whole suite's load this listener, which shares the bridge's
     # process, was seen stretching the steps by up to 20 % (its jitter buffer
     # concealing late packets); a resampling error is caught by the pitch
