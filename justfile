@@ -17,9 +17,10 @@ run: setup
 test *args: setup
     tests/isolated {{python}} -m pytest {{args}}
 
-# Benchmarks: join and replace latency, per-packet cost, PlayAudio to first sound.
-bench: setup
-    tests/isolated {{python}} -m bench
+# (Args: --quick for a 2-minute smoke run; --help for the rest. Results: bench/results/.)
+# Benchmarks: the load ladder beside the SDK's floor, join/replace/leave, PlayAudio to first sound.
+bench *args: setup
+    tests/isolated {{python}} -m bench {{args}}
 
 # (Args: --seed N to replay, --users, --seconds, --rounds; a short run is part of `just test`.)
 # The chaos suite: 20 users, 5 minutes of random faults, then the invariants as a table.
@@ -41,7 +42,7 @@ venv:
     if [ ! -f "$stamp" ]; then
         python3 -m venv .venv
         .venv/bin/pip install --quiet --upgrade pip
-        .venv/bin/pip install --quiet -e '.[test]'
+        .venv/bin/pip install --quiet -e '.[test,bench]'
         rm -f .venv/.installed-* && touch "$stamp"
     fi
 

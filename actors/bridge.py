@@ -9,6 +9,8 @@ import trio_asyncio
 
 from . import asyncio_compat
 from .front_door import FrontDoor, serve_front_door
+from .livekit.sdk_core import configure_sdk_core
+from .metrics import serve_metrics
 from .runtime import Child, RestartPolicy, Supervisor
 from .session_supervisor import SessionSupervisor
 from .settings import BridgeSettings
@@ -33,6 +35,7 @@ async def run_bridge(
     For a graceful stop, ``drain`` the front door first (see bridge_main).
     """
     asyncio_compat.match_asyncio()
+    configure_sdk_core()
     if trio_asyncio.current_loop.get() is None:
         async with trio_asyncio.open_loop():
             await _run(settings, task_status)
@@ -41,6 +44,11 @@ async def run_bridge(
 
 
 async def _run(settings: BridgeSettings, task_status: trio.TaskStatus[RunningBridge]) -> None:
+    with serve_metrics(settings.metrics_port, settings.host):
+        await _run_actors(settings, task_status)
+
+
+async def _run_actors(settings: BridgeSettings, task_status: trio.TaskStatus[RunningBridge]) -> None:
     async with trio.open_nursery() as nursery:
         root = Supervisor(nursery)
         # A crashed session supervisor loses its sessions (they live in its

@@ -59,6 +59,7 @@ class SessionSupervisor(Actor):
         self._abandoned_connects: dict[str, AbandonedConnect] = {}
         self._supervisor: Supervisor | None = None
         self._nursery: trio.Nursery | None = None
+        self._connect_slots = trio.CapacityLimiter(settings.max_concurrent_connects)
         self._joins = 0
         self._replacements = 0
         self._failed_joins = 0
@@ -185,7 +186,7 @@ class SessionSupervisor(Actor):
         policy = RestartPolicy(restart=Restart.TRANSIENT, max_restarts=self._settings.session_max_restarts,
                                within_seconds=60)
         try:
-            child = await self._supervisor.start(lambda: UserSession(join, self._settings, line), policy=policy)
+            child = await self._supervisor.start(lambda: UserSession(join, self._settings, line, self._connect_slots), policy=policy)
         except RoomConnectError as error:
             self._failed_joins += 1
             if error.abandoned is not None:

@@ -24,7 +24,12 @@ class BridgeSettings:
     unix_socket: str | None = None
     #: LiveKit URL used when a JoinRoom names none (env LIVEKIT_URL).
     default_livekit_url: str = ""
+    #: Port of the Prometheus /metrics endpoint (env METRICS_PORT); none when unset.
+    metrics_port: int | None = None
     connect_timeout: float = 10.0
+    #: LiveKit connects in flight at once (env BRIDGE_MAX_CONCURRENT_CONNECTS): while rooms
+    #: connect, the SDK delays every other room's packets, so join storms go through a few at a time.
+    max_concurrent_connects: int = 2
     teardown_timeout: float = 5.0
     #: How long an RPC waits for an actor's answer (JoinRoom waits for its connect).
     ask_timeout: float = 5.0
@@ -104,7 +109,9 @@ class BridgeSettings:
             host=environ.get("BRIDGE_HOST", cls.host),
             unix_socket=environ.get("LIVEKIT_GRPC_SOCKET") or None,
             default_livekit_url=environ.get("LIVEKIT_URL", ""),
+            metrics_port=int(number("METRICS_PORT", 0)) or None,
             connect_timeout=number("BRIDGE_CONNECT_TIMEOUT", cls.connect_timeout, float),
+            max_concurrent_connects=int(number("BRIDGE_MAX_CONCURRENT_CONNECTS", cls.max_concurrent_connects)),
             mic_buffer_packets=int(number("BRIDGE_MIC_BUFFER_PACKETS", cls.mic_buffer_packets)),
             track_idle_grace=number("BRIDGE_TRACK_IDLE_GRACE", cls.track_idle_grace, float),
             playback_connect_timeout=number("BRIDGE_PLAYBACK_CONNECT_TIMEOUT", cls.playback_connect_timeout, float),

@@ -13,6 +13,8 @@ from .runtime import DropOldestBuffer
 class MicChunk:
     pcm: bytes
     timestamp_ms: int
+    #: time.monotonic() when the session queued it for the cloud (for the stage metrics).
+    queued_at: float
 
 
 @dataclasses.dataclass(frozen=True)

@@ -26,6 +26,7 @@ from .livekit.room import RoomConnectError, in_background, joined_room
 from .livekit.token import token_expiry
 from .messages import (AttachStream, Fault, GetStatus, Join, Joined, NotPlayable, Play, SessionStatus,
                        StopPlayback)
+from .metrics import MIC_FFI_TO_TRIO
 from .mic_audio import pcm_from_packet
 from .playback import Playback, PlaybackEvents
 from .runtime import Actor, Child, Supervisor, only_cancelled
@@ -59,12 +60,15 @@ class UserSession(Actor):
     stream, unpublishes its tracks and leaves the room before it returns.
     """
 
-    def __init__(self, join: Join, settings: BridgeSettings, line: UserLine) -> None:
+    def __init__(self, join: Join, settings: BridgeSettings, line: UserLine,
+                 connect_slots: trio.CapacityLimiter | None = None) -> None:
         super().__init__(f"session:{join.user_id}")
         self.user_id = join.user_id
         self.line = line
         self._join = join
         self._settings = settings
+        #: Shared by the sessions of the process: connects in flight at once.
+        self._connect_slots = connect_slots
         self._room: rtc.Room | None = None
         self._room_lost = trio.Event()
         #: connecting, connected, reconnecting (the SDK), disconnected, leaving, rejoining
@@ -152,6 +156,7 @@ class UserSession(Actor):
                 on_data=self._on_data,
                 subscribe={"disconnected": self._on_disconnected, "reconnecting": self._on_reconnecting,
                            "reconnected": self._on_reconnected},
+                connect_slots=self._connect_slots,
             ) as room:
                 self._room = room
                 self._link = "connected"
@@ -258,7 +263,7 @@ class UserSession(Actor):
 
     # -- microphone: LiveKit -> cloud ----------------------------------------
 
-    def _on_data(self, sender: str, payload: bytes) -> None:
+    def _on_data(self, sender: str, payload: bytes, received_at: float) -> None:
         """Runs for every data packet of this room: keep it cheap.
 
         Packets of a named participant other than the target phone are
@@ -282,7 +287,9 @@ class UserSession(Actor):
         if not pcm:
             line.packets_empty += 1
             return
-        line.mic.push(MicChunk(pcm, now_ms()))
+        queued_at = time.monotonic()
+        MIC_FFI_TO_TRIO.observe(queued_at - received_at)
+        line.mic.push(MicChunk(pcm, now_ms(), queued_at))
 
     # -- cloud audio: cloud -> LiveKit ---------------------------------------
 

@@ -1,8 +1,13 @@
 """Benchmarks of the bridge against a real livekit-server on loopback.
 
-    just bench            (or: tests/isolated .venv/bin/python -m bench)
+    just bench              everything (about 15 minutes)
+    just bench --quick      a 2-minute smoke run of the ladder (N=10, 100 ms and 20 ms packets)
+    just bench --help       the options (a ladder's N values, the bridge's environment, ...)
 
-Measures, and prints as a table:
+The load ladder (bench/ladder.py) runs the bridge as its own process beside
+its floor, the bare livekit receiver, at N = 10, 20, 50, 100 users and on
+while it holds; it writes JSON, a Markdown table and a PNG plot under
+bench/results/. Then the single-session benchmarks, printed as a table:
 - join latency: JoinRoom for a user without a session, to its answer;
 - replace latency: JoinRoom for a user with a session (old one torn down first);
 - leave latency;
@@ -19,6 +24,7 @@ Numbers depend on the machine; compare runs on the same one.
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import pathlib
@@ -40,6 +46,8 @@ from actors.livekit.dev_server import start_dev_livekit  # noqa: E402
 from actors.log_setup import configure_logging  # noqa: E402
 from actors.settings import BridgeSettings  # noqa: E402
 from bridge_harness import cloud, join_request, token  # noqa: E402
+from bench.ladder import RESULTS, RungPlan, ladder  # noqa: E402
+from bench.profile_summary import summarize  # noqa: E402
 from bench.playback import playback_latency  # noqa: E402
 
 JOINS = 30
@@ -90,7 +98,7 @@ async def mic_path(client, livekit, user: str, packets: int) -> tuple[list[float
     return latencies, cpu
 
 
-async def main() -> None:
+async def single_session_benchmarks() -> None:
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="bridge-bench-"))
     livekit = start_dev_livekit(workdir, udp_ports=(45000, 45999))
     try:
@@ -127,6 +135,43 @@ async def main() -> None:
         livekit.stop()
 
 
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="the 2-minute smoke run: the ladder at N=10 only")
+    parser.add_argument("--users", default="10,20,50,100", help="the ladder's N values (default 10,20,50,100)")
+    parser.add_argument("--until-it-breaks", type=int, default=200, metavar="MAX_N",
+                        help="after the last N, go on in steps of 50 up to MAX_N while the bridge holds (0: don't)")
+    parser.add_argument("--steady", type=float, default=10.0, help="seconds of the steady window (default 10)")
+    parser.add_argument("--bridge-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="environment for the bridge process, e.g. BRIDGE_MAX_CONCURRENT_CONNECTS=4")
+    parser.add_argument("--no-floor", action="store_true", help="measure the bridge alone")
+    parser.add_argument("--ladder-only", action="store_true", help="skip the single-session benchmarks")
+    parser.add_argument("--label", default="", help="a word for the result files' names")
+    parser.add_argument("--profile", type=int, metavar="N",
+                        help="only profile the bridge (py-spy, native frames too) in the steady state of N users")
+    args = parser.parse_args()
+    bridge_env = tuple(tuple(item.split("=", 1)) for item in args.bridge_env)
+    if args.profile:
+        output = RESULTS / f"profile-{args.profile}-{time.strftime('%Y%m%d-%H%M%S')}.speedscope.json"
+        RESULTS.mkdir(exist_ok=True)
+        ladder([RungPlan(users=args.profile, steady=args.steady, replacements=1, bridge_env=bridge_env,
+                         profile=output)], floor=False, until_it_breaks=0, label=args.label or "profile")
+        print(summarize(output), flush=True)
+        print(f"profile: {output} (open in https://www.speedscope.app)", flush=True)
+        return
+    if args.quick:
+        plans = [RungPlan(users=10, steady=5, warmup=2, replacements=10, bridge_env=bridge_env),
+                 RungPlan(users=10, interval=0.02, steady=5, warmup=2, replacements=10, bridge_env=bridge_env)]
+        ladder(plans, floor=not args.no_floor, until_it_breaks=0, label=args.label or "quick")
+        return
+    plans = [RungPlan(users=int(n), steady=args.steady, bridge_env=bridge_env) for n in args.users.split(",")]
+    plans.append(RungPlan(users=20, interval=0.02, steady=args.steady, bridge_env=bridge_env))
+    ladder(plans, floor=not args.no_floor, until_it_breaks=args.until_it_breaks, label=args.label or "ladder")
+    if not args.ladder_only:
+        trio.run(single_session_benchmarks)
+
+
 if __name__ == "__main__":
     configure_logging(level="WARNING")
-    trio.run(main)
+    main()

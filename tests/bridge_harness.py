@@ -79,7 +79,7 @@ async def phone_in_room(livekit: DevLiveKit, user_id: str, room: str | None = No
                         ) -> AsyncIterator[Phone]:
     room = room or f"room-{user_id}"
     async with joined_room(livekit.url, token(livekit, user_id, room), connect_timeout=10,
-                           teardown_timeout=5, on_data=lambda sender, payload: None,
+                           teardown_timeout=5, on_data=lambda sender, payload, received_at: None,
                            subscribe=subscribe or {}, auto_subscribe=auto_subscribe) as lk_room:
         yield Phone(lk_room)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import grpclib.const
 import pytest
 import trio
 from grpclib.const import Status
@@ -128,3 +129,33 @@ async def test_phone_packets_of_every_shape_are_counted_in_the_actor_tree(bridge
         assert counters["mic_packets_empty"] == 2
         assert counters["mic_packets_received"] >= 5
         assert session["state"] == "running" and session["mailbox"]["capacity"] > 0
+
+
+class RawBytes:
+    """A message that is whatever bytes it is given, to send what no protobuf library would encode."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def SerializeToString(self) -> bytes:  # noqa: N802 (the protobuf method grpclib calls)
+        return self.data
+
+
+@pytest.mark.parametrize("raw, why", [
+    (b"\x2a\x02\xff\xfe", "UTF-8"),          # user_id that is not UTF-8
+    (b"\x0a\x05ab", "malformed AudioChunk"),  # pcm_data cut short
+])
+async def test_malformed_audio_chunks_are_refused_as_protobuf_refuses_them(bridge, livekit, raw, why) -> None:
+    async with cloud(bridge.address) as client:
+        assert (await client.join(join_request(livekit, "garbler"))).success
+
+        async def send_raw() -> None:
+            async with client.channel.request("/mentra.livekit.bridge.LiveKitBridge/StreamAudio",
+                                              grpclib.const.Cardinality.STREAM_STREAM, RawBytes,
+                                              pb.AudioChunk) as call:
+                await call.send_message(RawBytes(raw))
+                await call.recv_message()
+
+        message = await expect_status(Status.INVALID_ARGUMENT, aio_as_trio(send_raw)())
+        assert why in message
+        assert (await client.status("garbler")).connected

@@ -1,5 +1,5 @@
 """python-sdks issue 812: the SDK hands every FFI event of the process to every
-Room. The bridge narrows each room's subscription and takes data packets at
+Room. The bridge routes each event to its own room and takes data packets at
 the source, so 30 rooms in one process do not multiply the work each data
 packet costs."""
 
@@ -8,6 +8,9 @@ from __future__ import annotations
 import collections
 
 import trio
+from livekit.rtc._ffi_client import FfiClient
+
+from actors.livekit import event_filter
 
 from bridge_harness import cloud, join_request, phone_in_room
 
@@ -36,6 +39,10 @@ async def test_a_packet_reaches_only_its_own_rooms_queue(bridge, livekit) -> Non
 
         rooms = bridge_rooms(bridge)
         assert len(rooms) == ROOMS
+        # Routed rooms are off the SDK's subscriber list, so the work of an
+        # event does not grow with the number of rooms.
+        subscribed = {id(entry[0]) for entry in FfiClient.instance.queue._subscribers}
+        assert not subscribed & {id(room._ffi_queue) for room in rooms.values()}
         delivered: collections.Counter[str] = collections.Counter()
         for user, room in rooms.items():
             queue = room._ffi_queue
@@ -64,3 +71,8 @@ async def test_a_packet_reaches_only_its_own_rooms_queue(bridge, livekit) -> Non
         heard = {node["name"]: node["counters"]["mic_packets_received"] for node in supervisor["children"]}
         assert heard.pop(f"session:{talker}") >= PACKETS
         assert set(heard.values()) == {0}
+        # A room that left is no longer routed.
+        handle = rooms[talker]._ffi_handle.handle
+        assert handle in event_filter._the_router._by_room
+        await client.leave(talker)
+        assert handle not in event_filter._the_router._by_room

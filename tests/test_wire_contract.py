@@ -11,7 +11,7 @@ import sys
 import pytest
 from grpc_tools import protoc
 
-from proto import generate
+from proto import generate, runtime_messages
 from proto.mentra.livekit import bridge as pb
 
 PROTO_DIR = pathlib.Path(generate.__file__).parent
@@ -19,7 +19,8 @@ PROTO_DIR = pathlib.Path(generate.__file__).parent
 
 def test_committed_generated_code_matches_the_proto_files(tmp_path: pathlib.Path) -> None:
     generate.generate(tmp_path)
-    fresh = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*.py"))
+    fresh = sorted(p.relative_to(tmp_path) for pattern in ("*.py", generate.DESCRIPTOR_SET)
+                   for p in tmp_path.rglob(pattern))
     assert fresh, "protoc generated nothing"
     stale = [str(path) for path in fresh if not filecmp.cmp(tmp_path / path, PROTO_DIR / path, shallow=False)]
     assert not stale, f"generated code is stale, run `just proto`: {stale}"
@@ -87,3 +88,25 @@ def test_service_methods_and_enum_numbers_match_the_contract(google_pb) -> None:
     }
     assert [e.value for e in pb.PlayAudioEventEventType] == [0, 1, 2, 3]
     assert pb.HealthCheckResponseServingStatus.SERVICE_UNKNOWN == 3
+
+
+def test_the_audio_paths_runtime_message_is_the_contracts_audio_chunk(google_pb) -> None:
+    fields = SAMPLES["AudioChunk"]
+    encoded = google_pb.AudioChunk(**fields).SerializeToString()
+    assert runtime_messages.AudioChunk(**fields).SerializeToString() == encoded
+    decoded = runtime_messages.AudioChunk.FromString(encoded)
+    assert {field: getattr(decoded, field) for field in fields} == fields
+
+
+@pytest.mark.parametrize("malformed, why", [
+    (b"\x2a\x02\xff\xfe", "user_id that is not UTF-8"),
+    (b"\x0a\x05ab", "pcm_data cut short"),
+    (b"\x10\xff\xff", "sample_rate varint cut short"),
+    (b"\x0f", "wire type 7"),
+    (b"\x00\x01", "field number 0"),
+])
+def test_the_audio_paths_runtime_message_refuses_what_protobuf_refuses(google_pb, malformed: bytes, why: str) -> None:
+    with pytest.raises(Exception) as google_refusal:
+        google_pb.AudioChunk.FromString(malformed)
+    with pytest.raises(type(google_refusal.value)):
+        runtime_messages.AudioChunk.FromString(malformed)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -21,7 +22,8 @@ from livekit import rtc
 from loguru import logger
 from trio_asyncio import aio_as_trio
 
-from .event_filter import DataCallback, receive_only_own_events
+from ..metrics import ROOM_CONNECT, ROOM_CONNECT_WAIT
+from .event_filter import DataCallback, receive_only_own_events, stop_receiving
 
 
 class RoomConnectError(Exception):
@@ -69,15 +71,22 @@ async def joined_room(
     on_data: DataCallback,
     subscribe: dict[str, Any],
     auto_subscribe: bool = False,
+    connect_slots: trio.CapacityLimiter | None = None,
 ) -> AsyncIterator[rtc.Room]:
     """Join the room at ``url`` with ``token`` (the bridge subscribes to no
     tracks: the phone's audio comes as data; a listener sets ``auto_subscribe``).
 
-    ``on_data(sender_identity, payload)`` is called for every user data packet
+    ``on_data(sender_identity, payload, received_at)`` is called for every user data packet
     of this room; the sender is "" when the SDK cannot name it (the server
     itself, or a participant LiveKit has not announced yet). ``subscribe`` maps other
     room event names to callbacks. All are registered before connecting, so no
     event is missed, and all run in the Trio thread.
+
+    ``connect_slots`` bounds the connects in flight in the process: while a
+    room connects, the SDK delivers the data packets of rooms already
+    connected late (by up to seconds when tens connect at once), so a join
+    storm is let through a few at a time. ``connect_timeout`` counts from
+    when the connect gets its slot.
 
     Raises:
         RoomConnectError: the server refused, could not be reached, or did not
@@ -89,14 +98,29 @@ async def joined_room(
         room.on(event, callback)
     # Packets that arrive before receive_only_own_events takes over come this way.
     room.on("data_received", lambda packet: on_data(
-        packet.participant.identity if packet.participant is not None else "", packet.data))
-    await _connect(room, url, token, rtc.RoomOptions(auto_subscribe=auto_subscribe), connect_timeout,
-                   teardown_timeout)
+        packet.participant.identity if packet.participant is not None else "", packet.data,
+        time.monotonic()))
+    async with _connect_slot(connect_slots):
+        started = time.monotonic()
+        await _connect(room, url, token, rtc.RoomOptions(auto_subscribe=auto_subscribe), connect_timeout,
+                       teardown_timeout)
+        ROOM_CONNECT.observe(time.monotonic() - started)
     try:
         receive_only_own_events(room, on_data)
         yield room
     finally:
         await _leave(room, teardown_timeout)
+
+
+@contextlib.asynccontextmanager
+async def _connect_slot(slots: trio.CapacityLimiter | None) -> AsyncIterator[None]:
+    if slots is None:
+        yield
+        return
+    waiting_since = time.monotonic()
+    async with slots:
+        ROOM_CONNECT_WAIT.observe(time.monotonic() - waiting_since)
+        yield
 
 
 async def _connect(room: rtc.Room, url: str, token: str, options: rtc.RoomOptions, timeout: float,
@@ -179,3 +203,5 @@ async def _unpublish_and_disconnect(room: rtc.Room) -> None:
         await room.disconnect()
     except Exception as error:
         logger.warning("leaving LiveKit room {} failed: {}", room.name, error)
+    finally:
+        stop_receiving(room)

@@ -1,0 +1,61 @@
+"""The floor: a bare livekit rtc process that joins the users' rooms and only
+receives their phones' packets, through the SDK's own data path. What it
+costs is what the SDK costs; the bridge is measured beside it.
+
+Usage: python bench/floor_process.py   (env LIVEKIT_URL, LIVEKIT_API_KEY, LIVEKIT_API_SECRET)
+Commands (bench/receiver_commands.py): {"op": "join", "users": [...]} (all at
+once) and {"op": "arrivals"}, as bench/cloud_process.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Any
+
+from livekit import api, rtc
+
+from receiver_commands import serve_commands
+from stamps import Arrivals
+
+
+def floor_token(user: str) -> str:
+    grants = api.VideoGrants(room_join=True, room=f"room-{user}", can_subscribe=True)
+    return (api.AccessToken(os.environ["LIVEKIT_API_KEY"], os.environ["LIVEKIT_API_SECRET"])
+            .with_identity(f"floor:{user}").with_grants(grants).to_jwt())
+
+
+class Floor:
+    def __init__(self) -> None:
+        self.arrivals = Arrivals()
+        self.rooms: list[rtc.Room] = []
+
+    async def join_one(self, user: str) -> tuple[float, str]:
+        room = rtc.Room()
+        room.on("data_received", lambda packet: self.arrivals.record(user, packet.data[1:]))
+        started = time.perf_counter()
+        try:
+            await room.connect(os.environ["LIVEKIT_URL"], floor_token(user), rtc.RoomOptions(auto_subscribe=False))
+        except rtc.ConnectError as error:
+            return (time.perf_counter() - started) * 1000, str(error)
+        self.rooms.append(room)
+        return (time.perf_counter() - started) * 1000, ""
+
+    async def join(self, command: dict[str, Any]) -> dict[str, Any]:
+        started = time.perf_counter()
+        results = await asyncio.gather(*(self.join_one(user) for user in command["users"]))
+        return {"all_ms": (time.perf_counter() - started) * 1000, "ms": [took for took, _ in results],
+                "failed": {user: error for user, (_, error) in zip(command["users"], results) if error}}
+
+    async def take_arrivals(self, command: dict[str, Any]) -> dict[str, Any]:
+        return self.arrivals.take()
+
+
+async def main() -> None:
+    floor = Floor()
+    await serve_commands({"join": floor.join, "arrivals": floor.take_arrivals})
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,382 @@
+"""The load ladder: the bridge as deployed, beside its floor, at N users.
+
+For each N, twice on the same livekit-server: once with the bridge (its own
+process, `bridge_main.py serve`, fed by bench/cloud_process.py on one HTTP/2
+connection) and once with the floor (bench/floor_process.py, the bare SDK
+joining the same rooms and only receiving). Phones run in processes of their
+own (bench/phones_process.py, at most PHONES_PER_PROCESS each), one for each
+of the N streaming users, all sending from the start. One rung:
+
+1. N users join at once (the "A" users): how long until all are joined;
+2. a warm-up, then the steady window: latency of A's packets, CPU of the
+   bridge (or floor) process from its /proc, per thread, and its RSS;
+3. the storm: the other N users ("B") join at once while A stream; A's
+   latency in the STORM_WINDOW seconds after it began, and how long it took;
+4. (bridge) replacing and leaving users one at a time: JoinRoom and LeaveRoom latency;
+5. loss: packets missing at the receiver by the phones' 16-bit counters, and
+   for the bridge, what LiveKit lost (the bridge's sequence-gap counter) apart
+   from what the bridge dropped.
+
+Latency is phone send -> receiver, from a CLOCK_MONOTONIC stamp in the PCM
+(the bridge forwards the payload untouched). The bridge's per-stage times come
+from its Prometheus histograms (bridge_mic_stage_seconds).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import pathlib
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from actors.livekit.dev_server import DevLiveKit, start_dev_livekit
+from bench.proc_stats import cpu_by_thread, cpu_seconds, rss_bytes
+from bench.report import markdown, plot
+
+HERE = pathlib.Path(__file__).resolve().parent
+ROOT = HERE.parent
+PHONES_PER_PROCESS = 25
+
+
+@dataclasses.dataclass(frozen=True)
+class RungPlan:
+    users: int
+    interval: float = 0.1      # phone packet interval (0.1 = the app's 100 ms packets)
+    warmup: float = 3.0
+    steady: float = 10.0
+    storm_window: float = 3.0
+    replacements: int = 20
+    #: Extra environment for the bridge (e.g. BRIDGE_MAX_CONCURRENT_CONNECTS).
+    bridge_env: tuple[tuple[str, str], ...] = ()
+    #: Where py-spy writes a profile of the bridge's steady window (speedscope JSON); None: no profile.
+    profile: pathlib.Path | None = None
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Commanded:
+    """A receiver process driven by JSON lines (bench/receiver_commands.py)."""
+
+    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
+        self.process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True,
+                                        cwd=HERE)
+        self.ask_nothing_until_ready()
+
+    def ask_nothing_until_ready(self) -> None:
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{self.process.args[1]} exited before it was ready")
+
+    def ask(self, op: str, **fields: Any) -> Any:
+        self.process.stdin.write(json.dumps({"op": op, **fields}) + "\n")
+        self.process.stdin.flush()
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{self.process.args[1]} exited while asked {op!r}")
+        answer = json.loads(line)
+        if isinstance(answer, dict) and "error" in answer:
+            raise RuntimeError(f"{self.process.args[1]} failed {op!r}: {answer['error']}")
+        return answer
+
+    def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            self.process.stdin.write('{"op": "quit"}\n')
+            self.process.stdin.close()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+@contextlib.contextmanager
+def phones(livekit: DevLiveKit, users: list[str], interval: float, env: dict[str, str]) -> Iterator[list[subprocess.Popen]]:
+    groups = [users[i:i + PHONES_PER_PROCESS] for i in range(0, len(users), PHONES_PER_PROCESS)]
+    processes = [subprocess.Popen([sys.executable, "phones_process.py", livekit.url, str(interval), *group],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True, cwd=HERE)
+                 for group in groups]
+    try:
+        for process in processes:
+            if process.stdout.readline().strip() != "ready":
+                raise RuntimeError("a phones process failed to join its rooms")
+        yield processes
+    finally:
+        for process in processes:
+            with contextlib.suppress(Exception):
+                process.stdin.close()
+        for process in processes:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def start_phones_sending(processes: list[subprocess.Popen]) -> None:
+    for process in processes:
+        process.stdin.write("go\n")
+        process.stdin.flush()
+
+
+@contextlib.contextmanager
+def bridge_process(livekit: DevLiveKit, env: dict[str, str], extra: dict[str, str]) -> Iterator[tuple[subprocess.Popen, str, int]]:
+    port, metrics_port = free_port(), free_port()
+    bridge_env = dict(env, PORT=str(port), BRIDGE_HOST="127.0.0.1", METRICS_PORT=str(metrics_port),
+                      BRIDGE_LOG_LEVEL="WARNING", BRIDGE_IDLE_SESSION_TTL="600", **extra)
+    process = subprocess.Popen([sys.executable, str(ROOT / "bridge_main.py"), "serve"], env=bridge_env, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the bridge did not start listening")
+            time.sleep(0.1)
+        yield process, f"127.0.0.1:{port}", metrics_port
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@contextlib.contextmanager
+def profiled(pid: int, output: pathlib.Path | None, seconds: float) -> Iterator[None]:
+    """py-spy samples ``pid`` (Python and native frames, all threads) while the block runs."""
+    if output is None:
+        yield
+        return
+    spy = subprocess.Popen([str(pathlib.Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid),
+                            "--native", "--threads", "--rate", "200", "--duration", str(int(seconds)),
+                            "--format", "speedscope", "--output", str(output)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield
+    finally:
+        spy.wait(timeout=seconds + 30)
+
+
+def stage_buckets(metrics_port: int) -> dict[str, list[tuple[float, float]]]:
+    """The bridge's mic stage histograms: stage -> [(upper bound s, cumulative count)]."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+    stages: dict[str, list[tuple[float, float]]] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name != "bridge_mic_stage_seconds":
+            continue
+        for sample in family.samples:
+            if sample.name.endswith("_bucket"):
+                stages.setdefault(sample.labels["stage"], []).append((float(sample.labels["le"]), sample.value))
+    return stages
+
+
+def stage_quantiles(before: dict, after: dict) -> dict[str, dict[str, float]]:
+    """p50/p99 upper bounds (ms) of each stage between two scrapes."""
+    result = {}
+    for stage, buckets in after.items():
+        earlier = dict(before.get(stage, []))
+        deltas = [(bound, count - earlier.get(bound, 0.0)) for bound, count in buckets]
+        total = deltas[-1][1] if deltas else 0
+        if not total:
+            continue
+        quantiles = {}
+        for name, q in (("p50", 0.5), ("p99", 0.99)):
+            bound = next(b for b, c in deltas if c >= q * total)
+            quantiles[name] = bound * 1000 if math.isfinite(bound) else float("inf")
+        quantiles["n"] = total
+        result[stage] = quantiles
+    return result
+
+
+def percentile(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(len(ordered) * q) - 1))]
+
+
+def latency_summary(samples: list[float]) -> dict[str, float]:
+    if not samples:
+        return {"n": 0}
+    return {"n": len(samples), "p50": statistics.median(samples), "p99": percentile(samples, 0.99),
+            "max": max(samples)}
+
+
+def latencies(arrivals: dict[str, list], users: set[str], start_ns: int, end_ns: int) -> list[float]:
+    return [(received - sent) / 1e6 for user in users for sent, received, _ in arrivals.get(user, [])
+            if start_ns <= sent < end_ns]
+
+
+def missing(arrivals: dict[str, list], users: set[str], start_ns: int, end_ns: int) -> tuple[int, int]:
+    """(packets expected, packets missing) of ``users`` sent in the window, by their counters."""
+    expected = lost = 0
+    for user in users:
+        counters = sorted({counter for sent, _, counter in arrivals.get(user, []) if start_ns <= sent < end_ns})
+        if len(counters) < 2:
+            continue
+        span = counters[-1] - counters[0] + 1
+        expected += span
+        lost += span - len(counters)
+    return expected, lost
+
+
+def merge(into: dict[str, list], more: dict[str, list]) -> None:
+    for user, items in more.items():
+        into.setdefault(user, []).extend(items)
+
+
+def run_rung(livekit: DevLiveKit, target: str, plan: RungPlan, tag: str) -> dict[str, Any]:
+    """One rung of the ladder for ``target`` ("bridge" or "floor")."""
+    n = plan.users
+    group_a = [f"{tag}-{target}-a{i}" for i in range(n)]
+    group_b = [f"{tag}-{target}-b{i}" for i in range(n)]
+    env = dict(os.environ, LIVEKIT_URL=livekit.url, LIVEKIT_API_KEY=livekit.api_key,
+               LIVEKIT_API_SECRET=livekit.api_secret, PYTHONPATH=str(ROOT))
+    result: dict[str, Any] = {"target": target, "users": n, "interval_ms": plan.interval * 1000}
+    with contextlib.ExitStack() as stack:
+        if target == "bridge":
+            process, address, metrics_port = stack.enter_context(
+                bridge_process(livekit, env, dict(plan.bridge_env)))
+            receiver = Commanded([sys.executable, "cloud_process.py", address], env)
+        else:
+            receiver = Commanded([sys.executable, "floor_process.py"], env)
+            process, metrics_port = receiver.process, None
+        stack.callback(receiver.stop)
+        pid = process.pid
+        time.sleep(1)
+        rss_idle = rss_bytes(pid)
+        # Phones for the streaming users only: the storm's users join empty rooms, so
+        # that the load generator leaves the two cores to what is measured.
+        phone_processes = stack.enter_context(phones(livekit, group_a, plan.interval, env))
+        start_phones_sending(phone_processes)
+
+        joined = receiver.ask("join", users=group_a)
+        result["join_all_ms"] = joined["all_ms"]
+        result["join_ms"] = latency_summary(joined["ms"])
+        result["join_failed"] = len(joined["failed"])
+        time.sleep(plan.warmup)
+        receiver.ask("arrivals")  # forget the warm-up
+
+        stages_before = stage_buckets(metrics_port) if metrics_port else {}
+        threads_before, cpu_before = cpu_by_thread(pid), cpu_seconds(pid)
+        steady_start = time.monotonic_ns()
+        with profiled(pid, plan.profile if target == "bridge" else None, plan.steady):
+            time.sleep(plan.steady)
+        steady_end = time.monotonic_ns()
+        threads_after, cpu_after = cpu_by_thread(pid), cpu_seconds(pid)
+        stages_steady = stage_buckets(metrics_port) if metrics_port else {}
+        session_seconds = n * (steady_end - steady_start) / 1e9
+        result["cpu_ms_per_session_second"] = (cpu_after - cpu_before) * 1000 / session_seconds
+        result["cpu_ms_per_session_second_by_thread"] = {
+            name: round((seconds - threads_before.get(name, 0.0)) * 1000 / session_seconds, 3)
+            for name, seconds in sorted(threads_after.items()) if seconds - threads_before.get(name, 0.0) > 0}
+        result["rss_mib"] = rss_bytes(pid) / 2**20
+        result["rss_mib_per_session"] = (rss_bytes(pid) - rss_idle) / 2**20 / n
+
+        storm_start = time.monotonic_ns()
+        stormed = receiver.ask("join", users=group_b)
+        result["storm_all_ms"] = stormed["all_ms"]
+        result["storm_join_ms"] = latency_summary(stormed["ms"])
+        result["storm_failed"] = len(stormed["failed"])
+        storm_end = storm_start + int(plan.storm_window * 1e9)
+        time.sleep(max(0.0, (storm_end - time.monotonic_ns()) / 1e9) + 1.0)
+        stages_storm = stage_buckets(metrics_port) if metrics_port else {}
+
+        arrivals: dict[str, list] = {}
+        merge(arrivals, receiver.ask("arrivals"))
+        set_a = set(group_a)
+        result["steady_latency_ms"] = latency_summary(latencies(arrivals, set_a, steady_start, steady_end))
+        result["storm_latency_ms"] = latency_summary(latencies(arrivals, set_a, storm_start, storm_end))
+        expected, lost = missing(arrivals, set_a, steady_start, storm_end)
+        result["packets_expected"], result["packets_missing"] = expected, lost
+        if target == "bridge":
+            result["stages_steady_ms"] = stage_quantiles(stages_before, stages_steady)
+            result["stages_storm_ms"] = stage_quantiles(stages_steady, stages_storm)
+            counters = receiver.ask("counters")
+            result["livekit_lost"] = counters.get("mic_packets_lost", 0)
+            result["bridge_dropped"] = counters.get("mic_buffer_dropped", 0)
+            result["bridge_received"] = counters.get("mic_packets_received", 0)
+            sample = group_a[:plan.replacements]
+            result["replace_ms"] = latency_summary(receiver.ask("replace", users=sample)["ms"])
+            result["leave_ms"] = latency_summary(receiver.ask("leave", users=group_b[:plan.replacements])["ms"])
+    return result
+
+
+RESULTS = HERE / "results"
+#: A floor whose steady p99 is past this has collapsed (python-sdks issue 812: every
+#: event to every room); larger N would only take minutes to say so again.
+FLOOR_GIVES_UP_MS = 2000
+
+
+def holds(result: dict[str, Any]) -> bool:
+    """The bridge still works at this load: every join succeeded, nothing
+    much was lost, and steady latency stays under half a second."""
+    return (not result["join_failed"] and not result["storm_failed"]
+            and result["packets_missing"] <= 0.05 * max(1, result["packets_expected"])
+            and result["steady_latency_ms"].get("p99", float("inf")) < 500)
+
+
+def ladder(plans: list[RungPlan], *, floor: bool, until_it_breaks: int, label: str) -> list[dict[str, Any]]:
+    """Run the rungs (bridge, then floor, for each plan), then more rungs of
+    100 ms packets in steps of 50 up to ``until_it_breaks`` users while the
+    bridge holds; write the results under bench/results/ as they come."""
+    RESULTS.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = RESULTS / f"{label}-{stamp}"
+    workdir = pathlib.Path(tempfile.mkdtemp(prefix="bridge-ladder-"))
+    livekit = start_dev_livekit(workdir, udp_ports=(45000, 45999))
+    results: list[dict[str, Any]] = []
+    plans = list(plans)
+    try:
+        index = 0
+        #: Packet interval -> the N at which the floor stopped keeping up; it is not run above it.
+        floor_broke_at: dict[float, int] = {}
+        while index < len(plans):
+            plan = plans[index]
+            targets = ["bridge"]
+            if floor and plan.users <= floor_broke_at.get(plan.interval, plan.users):
+                targets.append("floor")
+            for target in targets:
+                print(f"ladder: {target}, N={plan.users}, packets every {plan.interval * 1000:.0f} ms", flush=True)
+                result = run_rung(livekit, target, plan, f"{stamp[-6:]}-{index}")
+                results.append(result)
+                _write(results, base, label)
+                if target == "floor" and result["steady_latency_ms"].get("p99", float("inf")) > FLOOR_GIVES_UP_MS:
+                    floor_broke_at.setdefault(plan.interval, plan.users)
+                    print(f"ladder: the floor no longer keeps up at N={plan.users}; not run above it", flush=True)
+            bridge_result = next(r for r in reversed(results) if r["target"] == "bridge")
+            largest = max(p.users for p in plans if p.interval == plan.interval)
+            if plan.users == largest and plan.users + 50 <= until_it_breaks and holds(bridge_result):
+                plans.insert(index + 1, dataclasses.replace(plan, users=plan.users + 50))
+            index += 1
+    finally:
+        livekit.stop()
+    print(f"ladder: results in {base}.json, .md, .png", flush=True)
+    for interval in sorted({r["interval_ms"] for r in results}):
+        print(markdown([r for r in results if r["interval_ms"] == interval], f"{label}: packets every {interval:.0f} ms"), flush=True)
+    return results
+
+
+def _write(results: list[dict[str, Any]], base: pathlib.Path, label: str) -> None:
+    base.with_suffix(".json").write_text(json.dumps(results, indent=1))
+    for interval in sorted({r["interval_ms"] for r in results}):
+        rows = [r for r in results if r["interval_ms"] == interval]
+        suffix = "" if interval == 100 else f"-{interval:.0f}ms"
+        title = f"{label}: packets every {interval:.0f} ms"
+        (base.parent / f"{base.name}{suffix}.md").write_text(markdown(rows, title))
+        plot(rows, base.parent / f"{base.name}{suffix}.png", title)

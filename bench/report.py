@@ -1,0 +1,98 @@
+"""The ladder's results as a Markdown table and a PNG plot."""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+
+def _pair(bridge: dict | None, floor: dict | None, key: str, sub: str | None = None, fmt: str = "{:.1f}") -> str:
+    def one(result: dict | None) -> str:
+        if result is None or key not in result:
+            return "-"
+        value = result[key] if sub is None else result[key].get(sub)
+        return "-" if value is None else fmt.format(value)
+    return f"{one(bridge)} / {one(floor)}"
+
+
+def markdown(results: list[dict[str, Any]], title: str) -> str:
+    """One row per N; each cell is "bridge / floor" where both were measured."""
+    by_n: dict[int, dict[str, dict]] = {}
+    for result in results:
+        by_n.setdefault(result["users"], {})[result["target"]] = result
+    rows = [
+        ("CPU ms per session-second", "cpu_ms_per_session_second", None, "{:.1f}"),
+        ("RSS MiB per session", "rss_mib_per_session", None, "{:.2f}"),
+        ("steady latency p50 ms", "steady_latency_ms", "p50", "{:.1f}"),
+        ("steady latency p99 ms", "steady_latency_ms", "p99", "{:.1f}"),
+        ("steady latency max ms", "steady_latency_ms", "max", "{:.0f}"),
+        ("storm: streaming users' p50 ms", "storm_latency_ms", "p50", "{:.1f}"),
+        ("storm: streaming users' p99 ms", "storm_latency_ms", "p99", "{:.0f}"),
+        ("storm: streaming users' max ms", "storm_latency_ms", "max", "{:.0f}"),
+        ("N joins at once, all done ms", "join_all_ms", None, "{:.0f}"),
+        ("storm (N more join), all done ms", "storm_all_ms", None, "{:.0f}"),
+        ("packets missing / expected", "packets_missing", None, "{:d}"),
+    ]
+    ns = sorted(by_n)
+    lines = [f"## {title}", "", "Each cell: bridge / floor (the bare livekit receiver).", "",
+             "| | " + " | ".join(f"N={n}" for n in ns) + " |", "|---|" + "---|" * len(ns)]
+    for label, key, sub, fmt in rows:
+        cells = [_pair(by_n[n].get("bridge"), by_n[n].get("floor"), key, sub, fmt) for n in ns]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += ["", "Bridge only:", "", "| | " + " | ".join(f"N={n}" for n in ns) + " |", "|---|" + "---|" * len(ns)]
+    bridge_rows = [
+        ("packets: expected / missing / LiveKit lost / bridge dropped",
+         lambda r: f"{r['packets_expected']} / {r['packets_missing']} / {r['livekit_lost']} / {r['bridge_dropped']}"),
+        ("JoinRoom p50 / p99 ms (N at once)", lambda r: f"{r['join_ms']['p50']:.0f} / {r['join_ms']['p99']:.0f}"),
+        ("replace p50 / p99 ms", lambda r: f"{r['replace_ms']['p50']:.0f} / {r['replace_ms']['p99']:.0f}"),
+        ("LeaveRoom p50 / p99 ms", lambda r: f"{r['leave_ms']['p50']:.0f} / {r['leave_ms']['p99']:.0f}"),
+    ]
+    for stage in ("ffi_to_trio", "queued", "grpc_write"):
+        for window in ("steady", "storm"):
+            bridge_rows.append((f"stage {stage}, {window}: p50 / p99 ms (bucket bounds)",
+                                lambda r, s=stage, w=window: "{} / {}".format(
+                                    r[f"stages_{w}_ms"].get(s, {}).get("p50", "-"),
+                                    r[f"stages_{w}_ms"].get(s, {}).get("p99", "-"))))
+    for label, cell in bridge_rows:
+        cells = [cell(by_n[n]["bridge"]) if "bridge" in by_n[n] else "-" for n in ns]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += ["", "CPU ms per session-second by thread (bridge / floor):", ""]
+    for n in ns:
+        parts = []
+        for target in ("bridge", "floor"):
+            threads = by_n[n].get(target, {}).get("cpu_ms_per_session_second_by_thread", {})
+            parts.append(f"{target}: " + ", ".join(f"{name.strip()} {ms:.1f}" for name, ms in
+                                                    sorted(threads.items(), key=lambda kv: -kv[1]) if ms >= 0.1))
+        lines.append(f"- N={n}: " + "; ".join(parts))
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: list[dict[str, Any]], path: pathlib.Path, title: str) -> None:
+    """p99 latency (steady and storm) and CPU per session against N, bridge beside floor."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (latency_axes, cpu_axes) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for target, colour in (("bridge", "tab:blue"), ("floor", "tab:gray")):
+        rows = sorted((r for r in results if r["target"] == target), key=lambda r: r["users"])
+        if not rows:
+            continue
+        ns = [r["users"] for r in rows]
+        latency_axes.plot(ns, [r["steady_latency_ms"].get("p99", float("nan")) for r in rows], "o-", color=colour,
+                          label=f"{target}: steady p99")
+        latency_axes.plot(ns, [r["storm_latency_ms"].get("p99", float("nan")) for r in rows], "s--", color=colour,
+                          label=f"{target}: during join storm p99")
+        cpu_axes.plot(ns, [r["cpu_ms_per_session_second"] for r in rows], "o-", color=colour, label=target)
+    latency_axes.set(xlabel="users (N streaming; N more join in the storm)", ylabel="phone -> receiver ms",
+                     yscale="log", title="latency p99")
+    cpu_axes.set(xlabel="users streaming", ylabel="CPU ms per session-second", title="CPU per session")
+    cpu_axes.set_ylim(bottom=0)
+    for axes in (latency_axes, cpu_axes):
+        axes.grid(True, alpha=0.3)
+        axes.legend(fontsize=8)
+    figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
