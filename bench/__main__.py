@@ -47,7 +47,7 @@ from actors.log_setup import configure_logging  # noqa: E402
 from actors.settings import BridgeSettings  # noqa: E402
 from bridge_harness import cloud, join_request, token  # noqa: E402
 from bench.ladder import RESULTS, RungPlan, ladder  # noqa: E402
-from bench.profile_summary import summarize  # noqa: E402
+from bench.profile_summary import perf_summary, summarize  # noqa: E402
 from bench.playback import playback_latency  # noqa: E402
 
 JOINS = 30
@@ -146,6 +146,8 @@ def main() -> None:
     parser.add_argument("--bridge-env", action="append", default=[], metavar="NAME=VALUE",
                         help="environment for the bridge process, e.g. BRIDGE_MAX_CONCURRENT_CONNECTS=4")
     parser.add_argument("--no-floor", action="store_true", help="measure the bridge alone")
+    parser.add_argument("--floor-max-users", type=int, metavar="N",
+                        help="run the floor only up to N users (it collapses past about 50: python-sdks issue 812)")
     parser.add_argument("--ladder-only", action="store_true", help="skip the single-session benchmarks")
     parser.add_argument("--label", default="", help="a word for the result files' names")
     parser.add_argument("--profile", type=int, metavar="N",
@@ -158,6 +160,7 @@ def main() -> None:
         ladder([RungPlan(users=args.profile, steady=args.steady, replacements=1, bridge_env=bridge_env,
                          profile=output)], floor=False, until_it_breaks=0, label=args.label or "profile")
         print(summarize(output), flush=True)
+        print("\n### every thread, by library (perf, software clock)\n" + perf_summary(pathlib.Path(f"{output}.perf")))
         print(f"profile: {output} (open in https://www.speedscope.app)", flush=True)
         return
     if args.quick:
@@ -167,7 +170,8 @@ def main() -> None:
         return
     plans = [RungPlan(users=int(n), steady=args.steady, bridge_env=bridge_env) for n in args.users.split(",")]
     plans.append(RungPlan(users=20, interval=0.02, steady=args.steady, bridge_env=bridge_env))
-    ladder(plans, floor=not args.no_floor, until_it_breaks=args.until_it_breaks, label=args.label or "ladder")
+    ladder(plans, floor=not args.no_floor, until_it_breaks=args.until_it_breaks, label=args.label or "ladder",
+           floor_max_users=args.floor_max_users)
     if not args.ladder_only:
         trio.run(single_session_benchmarks)
 

@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from proto.mentra.livekit import bridge as pb  # noqa: E402
 from proto.mentra.livekit.bridge import debug as debug_pb  # noqa: E402
 from proto.runtime_messages import AudioChunk  # noqa: E402
-from receiver_commands import serve_commands  # noqa: E402
+from receiver_commands import join_all_at_once, serve_commands  # noqa: E402
 from stamps import Arrivals  # noqa: E402
 
 
@@ -67,7 +67,10 @@ class Cloud:
 
     async def join_one(self, user: str) -> tuple[float, str]:
         started = time.perf_counter()
-        answer = await self.stub.join_room(join_request(user))
+        try:
+            answer = await self.stub.join_room(join_request(user))
+        except GRPCError as error:  # e.g. DEADLINE_EXCEEDED when the bridge is overloaded
+            return (time.perf_counter() - started) * 1000, f"{error.status.name}: {error.message}"
         took = (time.perf_counter() - started) * 1000
         if answer.success:  # as the cloud does: a new StreamAudio for each JoinRoom
             if user in self.streams:
@@ -76,10 +79,7 @@ class Cloud:
         return took, "" if answer.success else answer.error
 
     async def join(self, command: dict[str, Any]) -> dict[str, Any]:
-        started = time.perf_counter()
-        results = await asyncio.gather(*(self.join_one(user) for user in command["users"]))
-        return {"all_ms": (time.perf_counter() - started) * 1000, "ms": [took for took, _ in results],
-                "failed": {user: error for user, (_, error) in zip(command["users"], results) if error}}
+        return await join_all_at_once(command["users"], self.join_one)
 
     async def replace(self, command: dict[str, Any]) -> dict[str, Any]:
         results = [await self.join_one(user) for user in command["users"]]

@@ -16,7 +16,7 @@ from typing import Any
 
 from livekit import api, rtc
 
-from receiver_commands import serve_commands
+from receiver_commands import join_all_at_once, serve_commands
 from stamps import Arrivals
 
 
@@ -43,10 +43,7 @@ class Floor:
         return (time.perf_counter() - started) * 1000, ""
 
     async def join(self, command: dict[str, Any]) -> dict[str, Any]:
-        started = time.perf_counter()
-        results = await asyncio.gather(*(self.join_one(user) for user in command["users"]))
-        return {"all_ms": (time.perf_counter() - started) * 1000, "ms": [took for took, _ in results],
-                "failed": {user: error for user, (_, error) in zip(command["users"], results) if error}}
+        return await join_all_at_once(command["users"], self.join_one)
 
     async def take_arrivals(self, command: dict[str, Any]) -> dict[str, Any]:
         return self.arrivals.take()

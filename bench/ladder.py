@@ -30,6 +30,7 @@ import json
 import math
 import os
 import pathlib
+import shutil
 import socket
 import statistics
 import subprocess
@@ -160,18 +161,25 @@ def bridge_process(livekit: DevLiveKit, env: dict[str, str], extra: dict[str, st
 
 @contextlib.contextmanager
 def profiled(pid: int, output: pathlib.Path | None, seconds: float) -> Iterator[None]:
-    """py-spy samples ``pid`` (Python and native frames, all threads) while the block runs."""
+    """While the block runs, py-spy samples ``pid``'s threads that run Python
+    (Python and native frames) into ``output``, and, where perf is installed,
+    perf samples every thread (software clock) into ``output`` + ".perf"."""
     if output is None:
         yield
         return
-    spy = subprocess.Popen([str(pathlib.Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid),
-                            "--native", "--threads", "--rate", "200", "--duration", str(int(seconds)),
-                            "--format", "speedscope", "--output", str(output)],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    profilers = [subprocess.Popen(
+        [str(pathlib.Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid), "--native",
+         "--threads", "--rate", "200", "--duration", str(int(seconds)), "--format", "speedscope",
+         "--output", str(output)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    if shutil.which("perf"):
+        profilers.append(subprocess.Popen(
+            ["perf", "record", "-e", "cpu-clock", "-F", "499", "-g", "-p", str(pid), "-o", f"{output}.perf",
+             "--", "sleep", str(seconds)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     try:
         yield
     finally:
-        spy.wait(timeout=seconds + 30)
+        for profiler in profilers:
+            profiler.wait(timeout=seconds + 60)
 
 
 def stage_buckets(metrics_port: int) -> dict[str, list[tuple[float, float]]]:
@@ -326,12 +334,13 @@ FLOOR_GIVES_UP_MS = 2000
 def holds(result: dict[str, Any]) -> bool:
     """The bridge still works at this load: every join succeeded, nothing
     much was lost, and steady latency stays under half a second."""
-    return (not result["join_failed"] and not result["storm_failed"]
+    return ("broke" not in result and not result["join_failed"] and not result["storm_failed"]
             and result["packets_missing"] <= 0.05 * max(1, result["packets_expected"])
             and result["steady_latency_ms"].get("p99", float("inf")) < 500)
 
 
-def ladder(plans: list[RungPlan], *, floor: bool, until_it_breaks: int, label: str) -> list[dict[str, Any]]:
+def ladder(plans: list[RungPlan], *, floor: bool, until_it_breaks: int, label: str,
+           floor_max_users: int | None = None) -> list[dict[str, Any]]:
     """Run the rungs (bridge, then floor, for each plan), then more rungs of
     100 ms packets in steps of 50 up to ``until_it_breaks`` users while the
     bridge holds; write the results under bench/results/ as they come."""
@@ -349,14 +358,21 @@ def ladder(plans: list[RungPlan], *, floor: bool, until_it_breaks: int, label: s
         while index < len(plans):
             plan = plans[index]
             targets = ["bridge"]
-            if floor and plan.users <= floor_broke_at.get(plan.interval, plan.users):
+            if floor and plan.users <= min(floor_broke_at.get(plan.interval, plan.users),
+                                           floor_max_users or plan.users):
                 targets.append("floor")
             for target in targets:
                 print(f"ladder: {target}, N={plan.users}, packets every {plan.interval * 1000:.0f} ms", flush=True)
-                result = run_rung(livekit, target, plan, f"{stamp[-6:]}-{index}")
+                try:
+                    result = run_rung(livekit, target, plan, f"{stamp[-6:]}-{index}")
+                except RuntimeError as error:  # a receiver gave up: this is where it breaks
+                    print(f"ladder: {target} broke at N={plan.users}: {error}", flush=True)
+                    result = {"target": target, "users": plan.users, "interval_ms": plan.interval * 1000,
+                              "broke": str(error)}
                 results.append(result)
                 _write(results, base, label)
-                if target == "floor" and result["steady_latency_ms"].get("p99", float("inf")) > FLOOR_GIVES_UP_MS:
+                if target == "floor" and ("broke" in result or
+                                          result["steady_latency_ms"].get("p99", float("inf")) > FLOOR_GIVES_UP_MS):
                     floor_broke_at.setdefault(plan.interval, plan.users)
                     print(f"ladder: the floor no longer keeps up at N={plan.users}; not run above it", flush=True)
             bridge_result = next(r for r in reversed(results) if r["target"] == "bridge")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import collections
 import json
 import pathlib
+import shutil
+import subprocess
 
 
 def summarize(path: pathlib.Path, top: int = 20) -> str:
@@ -34,3 +36,13 @@ def summarize(path: pathlib.Path, top: int = 20) -> str:
         lines.append("self:")
         lines += [f"  {100 * w / weight:5.1f} %  {name}" for name, w in own.most_common(top)]
     return "\n".join(lines)
+
+
+def perf_summary(path: pathlib.Path) -> str:
+    """CPU samples of every thread by thread name and library (perf report),
+    the view py-spy lacks: threads that never run Python."""
+    if not path.exists() or not shutil.which("perf"):
+        return "(no perf profile)"
+    report = subprocess.run(["perf", "report", "-i", str(path), "--stdio", "--no-children", "--sort", "comm,dso",
+                             "--percent-limit", "1", "-g", "none"], capture_output=True, text=True)
+    return "\n".join(line for line in report.stdout.splitlines() if line.strip() and not line.startswith("#"))

@@ -6,10 +6,21 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 Command = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+#: join_one(user) -> (milliseconds it took, "" or why it failed)
+JoinOne = Callable[[str], Awaitable[tuple[float, str]]]
+
+
+async def join_all_at_once(users: list[str], join_one: JoinOne) -> dict[str, Any]:
+    """Join every user at once: how long until all answered, each one's time, and the failures."""
+    started = time.perf_counter()
+    results = await asyncio.gather(*(join_one(user) for user in users))
+    return {"all_ms": (time.perf_counter() - started) * 1000, "ms": [took for took, _ in results],
+            "failed": {user: error for user, (_, error) in zip(users, results) if error}}
 
 
 async def serve_commands(commands: dict[str, Command]) -> None:

@@ -43,6 +43,7 @@ def markdown(results: list[dict[str, Any]], title: str) -> str:
     bridge_rows = [
         ("packets: expected / missing / LiveKit lost / bridge dropped",
          lambda r: f"{r['packets_expected']} / {r['packets_missing']} / {r['livekit_lost']} / {r['bridge_dropped']}"),
+        ("JoinRoom failures: N at once / storm", lambda r: f"{r['join_failed']} / {r['storm_failed']}"),
         ("JoinRoom p50 / p99 ms (N at once)", lambda r: f"{r['join_ms']['p50']:.0f} / {r['join_ms']['p99']:.0f}"),
         ("replace p50 / p99 ms", lambda r: f"{r['replace_ms']['p50']:.0f} / {r['replace_ms']['p99']:.0f}"),
         ("LeaveRoom p50 / p99 ms", lambda r: f"{r['leave_ms']['p50']:.0f} / {r['leave_ms']['p99']:.0f}"),
@@ -53,9 +54,12 @@ def markdown(results: list[dict[str, Any]], title: str) -> str:
                                 lambda r, s=stage, w=window: "{} / {}".format(
                                     r[f"stages_{w}_ms"].get(s, {}).get("p50", "-"),
                                     r[f"stages_{w}_ms"].get(s, {}).get("p99", "-"))))
+    broken = {n: by_n[n]["bridge"]["broke"] for n in ns if "broke" in by_n[n].get("bridge", {})}
     for label, cell in bridge_rows:
-        cells = [cell(by_n[n]["bridge"]) if "bridge" in by_n[n] else "-" for n in ns]
+        cells = [cell(by_n[n]["bridge"]) if "bridge" in by_n[n] and n not in broken else "-" for n in ns]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    for n, why in sorted(broken.items()):
+        lines += ["", f"The bridge broke at N={n}: {why}"]
     lines += ["", "CPU ms per session-second by thread (bridge / floor):", ""]
     for n in ns:
         parts = []
@@ -76,7 +80,7 @@ def plot(results: list[dict[str, Any]], path: pathlib.Path, title: str) -> None:
 
     figure, (latency_axes, cpu_axes) = plt.subplots(1, 2, figsize=(11, 4.2))
     for target, colour in (("bridge", "tab:blue"), ("floor", "tab:gray")):
-        rows = sorted((r for r in results if r["target"] == target), key=lambda r: r["users"])
+        rows = sorted((r for r in results if r["target"] == target and "broke" not in r), key=lambda r: r["users"])
         if not rows:
             continue
         ns = [r["users"] for r in rows]
