@@ -6,6 +6,8 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 python := ".venv/bin/python"
 livekit_version := "1.13.5"
 livekit_server := ".tools/bin/livekit-server"
+grpcurl_version := "1.9.4"
+grpcurl := ".tools/bin/grpcurl"
 
 # (Only the bridge when LIVEKIT_URL, LIVEKIT_API_KEY and LIVEKIT_API_SECRET name a server.)
 # The main job: a local LiveKit dev server plus the bridge.
@@ -32,7 +34,7 @@ proto: venv
     {{python}} -m proto.generate
 
 # Everything the bridge and its tests need.
-setup: venv system-packages livekit-server node-client
+setup: venv system-packages livekit-server grpcurl node-client
 
 # The virtualenv with the pinned packages, refreshed when pyproject.toml changes.
 venv:
@@ -70,6 +72,19 @@ livekit-server:
         tmp=$(mktemp -d)
         GOBIN=$tmp go install github.com/livekit/livekit-server/cmd/server@v{{livekit_version}}
         mkdir -p .tools/bin && mv "$tmp/server" {{livekit_server}} && rmdir "$tmp"
+    fi
+
+# grpcurl from the Go module proxy, for the tests of health and reflection (tests/test_standard_services.py).
+grpcurl:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    # (go install builds report "dev build", not their version: a stamp file says which it is.)
+    if [ ! -x {{grpcurl}} ] || [ ! -f {{grpcurl}}-{{grpcurl_version}}.built ]; then
+        echo "building grpcurl {{grpcurl_version}} with go install"
+        tmp=$(mktemp -d)
+        GOBIN=$tmp go install github.com/fullstorydev/grpcurl/cmd/grpcurl@v{{grpcurl_version}}
+        mkdir -p .tools/bin && mv "$tmp/grpcurl" {{grpcurl}} && rmdir "$tmp"
+        rm -f {{grpcurl}}-*.built && touch {{grpcurl}}-{{grpcurl_version}}.built
     fi
 
 # (Skipped, and its test with it, on a machine without Node.js.)

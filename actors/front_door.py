@@ -19,12 +19,14 @@ import grpclib.server
 import trio
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
+from grpclib.health.check import ServiceStatus
 from trio_asyncio import aio_as_trio, trio_as_aio
 
 from proto.mentra.livekit import bridge as pb
 from proto.mentra.livekit.bridge import debug as debug_pb
 from proto.runtime_messages import AudioChunk
 
+from .grpc.standard_services import with_standard_services
 from .grpc.transport import read_message, serve_grpc
 from .audio.fetch import FetchError, check_url
 from .live_objects import live_objects
@@ -64,6 +66,8 @@ class FrontDoor:
         self.active_streams = 0
         #: Set by drain(): new calls are refused, HealthCheck says NOT_SERVING.
         self.draining = False
+        #: What grpc.health.v1 Health answers: SERVING once listening, NOT_SERVING once draining.
+        self.readiness = ServiceStatus()
         self._open_calls: set[trio.CancelScope] = set()
 
     def __mapping__(self) -> dict[str, grpclib.const.Handler]:
@@ -113,6 +117,7 @@ class FrontDoor:
         go to another bridge instance; HealthCheck answers NOT_SERVING from now
         on. Returns once the open calls have ended (at most ``timeout`` s)."""
         self.draining = True
+        self.readiness.set(False)
         for scope in list(self._open_calls):
             scope.cancel()
         with trio.move_on_after(timeout):
@@ -372,7 +377,10 @@ def _require(value: str, what: str) -> None:
 async def serve_front_door(
     front_door: FrontDoor, settings: BridgeSettings, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve the bridge's gRPC services until cancelled; reports the address it listens on once ready."""
-    await serve_grpc([front_door], host=settings.host, port=settings.port, unix_socket=settings.unix_socket,
+    """Serve the bridge's gRPC services, with grpc.health.v1 and server
+    reflection beside them, until cancelled; reports the address it listens
+    on once ready."""
+    front_door.readiness.set(True)
+    await serve_grpc(with_standard_services([front_door], front_door.readiness), host=settings.host, port=settings.port, unix_socket=settings.unix_socket,
                      max_concurrent_streams=settings.max_concurrent_streams,
                      close_timeout=settings.teardown_timeout, task_status=task_status)

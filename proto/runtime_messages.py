@@ -17,8 +17,11 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 _DESCRIPTOR_SET = pathlib.Path(__file__).with_name("descriptors.binpb")
 
+#: The .proto files as FileDescriptorProtos (for server reflection too).
+DESCRIPTOR_SET_FILES = list(descriptor_pb2.FileDescriptorSet.FromString(_DESCRIPTOR_SET.read_bytes()).file)
+
 _pool = descriptor_pool.DescriptorPool()
-for _file in descriptor_pb2.FileDescriptorSet.FromString(_DESCRIPTOR_SET.read_bytes()).file:
+for _file in DESCRIPTOR_SET_FILES:
     _pool.Add(_file)
 
 #: mentra.livekit.bridge.AudioChunk, on the protobuf runtime.

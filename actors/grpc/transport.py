@@ -50,6 +50,38 @@ async def read_message(stream: grpclib.server.Stream, limit: int) -> Any:
         raise GRPCError(Status.INVALID_ARGUMENT, f"malformed {stream._recv_type.__name__}: {error}") from None
 
 
+_grpclib_abort = grpclib.server._abort
+
+
+async def _abort_as_grpc(h2_stream: Any, h2_status: int, grpc_status: Status | None = None,
+                         grpc_message: str | None = None) -> None:
+    """grpclib's answer to a call it cannot serve, well-formed for gRPC clients.
+
+    grpclib answers an unknown service or method with HTTP 200 and
+    grpc-status UNIMPLEMENTED but no content-type, which grpc-go clients
+    (grpcurl among them) report as "malformed header: missing HTTP
+    content-type" instead of UNIMPLEMENTED. An HTTP 200 answer gets the gRPC
+    content-type here; the other answers (405, 415, 400) are not gRPC
+    responses and stay as they are.
+    """
+    if h2_status != 200:
+        await _grpclib_abort(h2_stream, h2_status, grpc_status, grpc_message)
+        return
+    headers = [(":status", "200"), ("content-type", "application/grpc")]
+    if grpc_status is not None:
+        headers.append(("grpc-status", str(grpc_status.value)))
+    if grpc_message is not None:
+        headers.append(("grpc-message", grpc_message))
+    await h2_stream.send_headers(headers, end_stream=True)
+    if h2_stream.closable:
+        h2_stream.reset_nowait()
+
+
+# request_handler looks _abort up at call time; grpclib is pinned (pyproject.toml)
+# and tests/test_standard_services.py checks the answer with grpcurl.
+grpclib.server._abort = _abort_as_grpc
+
+
 class _ManyStreamsProtocol(H2Protocol):
     """grpclib's protocol with h2's limit of 100 concurrent streams lifted.
 

@@ -1,0 +1,74 @@
+"""Generic gRPC tools work against the bridge: grpcurl lists, describes and
+calls through server reflection (over TCP and the Unix socket),
+grpc.health.v1 answers SERVING and then NOT_SERVING while draining, and an
+unknown service is a well-formed UNIMPLEMENTED for grpc-go clients too."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+
+import trio
+import trio_asyncio
+
+from actors.bridge import run_bridge
+
+GRPCURL = pathlib.Path(__file__).resolve().parent.parent / ".tools" / "bin" / "grpcurl"
+
+
+async def grpcurl(address: str, *words: str, data: str | None = None) -> str:
+    """Run ``grpcurl [-d data] ADDRESS WORDS...`` against the bridge at
+    ``address`` ("host:port" or "unix:/path"); its stdout."""
+    target = ["-unix", address[len("unix:"):]] if address.startswith("unix:") else [address]
+    flags = ["-plaintext", "-max-time", "20"] + (["-d", data] if data is not None else [])
+    done = await trio.run_process([str(GRPCURL), *flags, *target, *words],
+                                  capture_stdout=True, capture_stderr=True, check=False)
+    assert done.returncode == 0, done.stderr.decode()
+    return done.stdout.decode()
+
+
+async def test_grpcurl_lists_describes_and_calls_through_reflection(bridge) -> None:
+    services = (await grpcurl(bridge.address, "list")).split()
+    assert {"mentra.livekit.bridge.LiveKitBridge", "mentra.livekit.bridge.debug.BridgeDebug",
+            "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection"} <= set(services)
+    methods = (await grpcurl(bridge.address, "list", "mentra.livekit.bridge.LiveKitBridge")).split()
+    assert "mentra.livekit.bridge.LiveKitBridge.StreamAudio" in methods
+    described = await grpcurl(bridge.address, "describe", "mentra.livekit.bridge.AudioChunk")
+    assert "bytes pcm_data = 1;" in described and "string user_id = 5;" in described
+    answer = json.loads(await grpcurl(bridge.address, "mentra.livekit.bridge.LiveKitBridge/HealthCheck", data="{}"))
+    assert answer["status"] == "SERVING"
+
+
+async def test_health_is_serving_then_not_serving_while_draining(bridge) -> None:
+    async def health(service: str) -> str:
+        request = json.dumps({"service": service})
+        return json.loads(await grpcurl(bridge.address, "grpc.health.v1.Health/Check", data=request))["status"]
+
+    assert await health("") == "SERVING"
+    assert await health("mentra.livekit.bridge.LiveKitBridge") == "SERVING"
+    await bridge.front_door.drain(timeout=1)
+    assert await health("") == "NOT_SERVING"
+    assert await health("mentra.livekit.bridge.LiveKitBridge") == "NOT_SERVING"
+
+
+async def test_reflection_works_over_the_unix_socket(bridge_settings, tmp_path: pathlib.Path) -> None:
+    settings = dataclasses.replace(bridge_settings, unix_socket=str(tmp_path / "bridge.sock"))
+    async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
+        running = await nursery.start(run_bridge, settings)
+        assert "mentra.livekit.bridge.LiveKitBridge" in (await grpcurl(running.address, "list")).split()
+        nursery.cancel_scope.cancel()
+
+
+async def test_an_unknown_service_is_a_well_formed_unimplemented(bridge, tmp_path: pathlib.Path) -> None:
+    """grpc-go (grpcurl) is strict: without the gRPC content-type on the
+    answer it reports a malformed header instead of the status."""
+    (tmp_path / "nothing.proto").write_text(
+        'syntax = "proto3"; package nothing; message E {} service Nothing { rpc Here(E) returns (E); }')
+    done = await trio.run_process(
+        [str(GRPCURL), "-plaintext", "-max-time", "20", "-import-path", str(tmp_path), "-proto", "nothing.proto",
+         "-d", "{}", bridge.address, "nothing.Nothing/Here"], capture_stdout=True, capture_stderr=True, check=False)
+    assert done.returncode != 0
+    answer = done.stderr.decode()
+    assert "Code: Unimplemented" in answer, answer
+    assert "malformed header" not in answer
