@@ -10,7 +10,7 @@ import trio_asyncio
 from . import asyncio_compat
 from .front_door import FrontDoor, serve_front_door
 from .livekit.sdk_core import configure_sdk_core
-from .metrics import serve_metrics
+from .metrics import count_restart, serve_metrics
 from .runtime import Child, RestartPolicy, Supervisor
 from .session_supervisor import SessionSupervisor
 from .settings import BridgeSettings
@@ -50,7 +50,7 @@ async def _run(settings: BridgeSettings, task_status: trio.TaskStatus[RunningBri
 
 async def _run_actors(settings: BridgeSettings, task_status: trio.TaskStatus[RunningBridge]) -> None:
     async with trio.open_nursery() as nursery:
-        root = Supervisor(nursery)
+        root = Supervisor(nursery, on_restart=count_restart)
         # A crashed session supervisor loses its sessions (they live in its
         # nursery) but comes back clean; the cloud's next JoinRoom recreates them.
         sessions = await root.start(

@@ -27,13 +27,13 @@ from proto.mentra.livekit.bridge import debug as debug_pb
 from proto.runtime_messages import AudioChunk
 
 from .grpc.standard_services import with_standard_services
-from .grpc.transport import read_message, serve_grpc
+from .grpc.transport import read_message, serve_grpc, timed
 from .audio.fetch import FetchError, check_url
 from .live_objects import live_objects
 from .messages import (FAULT_KINDS, SIMULATED_SCENARIOS, AttachStream, Fault, GetHealth, GetStatus, Join, Leave, NotPlayable, Play,
                        StopPlayback, is_fault_kind)
 from .playback import PlaybackEvent, PlaybackRequest
-from .metrics import MIC_GRPC_WRITE, MIC_QUEUED
+from .metrics import MIC_FORWARDED, MIC_GRPC_WRITE, MIC_QUEUED, RPC_SECONDS, STREAMS
 from .mic_audio import MIC_CHANNELS, MIC_SAMPLE_RATE
 from .runtime import ActorGone, Child, MailboxFull
 from .settings import BridgeSettings
@@ -68,9 +68,13 @@ class FrontDoor:
         self.draining = False
         #: What grpc.health.v1 Health answers: SERVING once listening, NOT_SERVING once draining.
         self.readiness = ServiceStatus()
+        STREAMS.set_function(lambda: self.active_streams)
         self._open_calls: set[trio.CancelScope] = set()
 
     def __mapping__(self) -> dict[str, grpclib.const.Handler]:
+        return {path: timed(path, handler, RPC_SECONDS) for path, handler in self._handlers().items()}
+
+    def _handlers(self) -> dict[str, grpclib.const.Handler]:
         return {
             SERVICE + "StreamAudio": self._handler(
                 # The audio path's message on the protobuf runtime: ~1 us a chunk, not ~70 (proto/runtime_messages.py).
@@ -319,6 +323,7 @@ class FrontDoor:
             if sending.cancelled_caught:
                 raise GRPCError(Status.UNAVAILABLE, f"client of user {user_id!r} stopped reading audio")
             MIC_GRPC_WRITE.observe(time.monotonic() - sending_at)
+            MIC_FORWARDED.inc()
 
     async def _publish_client_audio(self, stream: grpclib.server.Stream, lease: StreamLease,
                                     first: AudioChunk) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Any
 
 import prometheus_client
 from loguru import logger
@@ -32,6 +33,41 @@ ROOM_CONNECT_SECONDS = prometheus_client.Histogram(
 )
 ROOM_CONNECT_WAIT = ROOM_CONNECT_SECONDS.labels("wait")
 ROOM_CONNECT = ROOM_CONNECT_SECONDS.labels("connect")
+
+
+MIC_PACKETS = prometheus_client.Counter(
+    "bridge_mic_packets",
+    "Phone microphone packets: received (from LiveKit, the user's phone), forwarded (written to the cloud's "
+    "StreamAudio), dropped (the user's buffer was full: the oldest went), lost (sequence gaps: lost before the "
+    "bridge, in LiveKit or the network).",
+    ["outcome"],
+)
+MIC_RECEIVED = MIC_PACKETS.labels("received")
+MIC_FORWARDED = MIC_PACKETS.labels("forwarded")
+MIC_DROPPED = MIC_PACKETS.labels("dropped")
+MIC_LOST = MIC_PACKETS.labels("lost")
+
+SESSIONS = prometheus_client.Gauge("bridge_sessions", "User sessions (one per user with a JoinRoom in force).")
+STREAMS = prometheus_client.Gauge("bridge_streams", "Open StreamAudio calls.")
+JOINS = prometheus_client.Counter(
+    "bridge_joins", "JoinRoom calls handled, by result: joined, replaced (a session was torn down first), failed.",
+    ["result"])
+SESSIONS_ENDED = prometheus_client.Counter(
+    "bridge_sessions_ended", "Sessions that ended by themselves: reaped (no StreamAudio consumer for "
+    "BRIDGE_IDLE_SESSION_TTL), given_up (crashed more often than its restart policy allows).", ["reason"])
+PLAYBACKS = prometheus_client.Counter(
+    "bridge_playbacks", "PlayAudio calls by outcome: completed, failed, stopped.", ["outcome"])
+ACTOR_RESTARTS = prometheus_client.Counter(
+    "bridge_actor_restarts", "Actors restarted by their supervisor, by kind of actor.", ["kind"])
+RPC_SECONDS = prometheus_client.Histogram(
+    "bridge_rpc_seconds", "gRPC calls of the bridge's services: duration by method and status code "
+    "(StreamAudio and PlayAudio last as long as their streams).", ["method", "code"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0))
+
+
+def count_restart(child: Any) -> None:
+    """A supervisor's on_restart hook: counts the restart by kind of actor."""
+    ACTOR_RESTARTS.labels(type(child.actor).__name__).inc()
 
 
 @contextlib.contextmanager

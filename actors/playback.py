@@ -25,6 +25,7 @@ from .audio.decoder import DecodeError, OutputFormat, SourceFormat, decode_frame
 from .audio.fetch import FetchError, FetchLimits, open_audio_url, redacted
 from .audio.formats import HEAD_BYTES, UnsupportedAudio, detect_container, wav_layout
 from .livekit.output_tracks import OutputTrack, OutputTracks, TrackFormatMismatch
+from .metrics import PLAYBACKS
 from .runtime import Actor, DropOldestBuffer, only_cancelled
 
 #: Rate and channels of a track a playback publishes itself (Opus's own rate).
@@ -124,6 +125,7 @@ class Playback(Actor):
 
     def _finish(self, outcome: PlaybackEvent) -> None:
         self._state = outcome.kind.lower()
+        PLAYBACKS.labels("stopped" if outcome.metadata.get("stopped") else outcome.kind.lower()).inc()
         self.events.push(outcome)
         self.events.close()
         log = logger.info if outcome.kind == "COMPLETED" or outcome.metadata.get("stopped") else logger.warning

@@ -28,6 +28,7 @@ import trio
 from loguru import logger
 
 from .livekit.room import AbandonedConnect, RoomConnectError
+from .metrics import JOINS, SESSIONS, SESSIONS_ENDED, count_restart
 from .messages import (AttachStream, Fault, GetHealth, GetStatus, Health, Join, Joined, Leave, Play,
                        SessionStatus, StopPlayback)
 from .runtime import Actor, ActorGone, Child, MailboxFull, Request, Restart, RestartPolicy, Supervisor
@@ -73,8 +74,9 @@ class SessionSupervisor(Actor):
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             # A session's own teardown is bounded (leave, stream end); this is the backstop.
-            self._supervisor = Supervisor(nursery, on_exit=self._on_session_exit,
+            self._supervisor = Supervisor(nursery, on_exit=self._on_session_exit, on_restart=count_restart,
                                           teardown_timeout=self._settings.teardown_timeout * 3)
+            SESSIONS.set_function(lambda: len(self._sessions))
             nursery.start_soon(self._reap_unattended_sessions)
             task_status.started()
             try:
@@ -189,6 +191,7 @@ class SessionSupervisor(Actor):
             child = await self._supervisor.start(lambda: UserSession(join, self._settings, line, self._connect_slots), policy=policy)
         except RoomConnectError as error:
             self._failed_joins += 1
+            JOINS.labels("failed").inc()
             if error.abandoned is not None:
                 self._forget_settled_connects()
                 self._abandoned_connects[join.user_id] = error.abandoned
@@ -197,11 +200,14 @@ class SessionSupervisor(Actor):
             return Joined(False, error=str(error))
         except Exception as error:
             self._failed_joins += 1
+            JOINS.labels("failed").inc()
             line.close()
             logger.opt(exception=error).error("user {}: JoinRoom failed unexpectedly", join.user_id)
             return Joined(False, error=f"could not join the room: {type(error).__name__}: {error}")
         if child.done.is_set():  # it ended between reporting started and now
+            JOINS.labels("failed").inc()
             return Joined(False, error=f"the session ended at once: {child.last_error or 'no error recorded'}")
+        JOINS.labels("joined" if old is None else "replaced").inc()
         self._sessions[join.user_id] = child
         self._ended.pop(join.user_id, None)
         return child.start_value
@@ -221,6 +227,7 @@ class SessionSupervisor(Actor):
             return  # replaced or left meanwhile
         del self._sessions[reap.user_id]
         self._reaped += 1
+        SESSIONS_ENDED.labels("reaped").inc()
         logger.warning("user {}: {}", reap.user_id, reap.reason)
         self._remember_end(reap.user_id, reap.reason)
         await self._supervisor.stop(reap.session)
@@ -258,6 +265,7 @@ class SessionSupervisor(Actor):
         del self._sessions[user_id]
         if crash is not None:
             self._given_up += 1
+            SESSIONS_ENDED.labels("given_up").inc()
             why = f"the session crashed and was given up on after {child.restarts} restarts: {child.last_error}"
             logger.error("user {}: {}", user_id, why)
         else:

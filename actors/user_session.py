@@ -26,7 +26,7 @@ from .livekit.room import RoomConnectError, in_background, joined_room
 from .livekit.token import token_expiry
 from .messages import (AttachStream, Fault, GetStatus, Join, Joined, NotPlayable, Play, SessionStatus,
                        StopPlayback)
-from .metrics import MIC_FFI_TO_TRIO
+from .metrics import MIC_DROPPED, MIC_FFI_TO_TRIO, MIC_LOST, MIC_RECEIVED
 from .mic_audio import pcm_from_packet
 from .playback import Playback, PlaybackEvents
 from .runtime import Actor, Child, Supervisor, only_cancelled
@@ -281,15 +281,22 @@ class UserSession(Actor):
         if not sender:
             line.packets_unnamed += 1
         line.packets_received += 1
+        MIC_RECEIVED.inc()
         sequence, pcm = pcm_from_packet(payload)
         if sequence is not None:
+            lost_before = line.sequence.lost
             line.sequence.observe(sequence)
+            if line.sequence.lost != lost_before:
+                MIC_LOST.inc(line.sequence.lost - lost_before)
         if not pcm:
             line.packets_empty += 1
             return
         queued_at = time.monotonic()
         MIC_FFI_TO_TRIO.observe(queued_at - received_at)
+        dropped_before = line.mic.dropped
         line.mic.push(MicChunk(pcm, now_ms(), queued_at))
+        if line.mic.dropped != dropped_before:
+            MIC_DROPPED.inc()
 
     # -- cloud audio: cloud -> LiveKit ---------------------------------------
 

@@ -100,8 +100,9 @@ async def test_supervisor_sees_a_crash_and_the_asker_gets_the_error() -> None:
 
 
 async def test_restart_policy_restarts_then_gives_up() -> None:
+    restarted: list[int] = []
     async with trio.open_nursery() as nursery:
-        supervisor = Supervisor(nursery)
+        supervisor = Supervisor(nursery, on_restart=lambda child: restarted.append(child.restarts))
         child = await supervisor.start(EchoActor, policy=RestartPolicy(max_restarts=2, within_seconds=60))
         for expected_restarts in (1, 2):
             with pytest.raises(RuntimeError):
@@ -115,6 +116,7 @@ async def test_restart_policy_restarts_then_gives_up() -> None:
         await child.done.wait()
     assert child.state == ChildState.CRASHED
     assert child.restarts == 2
+    assert restarted == [1, 2], "on_restart is told of each restart, and only of restarts"
 
 
 async def test_failure_before_started_is_raised_by_start_and_leaves_nothing() -> None:

@@ -81,21 +81,27 @@ async def test_no_sdk_log_record_reaches_python_once_the_bridge_runs(bridge, liv
         sdk_logger.setLevel(previous_level)
 
 
-def stage_counts(port: int) -> dict[str, float]:
+def scrape(port: int) -> dict[tuple[str, frozenset], float]:
+    """Every sample on /metrics: (sample name, labels) -> value."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    return {sample.labels["stage"]: sample.value
-            for family in text_string_to_metric_families(text) if family.name == "bridge_mic_stage_seconds"
-            for sample in family.samples if sample.name == "bridge_mic_stage_seconds_count"}
+    return {(sample.name, frozenset(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
 
 
-async def test_metrics_show_each_stage_of_the_microphone_path(bridge_settings, livekit) -> None:
+def grown(before: dict, after: dict, name: str, **labels: str) -> float:
+    key = (name, frozenset(labels.items()))
+    return after.get(key, 0.0) - before.get(key, 0.0)
+
+
+async def test_metrics_show_the_audio_path_sessions_joins_and_calls(bridge_settings, livekit) -> None:
     port = free_port()
     settings = dataclasses.replace(bridge_settings, metrics_port=port)
     async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
         bridge = await nursery.start(run_bridge, settings)
-        before = await trio.to_thread.run_sync(stage_counts, port)
+        before = await trio.to_thread.run_sync(scrape, port)
         async with cloud(bridge.address) as client:
             assert (await client.join(join_request(livekit, "metered"))).success
+            assert not (await client.join(join_request(livekit, "refused", token="not-a-token"))).success
             async with client.audio_stream("metered") as stream, phone_in_room(livekit, "metered") as phone:
                 async with trio.open_nursery() as talking:
                     talking.start_soon(phone.keep_talking, 0.05)
@@ -103,7 +109,23 @@ async def test_metrics_show_each_stage_of_the_microphone_path(bridge_settings, l
                         for _ in range(10):
                             assert await stream.recv() is not None
                     talking.cancel_scope.cancel()
-        after = await trio.to_thread.run_sync(stage_counts, port)
+                during = await trio.to_thread.run_sync(scrape, port)
+            await client.leave("metered")
+        after = await trio.to_thread.run_sync(scrape, port)
         nursery.cancel_scope.cancel()
     for stage in ("ffi_to_trio", "queued", "grpc_write"):
-        assert after[stage] - before.get(stage, 0) >= 10, stage
+        assert grown(before, after, "bridge_mic_stage_seconds_count", stage=stage) >= 10, stage
+    assert grown(before, after, "bridge_mic_packets_total", outcome="received") >= 10
+    assert grown(before, after, "bridge_mic_packets_total", outcome="forwarded") >= 10
+    assert grown(before, after, "bridge_joins_total", result="joined") == 1
+    assert grown(before, after, "bridge_joins_total", result="failed") == 1
+    assert during[("bridge_sessions", frozenset())] == 1
+    assert during[("bridge_streams", frozenset())] == 1
+    assert after[("bridge_sessions", frozenset())] == 0
+    assert grown(before, after, "bridge_rpc_seconds_count", method="JoinRoom", code="OK") == 2
+    assert grown(before, after, "bridge_rpc_seconds_count", method="LeaveRoom", code="OK") == 1
+    stream_calls = {dict(labels)["code"]: value - before.get((name, labels), 0.0)
+                    for (name, labels), value in after.items()
+                    if name == "bridge_rpc_seconds_count" and dict(labels).get("method") == "StreamAudio"}
+    assert sum(stream_calls.values()) == 1, stream_calls  # its code: however the client's hang-up reached it
+    assert grown(before, after, "bridge_room_connect_seconds_count", phase="connect") >= 1

@@ -4,7 +4,9 @@ Unix socket. Nothing here knows the bridge's services."""
 
 from __future__ import annotations
 
+import asyncio
 import struct
+import time
 from typing import Any
 
 import grpclib.server
@@ -80,6 +82,31 @@ async def _abort_as_grpc(h2_stream: Any, h2_status: int, grpc_status: Status | N
 # request_handler looks _abort up at call time; grpclib is pinned (pyproject.toml)
 # and tests/test_standard_services.py checks the answer with grpcurl.
 grpclib.server._abort = _abort_as_grpc
+
+
+def timed(path: str, handler: grpclib.const.Handler, histogram: Any) -> grpclib.const.Handler:
+    """``handler``, observing each call's duration in ``histogram`` labelled
+    with the method's name and the status code the call ends with."""
+    method = path.rsplit("/", 1)[-1]
+
+    async def timed_call(stream: grpclib.server.Stream) -> None:
+        started = time.monotonic()
+        code = "OK"
+        try:
+            await handler.func(stream)
+        except GRPCError as error:
+            code = error.status.name
+            raise
+        except asyncio.CancelledError:
+            code = "CANCELLED"
+            raise
+        except Exception:
+            code = "UNKNOWN"
+            raise
+        finally:
+            histogram.labels(method, code).observe(time.monotonic() - started)
+
+    return handler._replace(func=timed_call)
 
 
 class _ManyStreamsProtocol(H2Protocol):

@@ -148,7 +148,8 @@ class Supervisor:
     ``on_exit(child, error)`` is called once a started child has finished for
     good, with the error that crashed it or None; it runs synchronously in the
     child's task, so the owner's bookkeeping is current before anyone awaits
-    ``child.done``.
+    ``child.done``. ``on_restart(child)`` is called as a child is restarted
+    (for metrics).
 
     ``teardown_timeout`` bounds how long :meth:`stop` waits: a child whose
     teardown takes longer is logged and counted in ``teardown_overruns``, and
@@ -158,9 +159,10 @@ class Supervisor:
     """
 
     def __init__(self, nursery: trio.Nursery, *, on_exit: ExitCallback | None = None,
-                 teardown_timeout: float = math.inf) -> None:
+                 on_restart: Callable[[Child], None] | None = None, teardown_timeout: float = math.inf) -> None:
         self._nursery = nursery
         self._on_exit = on_exit
+        self._on_restart = on_restart
         self._children: set[Child] = set()
         self._teardown_timeout = teardown_timeout
         self.teardown_overruns = 0
@@ -259,6 +261,8 @@ class Supervisor:
             await trio.sleep(delay)
             child.restarts += 1
             child.actor = child.factory()
+            if self._on_restart is not None:
+                self._on_restart(child)
             child.state = ChildState.STARTING
             start_signal = _StartSignal(child, trio.TASK_STATUS_IGNORED)
 
