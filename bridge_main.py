@@ -25,6 +25,7 @@ import trio
 from loguru import logger
 
 from actors.bridge import RunningBridge, run_bridge
+from actors.grpc.transport import SocketPathError
 from actors.livekit.dev_server import start_dev_livekit
 from actors.log_setup import configure_logging
 from actors.settings import BridgeSettings, SettingsError
@@ -110,8 +111,16 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as error:
         print(f"bridge: {error}", file=sys.stderr)
         return 2
-    {"serve": serve, "dev": dev, "tree": tree}[args.command](settings)
+    try:
+        {"serve": serve, "dev": dev, "tree": tree}[args.command](settings)
+    except BaseException as error:
+        refused = SocketPathError.found_in(error)
+        if refused is None:
+            raise
+        print(f"bridge: {refused}", file=sys.stderr)
+        return 2
     return 0
+
 
 
 if __name__ == "__main__":

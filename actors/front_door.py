@@ -388,4 +388,5 @@ async def serve_front_door(
     front_door.readiness.set(True)
     await serve_grpc(with_standard_services([front_door], front_door.readiness), host=settings.host, port=settings.port, unix_socket=settings.unix_socket,
                      max_concurrent_streams=settings.max_concurrent_streams,
-                     close_timeout=settings.teardown_timeout, task_status=task_status)
+                     close_timeout=settings.teardown_timeout, auth_token=settings.auth_token,
+                     task_status=task_status)

@@ -24,6 +24,9 @@ class BridgeSettings:
     unix_socket: str | None = None
     #: LiveKit URL used when a JoinRoom names none (env LIVEKIT_URL).
     default_livekit_url: str = ""
+    #: With it, every call over TCP must carry "authorization: Bearer <token>" (env BRIDGE_AUTH_TOKEN);
+    #: the Unix socket relies on its file mode. Never logged.
+    auth_token: str | None = dataclasses.field(default=None, repr=False)
     #: Port of the Prometheus /metrics endpoint (env METRICS_PORT); none when unset.
     metrics_port: int | None = None
     connect_timeout: float = 10.0
@@ -110,6 +113,7 @@ class BridgeSettings:
             unix_socket=environ.get("LIVEKIT_GRPC_SOCKET") or None,
             default_livekit_url=environ.get("LIVEKIT_URL", ""),
             metrics_port=int(number("METRICS_PORT", 0)) or None,
+            auth_token=environ.get("BRIDGE_AUTH_TOKEN") or None,
             connect_timeout=number("BRIDGE_CONNECT_TIMEOUT", cls.connect_timeout, float),
             max_concurrent_connects=int(number("BRIDGE_MAX_CONCURRENT_CONNECTS", cls.max_concurrent_connects)),
             mic_buffer_packets=int(number("BRIDGE_MIC_BUFFER_PACKETS", cls.mic_buffer_packets)),

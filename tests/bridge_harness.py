@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import pathlib
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -29,6 +30,8 @@ from proto.mentra.livekit import bridge as pb
 from proto.mentra.livekit.bridge import debug as debug_pb
 
 SERVICE = "/mentra.livekit.bridge.LiveKitBridge/"
+#: grpcurl, built into the git-ignored .tools folder by `just setup`.
+GRPCURL = pathlib.Path(__file__).resolve().parent.parent / ".tools" / "bin" / "grpcurl"
 PACKET_PCM_BYTES = 3200  # 100 ms of 16 kHz mono PCM16
 
 
@@ -148,7 +151,9 @@ async def listener_in_room(livekit: DevLiveKit, user_id: str) -> AsyncIterator[d
 class Cloud:
     """The cloud's gRPC client: one HTTP/2 connection, as the Node cloud keeps."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, metadata: dict[str, str] | None = None) -> None:
+        #: Sent with every call (e.g. the authorization of a bridge with BRIDGE_AUTH_TOKEN).
+        self.metadata = metadata
         if address.startswith("unix:"):
             self.channel = grpclib.client.Channel(path=address[len("unix:"):])
         else:
@@ -162,7 +167,8 @@ class Cloud:
         async def call() -> Any:
             path = rpc if rpc.startswith("/") else SERVICE + rpc
             async with self.channel.request(path, grpclib.const.Cardinality.UNARY_UNARY,
-                                            type(request), reply_type, timeout=timeout) as stream:
+                                            type(request), reply_type, timeout=timeout,
+                                            metadata=self.metadata) as stream:
                 await stream.send_message(request, end=True)
                 return await stream.recv_message()
 
@@ -186,7 +192,8 @@ class Cloud:
 
         async def run() -> None:
             async with self.channel.request(SERVICE + "PlayAudio", grpclib.const.Cardinality.UNARY_STREAM,
-                                            pb.PlayAudioRequest, pb.PlayAudioEvent, timeout=120) as stream:
+                                            pb.PlayAudioRequest, pb.PlayAudioEvent, timeout=120,
+                                            metadata=self.metadata) as stream:
                 await stream.send_message(request, end=True)
                 while (event := await stream.recv_message()) is not None:
                     call.events.append(event)
@@ -217,7 +224,7 @@ class Cloud:
     @contextlib.asynccontextmanager
     async def audio_stream(self, user_id: str) -> AsyncIterator[AudioStream]:
         request = self.channel.request(SERVICE + "StreamAudio", grpclib.const.Cardinality.STREAM_STREAM,
-                                       pb.AudioChunk, pb.AudioChunk)
+                                       pb.AudioChunk, pb.AudioChunk, metadata=self.metadata)
         stream = await aio_as_trio(request.__aenter__)()
         try:
             audio = AudioStream(stream)
@@ -284,8 +291,8 @@ class AudioStream:
 
 
 @contextlib.asynccontextmanager
-async def cloud(address: str) -> AsyncIterator[Cloud]:
-    client = Cloud(address)
+async def cloud(address: str, metadata: dict[str, str] | None = None) -> AsyncIterator[Cloud]:
+    client = Cloud(address, metadata)
     try:
         yield client
     finally:

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+import socket
+import stat
 
+import pytest
 import trio
 import trio_asyncio
 
 from actors.bridge import run_bridge
+from actors.grpc.transport import SocketPathError
 from bridge_harness import cloud, join_request, pcm_packet, phone_in_room
 
 
@@ -28,6 +32,49 @@ async def test_unix_socket_serves_the_whole_audio_path(livekit, bridge_settings,
                     chunk = await stream.recv()
                 assert chunk.pcm_data == pcm_packet(chunk.pcm_data[0])  # a whole packet of the phone's
                 talking.cancel_scope.cancel()
+        nursery.cancel_scope.cancel()
+
+
+async def test_the_socket_is_0660_in_a_folder_made_for_it_and_a_stale_one_is_replaced(
+        bridge_settings, tmp_path: pathlib.Path) -> None:
+    socket_path = tmp_path / "run" / "bridge" / "bridge.sock"
+    settings = dataclasses.replace(bridge_settings, unix_socket=str(socket_path))
+    async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
+        await nursery.start(run_bridge, settings)
+        assert stat.S_IMODE(socket_path.stat().st_mode) == 0o660
+        nursery.cancel_scope.cancel()
+    # A socket file whose process died without removing it.
+    socket_path.unlink(missing_ok=True)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as dead:
+        dead.bind(str(socket_path))
+    assert socket_path.is_socket()
+    async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
+        running = await nursery.start(run_bridge, settings)
+        async with cloud(running.address) as client:
+            assert (await client.health()).status == 1  # SERVING
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("occupant", ["a live bridge", "a regular file"])
+async def test_a_socket_path_in_use_is_refused_with_a_reason(bridge_settings, tmp_path: pathlib.Path,
+                                                            occupant: str) -> None:
+    socket_path = tmp_path / "bridge.sock"
+    settings = dataclasses.replace(bridge_settings, unix_socket=str(socket_path))
+    async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
+        if occupant == "a live bridge":
+            await nursery.start(run_bridge, settings)
+            why = "another process is serving"
+        else:
+            socket_path.write_text("not a socket")
+            why = "is not a socket"
+        with pytest.raises(BaseException) as caught:
+            await nursery.start(run_bridge, settings)
+        error = SocketPathError.found_in(caught.value)
+        assert error is not None, caught.value
+        assert why in str(error) and "LIVEKIT_GRPC_SOCKET" in str(error)
+        if occupant == "a live bridge":
+            async with cloud(f"unix:{socket_path}") as client:  # the first one still serves
+                assert (await client.health()).status == 1
         nursery.cancel_scope.cancel()
 
 

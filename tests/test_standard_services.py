@@ -13,8 +13,8 @@ import trio
 import trio_asyncio
 
 from actors.bridge import run_bridge
+from bridge_harness import GRPCURL
 
-GRPCURL = pathlib.Path(__file__).resolve().parent.parent / ".tools" / "bin" / "grpcurl"
 
 
 async def grpcurl(address: str, *words: str, data: str | None = None) -> str:

@@ -5,6 +5,10 @@ Unix socket. Nothing here knows the bridge's services."""
 from __future__ import annotations
 
 import asyncio
+import hmac
+import os
+import pathlib
+import socket
 import struct
 import time
 from typing import Any
@@ -109,6 +113,29 @@ def timed(path: str, handler: grpclib.const.Handler, histogram: Any) -> grpclib.
     return handler._replace(func=timed_call)
 
 
+class _BearerTokenRequired:
+    """A handler object whose every method first checks the call's
+    ``authorization: Bearer <token>`` metadata, in constant time."""
+
+    def __init__(self, handlers: Any, token: str) -> None:
+        self._handlers = handlers
+        self._expected = f"Bearer {token}".encode()
+
+    def __mapping__(self) -> dict[str, grpclib.const.Handler]:
+        return {path: handler._replace(func=self._checked(handler.func))
+                for path, handler in self._handlers.__mapping__().items()}
+
+    def _checked(self, func: Any) -> Any:
+        async def checked(stream: grpclib.server.Stream) -> None:
+            presented = stream.metadata.get("authorization", "") if stream.metadata else ""
+            if not hmac.compare_digest(str(presented).encode(), self._expected):
+                raise GRPCError(Status.UNAUTHENTICATED,
+                                "this bridge requires the metadata 'authorization: Bearer <BRIDGE_AUTH_TOKEN>'")
+            await func(stream)
+
+        return checked
+
+
 class _ManyStreamsProtocol(H2Protocol):
     """grpclib's protocol with h2's limit of 100 concurrent streams lifted.
 
@@ -138,18 +165,70 @@ class FrontDoorServer(grpclib.server.Server):
         return self._protocol_class(protocol.handler, protocol.config, protocol.h2_config)
 
 
+class SocketPathError(Exception):
+    """The Unix socket path cannot be served; the message says why and what to do."""
+
+    @classmethod
+    def found_in(cls, error: BaseException) -> SocketPathError | None:
+        """The SocketPathError in ``error``, wherever nurseries have grouped it; None if there is none."""
+        if isinstance(error, cls):
+            return error
+        if isinstance(error, BaseExceptionGroup):
+            for inner in error.exceptions:
+                if (found := cls.found_in(inner)) is not None:
+                    return found
+        return None
+
+
+#: The socket's mode: the bridge's user and group may connect, nobody else.
+SOCKET_MODE = 0o660
+
+
+def _claim_socket_path(path: pathlib.Path) -> None:
+    """Make ``path`` free for a new socket: create its folder when missing,
+    remove a stale socket file (nobody accepts on it), refuse a live one or
+    anything that is not a socket."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists() and not path.is_symlink():
+        return
+    if not path.is_socket():
+        raise SocketPathError(f"{path} exists and is not a socket; remove it or choose another LIVEKIT_GRPC_SOCKET")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except (ConnectionRefusedError, FileNotFoundError):
+            logger.info("removing stale socket file {}", path)
+            path.unlink(missing_ok=True)
+            return
+    raise SocketPathError(f"another process is serving on {path}; stop it or choose another LIVEKIT_GRPC_SOCKET")
+
+
 async def serve_grpc(
     handlers: list[Any], *, host: str, port: int, unix_socket: str | None, max_concurrent_streams: int,
-    close_timeout: float, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+    close_timeout: float, auth_token: str | None = None, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``handlers`` until cancelled; reports "host:port" or "unix:/path" once listening.
+
+    A Unix socket is created with mode 0660 (its folder when missing); a
+    stale socket file left by a dead process is replaced. With
+    ``auth_token``, every call over TCP must carry
+    ``authorization: Bearer <auth_token>`` or ends UNAUTHENTICATED; over the
+    Unix socket the file mode decides who may call.
+
+    Raises:
+        SocketPathError: the socket path is served by a live process, or is
+            something other than a socket.
 
     On cancellation it stops listening and waits up to ``close_timeout`` s for
     open calls to close.
     """
+    if auth_token and not unix_socket:
+        handlers = [_BearerTokenRequired(handler, auth_token) for handler in handlers]
     server = FrontDoorServer(handlers, max_concurrent_streams=max_concurrent_streams)
     if unix_socket:
+        _claim_socket_path(pathlib.Path(unix_socket))
         await aio_as_trio(server.start)(path=unix_socket)
+        os.chmod(unix_socket, SOCKET_MODE)
         address = f"unix:{unix_socket}"
     else:
         await aio_as_trio(server.start)(host, port)

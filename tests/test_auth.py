@@ -1,0 +1,60 @@
+"""BRIDGE_AUTH_TOKEN: over TCP every call must carry the bearer token; the
+Unix socket relies on its file mode; the token is never logged."""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+
+import pytest
+import trio
+import trio_asyncio
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
+
+from actors.bridge import run_bridge
+from bridge_harness import GRPCURL, cloud, join_request
+
+TOKEN = "s3cret-bridge-token-7f2c"
+
+
+@pytest.fixture
+def bridge_settings(bridge_settings):
+    return dataclasses.replace(bridge_settings, auth_token=TOKEN)
+
+
+@pytest.mark.parametrize("metadata", [None, {"authorization": "Bearer wrong"}, {"authorization": TOKEN}],
+                         ids=["none", "wrong-token", "no-bearer-prefix"])
+async def test_calls_without_the_token_are_unauthenticated(bridge, livekit, metadata) -> None:
+    async with cloud(bridge.address, metadata) as client:
+        for call in (client.health(), client.join(join_request(livekit, "intruder"))):
+            with pytest.raises(GRPCError) as caught:
+                await call
+            assert caught.value.status == Status.UNAUTHENTICATED
+            assert "authorization: Bearer" in caught.value.message
+    async with cloud(bridge.address, {"authorization": f"Bearer {TOKEN}"}) as client:
+        assert "session:intruder" not in str(await client.actor_tree())
+
+
+async def test_calls_with_the_token_work_and_the_token_is_never_logged(bridge, livekit, log_lines) -> None:
+    async with cloud(bridge.address, {"authorization": f"Bearer {TOKEN}"}) as client:
+        assert (await client.join(join_request(livekit, "trusted"))).success
+        async with client.audio_stream("trusted"):
+            assert (await client.status("trusted")).connected
+        await client.leave("trusted")
+    done = await trio.run_process(
+        [str(GRPCURL), "-plaintext", "-H", f"authorization: Bearer {TOKEN}", bridge.address, "list"],
+        capture_stdout=True, capture_stderr=True, check=False)
+    assert done.returncode == 0 and b"grpc.health.v1.Health" in done.stdout, done.stderr
+    assert log_lines, "the run logged nothing to look at"
+    assert not [line for line in log_lines if TOKEN in line]
+    assert TOKEN not in repr(bridge.front_door._settings)
+
+
+async def test_the_unix_socket_needs_no_token(bridge_settings, livekit, tmp_path: pathlib.Path) -> None:
+    settings = dataclasses.replace(bridge_settings, unix_socket=str(tmp_path / "bridge.sock"))
+    async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
+        running = await nursery.start(run_bridge, settings)
+        async with cloud(running.address) as client:
+            assert (await client.health()).status == 1
+        nursery.cancel_scope.cancel()
