@@ -5,6 +5,7 @@
                                    with LIVEKIT_URL, LIVEKIT_API_KEY and LIVEKIT_API_SECRET set it
                                    uses that server instead and starts none
     python bridge_main.py tree     print a running bridge's live actor tree
+                                   (--json, --watch [SECONDS], --user ID)
 
 Environment: PORT (default 9090), LIVEKIT_GRPC_SOCKET (listen on this Unix
 socket instead of TCP), LIVEKIT_URL (used when a JoinRoom names no URL).
@@ -14,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
+import json
 import os
 import pathlib
 import signal
@@ -82,28 +85,53 @@ def dev(settings: BridgeSettings) -> None:
         livekit.stop()
 
 
-def tree(settings: BridgeSettings) -> None:
+def tree(settings: BridgeSettings, *, as_json: bool = False, watch: float | None = None,
+         user: str | None = None) -> None:
+    """Print a running bridge's actor tree (over PORT or LIVEKIT_GRPC_SOCKET),
+    once or, with ``watch``, every ``watch`` seconds until Ctrl-C."""
     from grpclib.client import Channel
 
-    from proto.mentra.livekit.bridge.debug import BridgeDebugStub, DescribeActorsRequest
+    from actors.tree_view import render, walk
+    from proto.mentra.livekit.bridge.debug import BridgeDebugStub, DescribeActorsRequest, WatchActorsRequest
 
-    async def describe() -> str:
-        if settings.unix_socket:
-            channel = Channel(path=settings.unix_socket)
+    def show(tree_json: str) -> None:
+        snapshot = json.loads(tree_json)
+        if as_json:
+            if user is not None:
+                snapshot = next((node for node in walk(snapshot["children"]) if node["name"] == f"session:{user}"),
+                                None)
+            text = json.dumps(snapshot, indent=2) + "\n"
         else:
-            channel = Channel("127.0.0.1", settings.port)
+            text = render(snapshot, user=user, colour=sys.stdout.isatty())
+        if watch is not None and sys.stdout.isatty():
+            text = "\x1b[H\x1b[J" + text  # redraw in place
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    async def run() -> None:
+        channel = Channel(path=settings.unix_socket) if settings.unix_socket else Channel("127.0.0.1", settings.port)
+        metadata = {"authorization": f"Bearer {settings.auth_token}"} if settings.auth_token else None
+        stub = BridgeDebugStub(channel, metadata=metadata)
         try:
-            reply = await BridgeDebugStub(channel).describe_actors(DescribeActorsRequest(), timeout=5)
-            return reply.tree_json
+            if watch is None:
+                show((await stub.describe_actors(DescribeActorsRequest(), timeout=5)).tree_json)
+            else:
+                async for reply in stub.watch_actors(WatchActorsRequest(interval_seconds=watch)):
+                    show(reply.tree_json)
         finally:
             channel.close()
 
-    print(asyncio.run(describe()))
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run())
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["serve", "dev", "tree"], nargs="?", default="serve")
+    parser.add_argument("--json", action="store_true", help="tree: the machine-readable JSON snapshot")
+    parser.add_argument("--watch", type=float, nargs="?", const=1.0, metavar="SECONDS",
+                        help="tree: redraw every SECONDS (default 1) until Ctrl-C")
+    parser.add_argument("--user", metavar="ID", help="tree: only this user's session")
     args = parser.parse_args(argv)
     configure_logging(level=os.environ.get("BRIDGE_LOG_LEVEL", "INFO"))
     try:
@@ -112,7 +140,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bridge: {error}", file=sys.stderr)
         return 2
     try:
-        {"serve": serve, "dev": dev, "tree": tree}[args.command](settings)
+        if args.command == "tree":
+            tree(settings, as_json=args.json, watch=args.watch, user=args.user)
+        else:
+            {"serve": serve, "dev": dev}[args.command](settings)
     except BaseException as error:
         refused = SocketPathError.found_in(error)
         if refused is None:

@@ -24,6 +24,11 @@ test *args: setup
 bench *args: setup
     tests/isolated {{python}} -m bench {{args}}
 
+# (Args: --json, --watch [SECONDS], --user ID. Reaches the bridge on PORT or LIVEKIT_GRPC_SOCKET.)
+# The live actor tree of a running bridge.
+tree *args: venv
+    {{python}} bridge_main.py tree {{args}}
+
 # (Args: --seed N to replay, --users, --seconds, --rounds; a short run is part of `just test`.)
 # The chaos suite: 20 users, 5 minutes of random faults, then the invariants as a table.
 chaos *args: setup
@@ -36,17 +41,23 @@ proto: venv
 # Everything the bridge and its tests need.
 setup: venv system-packages livekit-server grpcurl node-client
 
-# The virtualenv with the pinned packages, refreshed when pyproject.toml changes.
+# The virtualenv with exactly the locked packages (requirements.lock), refreshed when it or pyproject.toml changes.
 venv:
     #!/usr/bin/env bash
     set -euo pipefail
-    stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+    stamp=.venv/.installed-$(cat pyproject.toml requirements.lock | sha256sum | cut -c1-16)
     if [ ! -f "$stamp" ]; then
         python3 -m venv .venv
         .venv/bin/pip install --quiet --upgrade pip
-        .venv/bin/pip install --quiet -e '.[test,bench]'
+        .venv/bin/pip install --quiet -r requirements.lock
+        .venv/bin/pip install --quiet --no-deps -e .
         rm -f .venv/.installed-* && touch "$stamp"
     fi
+
+# Re-resolve requirements.lock from pyproject.toml (after changing a pin there), with uv.
+lock: venv
+    .venv/bin/pip install --quiet uv==0.13.9
+    .venv/bin/uv pip compile pyproject.toml --extra test --extra bench --python-version 3.11 -o requirements.lock
 
 # (iproute2 sets up the tests' loopback-only network namespace.)
 # From Debian: libopus (which opuslib loads) and iproute2.

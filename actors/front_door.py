@@ -42,6 +42,8 @@ from .stream_lease import CloudChunk, StreamLease
 SERVICE = "/mentra.livekit.bridge.LiveKitBridge/"
 DEBUG_SERVICE = "/mentra.livekit.bridge.debug.BridgeDebug/"
 SUPPORTED_SAMPLE_RATES = (8_000, 16_000, 22_050, 24_000, 32_000, 44_100, 48_000)
+#: WatchActors' snapshot interval bounds, in seconds.
+MIN_WATCH_INTERVAL, MAX_WATCH_INTERVAL = 0.1, 3600.0
 #: How long one outgoing audio message may take before the client counts as stuck.
 SEND_GRACE_SECONDS = 2.0
 SHUTTING_DOWN = "the bridge is shutting down; connect to another instance and call JoinRoom again"
@@ -91,6 +93,9 @@ class FrontDoor:
             DEBUG_SERVICE + "DescribeActors": self._unary(
                 self._describe_actors, debug_pb.DescribeActorsRequest, debug_pb.DescribeActorsResponse,
                 while_draining=True),
+            DEBUG_SERVICE + "WatchActors": self._handler(
+                self._watch_actors, grpclib.const.Cardinality.UNARY_STREAM, debug_pb.WatchActorsRequest,
+                debug_pb.DescribeActorsResponse, while_draining=True),
             DEBUG_SERVICE + "InjectFault": self._unary(
                 self._inject_fault, debug_pb.InjectFaultRequest, debug_pb.InjectFaultResponse),
         }
@@ -201,8 +206,23 @@ class FrontDoor:
         )
 
     async def _describe_actors(self, request: debug_pb.DescribeActorsRequest) -> debug_pb.DescribeActorsResponse:
-        # A snapshot taken in one synchronous step (no await), so it is
-        # consistent; it only reads what supervisors keep for operators.
+        return self._snapshot()
+
+    async def _watch_actors(self, stream: grpclib.server.Stream) -> None:
+        request = await self._read(stream)
+        if request is None:
+            raise GRPCError(Status.INVALID_ARGUMENT, "the request message is missing")
+        interval = request.interval_seconds or 1.0
+        if not MIN_WATCH_INTERVAL <= interval <= MAX_WATCH_INTERVAL:  # NaN too
+            raise GRPCError(Status.INVALID_ARGUMENT, f"interval_seconds {interval} is outside "
+                                                     f"{MIN_WATCH_INTERVAL:g}..{MAX_WATCH_INTERVAL:g}")
+        while True:
+            await aio_as_trio(stream.send_message)(self._snapshot())
+            await trio.sleep(interval)
+
+    def _snapshot(self) -> debug_pb.DescribeActorsResponse:
+        # Taken in one synchronous step (no await), so it is consistent; it
+        # only reads what supervisors keep for operators.
         tree = {"name": "bridge", "children": self._describe_tree(),
                 "front_door": {"active_streams": self.active_streams}}
         return debug_pb.DescribeActorsResponse(tree_json=json.dumps(tree, indent=2, default=str))

@@ -6,6 +6,7 @@
 from dataclasses import dataclass
 from typing import (
     TYPE_CHECKING,
+    AsyncIterator,
     Dict,
     Optional,
 )
@@ -23,6 +24,11 @@ if TYPE_CHECKING:
 @dataclass(eq=False, repr=False)
 class DescribeActorsRequest(betterproto.Message):
     pass
+
+
+@dataclass(eq=False, repr=False)
+class WatchActorsRequest(betterproto.Message):
+    interval_seconds: float = betterproto.double_field(1)
 
 
 @dataclass(eq=False, repr=False)
@@ -73,6 +79,24 @@ class BridgeDebugStub(betterproto.ServiceStub):
             metadata=metadata,
         )
 
+    async def watch_actors(
+        self,
+        watch_actors_request: "WatchActorsRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> AsyncIterator[DescribeActorsResponse]:
+        async for response in self._unary_stream(
+            "/mentra.livekit.bridge.debug.BridgeDebug/WatchActors",
+            watch_actors_request,
+            DescribeActorsResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        ):
+            yield response
+
     async def inject_fault(
         self,
         inject_fault_request: "InjectFaultRequest",
@@ -98,6 +122,12 @@ class BridgeDebugBase(ServiceBase):
     ) -> "DescribeActorsResponse":
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
+    async def watch_actors(
+        self, watch_actors_request: "WatchActorsRequest"
+    ) -> AsyncIterator[DescribeActorsResponse]:
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+        yield DescribeActorsResponse()
+
     async def inject_fault(
         self, inject_fault_request: "InjectFaultRequest"
     ) -> "InjectFaultResponse":
@@ -110,6 +140,17 @@ class BridgeDebugBase(ServiceBase):
         request = await stream.recv_message()
         response = await self.describe_actors(request)
         await stream.send_message(response)
+
+    async def __rpc_watch_actors(
+        self,
+        stream: "grpclib.server.Stream[WatchActorsRequest, DescribeActorsResponse]",
+    ) -> None:
+        request = await stream.recv_message()
+        await self._call_rpc_handler_server_stream(
+            self.watch_actors,
+            stream,
+            request,
+        )
 
     async def __rpc_inject_fault(
         self, stream: "grpclib.server.Stream[InjectFaultRequest, InjectFaultResponse]"
@@ -124,6 +165,12 @@ class BridgeDebugBase(ServiceBase):
                 self.__rpc_describe_actors,
                 grpclib.const.Cardinality.UNARY_UNARY,
                 DescribeActorsRequest,
+                DescribeActorsResponse,
+            ),
+            "/mentra.livekit.bridge.debug.BridgeDebug/WatchActors": grpclib.const.Handler(
+                self.__rpc_watch_actors,
+                grpclib.const.Cardinality.UNARY_STREAM,
+                WatchActorsRequest,
                 DescribeActorsResponse,
             ),
             "/mentra.livekit.bridge.debug.BridgeDebug/InjectFault": grpclib.const.Handler(

@@ -1,0 +1,89 @@
+"""The live actor tree for people (`bridge_main.py tree`) and machines
+(--json, WatchActors), against a running bridge with real sessions."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import sys
+
+import pytest
+import trio
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
+from trio_asyncio import aio_as_trio
+
+from actors.tree_view import render
+from bridge_harness import cloud, join_request
+from proto.mentra.livekit.bridge import debug as debug_pb
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+async def tree_command(bridge, *args: str) -> str:
+    port = bridge.address.rsplit(":", 1)[1]
+    done = await trio.run_process([sys.executable, str(ROOT / "bridge_main.py"), "tree", *args],
+                                  env=dict(os.environ, PORT=port, BRIDGE_LOG_LEVEL="WARNING"),
+                                  capture_stdout=True, capture_stderr=True, check=False)
+    assert done.returncode == 0, done.stderr.decode()
+    return done.stdout.decode()
+
+
+async def test_tree_shows_each_actor_on_a_line_and_one_user_on_request(bridge, livekit) -> None:
+    async with cloud(bridge.address) as client:
+        for user in ("ann", "bob"):
+            assert (await client.join(join_request(livekit, user))).success
+        async with client.audio_stream("ann"):
+            text = await tree_command(bridge)
+            lines = text.splitlines()
+            assert lines[0].startswith("bridge  (1 StreamAudio calls open)")
+            [ann] = [line for line in lines if line.strip().startswith("session:ann ")]
+            assert ann.startswith("    session:ann  UserSession  running  up ")
+            assert "connected 1  stream 1  in 0  lost 0  dropped 0" in ann and "link connected" in ann
+            assert any(line.startswith("  sessions  SessionSupervisor  running") and "sessions 2" in line
+                       for line in lines)
+            only_bob = await tree_command(bridge, "--user", "bob")
+            assert only_bob.startswith("session:bob  UserSession  running") and "ann" not in only_bob
+            assert (await tree_command(bridge, "--user", "nobody")) == "no session for user 'nobody'\n"
+            snapshot = json.loads(await tree_command(bridge, "--json"))
+            assert snapshot["front_door"]["active_streams"] == 1
+            assert json.loads(await tree_command(bridge, "--json", "--user", "bob"))["name"] == "session:bob"
+
+
+async def test_watch_actors_streams_snapshots_at_the_interval_asked(bridge) -> None:
+    async with cloud(bridge.address) as client:
+        stub = debug_pb.BridgeDebugStub(client.channel)
+
+        async def snapshots(interval: float, count: int) -> list[dict]:
+            taken = []
+            async for reply in stub.watch_actors(debug_pb.WatchActorsRequest(interval_seconds=interval)):
+                taken.append(json.loads(reply.tree_json))
+                if len(taken) == count:
+                    break
+            return taken
+
+        with trio.fail_after(10):
+            started = trio.current_time()
+            taken = await aio_as_trio(snapshots)(0.2, 3)
+            assert trio.current_time() - started >= 0.4  # three snapshots, two intervals apart
+        assert all(snapshot["name"] == "bridge" for snapshot in taken)
+        with pytest.raises(GRPCError) as caught:
+            await aio_as_trio(snapshots)(0.001, 1)
+        assert caught.value.status == Status.INVALID_ARGUMENT
+
+
+def test_render_colours_states_and_says_why_an_actor_was_given_up() -> None:
+    tree = {"children": [{"name": "sessions", "kind": "SessionSupervisor", "state": "running", "started_at": 0,
+                          "restarts": 0, "mailbox": {"depth": 0, "capacity": 64}, "counters": {"sessions": 1},
+                          "details": {}, "children": [
+                              {"name": "session:x", "kind": "UserSession", "state": "crashed", "started_at": 0,
+                               "restarts": 3, "mailbox": {"depth": 2, "capacity": 64},
+                               "counters": {"connected": 0}, "details": {"link": "disconnected"},
+                               "last_error": "RuntimeError('boom')", "given_up": "4 ends within 60 s",
+                               "children": []}]}]}
+    text = render(tree, colour=True, now=7325)
+    assert "\x1b[31mcrashed\x1b[0m" in text and "\x1b[32mrunning\x1b[0m" in text
+    line = text.splitlines()[2]
+    assert line.startswith("    session:x  UserSession") and "up 2h02m" in line and "restarts 3" in line
+    assert "mailbox 2/64" in line and "last error: RuntimeError('boom')" in line and "given up: 4 ends" in line
