@@ -30,7 +30,7 @@ from loguru import logger
 from actors.bridge import RunningBridge, run_bridge
 from actors.grpc.transport import SocketPathError
 from actors.livekit.dev_server import start_dev_livekit
-from actors.log_setup import configure_logging
+from actors.log_setup import LogSettingError, configure_logging
 from actors.settings import BridgeSettings, SettingsError
 
 
@@ -133,10 +133,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="tree: redraw every SECONDS (default 1) until Ctrl-C")
     parser.add_argument("--user", metavar="ID", help="tree: only this user's session")
     args = parser.parse_args(argv)
-    configure_logging(level=os.environ.get("BRIDGE_LOG_LEVEL", "INFO"))
     try:
+        configure_logging(level=os.environ.get("LOG_LEVEL") or os.environ.get("BRIDGE_LOG_LEVEL") or "INFO",
+                          log_format=os.environ.get("LOG_FORMAT") or None)
         settings = BridgeSettings.from_env()
-    except SettingsError as error:
+    except (SettingsError, LogSettingError) as error:
         print(f"bridge: {error}", file=sys.stderr)
         return 2
     try:

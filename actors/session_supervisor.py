@@ -131,6 +131,11 @@ class SessionSupervisor(Actor):
         queue.append(command)
 
     async def _run_user_commands(self, user_id: str, queue: collections.deque[UserCommand]) -> None:
+        # Its log lines, and those of the sessions it starts, carry the user's id as a field.
+        with logger.contextualize(user_id=user_id):
+            await self._run_commands_of(user_id, queue)
+
+    async def _run_commands_of(self, user_id: str, queue: collections.deque[UserCommand]) -> None:
         try:
             while queue:
                 command = queue.popleft()

@@ -84,6 +84,10 @@ class UserSession(Actor):
     # -- lifecycle ---------------------------------------------------------
 
     async def run(self, task_status: trio.TaskStatus[Joined] = trio.TASK_STATUS_IGNORED) -> None:
+        with logger.contextualize(user_id=self.user_id, room=self._join.room_name):
+            await self._run(task_status)
+
+    async def _run(self, task_status: trio.TaskStatus[Joined]) -> None:
         join_failure: RoomConnectError | None = None
         try:
             async with trio.open_nursery() as nursery:

@@ -177,5 +177,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    configure_logging(level="WARNING")
+    configure_logging(level="WARNING", log_format="text")
     main()

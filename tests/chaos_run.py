@@ -455,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=300.0)
     parser.add_argument("--rounds", type=int, default=50)
     args = parser.parse_args(argv)
-    configure_logging(level="WARNING")
+    configure_logging(level="WARNING", log_format="text")
     invariants = trio.run(run_chaos, args.seed, args.users, args.seconds, args.rounds)
     print_table(invariants)
     return 0 if all(invariant.held for invariant in invariants.values()) else 1

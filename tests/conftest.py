@@ -16,7 +16,7 @@ from actors.settings import BridgeSettings
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    configure_logging(level="DEBUG")  # as in production: no variable values in tracebacks
+    configure_logging(level="DEBUG", log_format="text")  # as in production: no variable values in tracebacks
 
 
 @pytest.fixture(scope="session")

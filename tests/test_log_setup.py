@@ -1,12 +1,17 @@
-"""Tokens never reach a log, even in a traceback."""
+"""Logs: tokens never reach a log, even in a traceback; JSON or text lines
+with the user's fields; the libraries' standard logging comes through."""
 
 from __future__ import annotations
 
+import json
+import logging
 import sys
 
+import pytest
 from loguru import logger
 
-from actors.log_setup import configure_logging
+from actors.log_setup import LogSettingError, configure_logging
+from bridge_harness import cloud, join_request
 
 
 def test_tracebacks_show_no_variable_values() -> None:
@@ -22,7 +27,58 @@ def test_tracebacks_show_no_variable_values() -> None:
         except RuntimeError as error:
             logger.opt(exception=error).error("JoinRoom failed unexpectedly")
     finally:
-        configure_logging(sys.stderr, level="DEBUG")
+        configure_logging(sys.stderr, level="DEBUG", log_format="text")
     text = "".join(lines)
     assert "JoinRoom failed unexpectedly" in text and "RuntimeError: LiveKit refused" in text
     assert "secret-token-value" not in text
+
+
+def test_json_lines_carry_the_users_fields_and_library_logs_come_through() -> None:
+    lines: list[str] = []
+    configure_logging(lines.append, level="INFO", log_format="json")
+    try:
+        with logger.contextualize(user_id="ann", room="room-ann"):
+            logger.info("joined")
+        logging.getLogger("grpclib.protocol").warning("a library speaks")
+    finally:
+        configure_logging(sys.stderr, level="DEBUG", log_format="text")
+    joined, library = [json.loads(line)["record"] for line in lines]
+    assert joined["message"] == "joined" and joined["extra"] == {"user_id": "ann", "room": "room-ann"}
+    assert library["message"] == "a library speaks" and library["level"]["name"] == "WARNING"
+
+
+def test_text_lines_show_fields_before_the_message() -> None:
+    lines: list[str] = []
+    configure_logging(lines.append, level="INFO", log_format="text")
+    try:
+        with logger.contextualize(user_id="b{o}b"):
+            logger.info("left")
+    finally:
+        configure_logging(sys.stderr, level="DEBUG", log_format="text")
+    assert "user_id=b{o}b test_log_setup:" in lines[0] and lines[0].rstrip().endswith("- left")
+
+
+@pytest.mark.parametrize("setting", [dict(log_format="xml"), dict(level="LOUD")])
+def test_bad_log_settings_are_refused_by_name(setting) -> None:
+    with pytest.raises(LogSettingError) as caught:
+        configure_logging(lambda line: None, **setting)
+    assert ("LOG_FORMAT" if "log_format" in setting else "LOG_LEVEL") in str(caught.value)
+
+
+async def test_a_sessions_lines_carry_its_user_and_never_a_secret(bridge, livekit) -> None:
+    records: list[dict] = []
+    sink = logger.add(lambda line: records.append(json.loads(line)["record"]), level="DEBUG", serialize=True)
+    request = join_request(livekit, "fielded")
+    try:
+        async with cloud(bridge.address) as client:
+            assert (await client.join(request)).success
+            assert (await client.join(request)).success  # a replacement logs too
+            await client.leave("fielded")
+    finally:
+        logger.remove(sink)
+    about_fielded = [record for record in records if "fielded" in record["message"]]
+    assert len(about_fielded) >= 3
+    assert all(record["extra"].get("user_id") == "fielded" for record in about_fielded), about_fielded
+    assert any(record["extra"].get("room") == "room-fielded" for record in about_fielded)
+    everything = json.dumps(records)
+    assert request.token not in everything and livekit.api_secret not in everything
