@@ -27,6 +27,9 @@ class BridgeSettings:
     #: With it, every call over TCP must carry "authorization: Bearer <token>" (env BRIDGE_AUTH_TOKEN);
     #: the Unix socket relies on its file mode. Never logged.
     auth_token: str | None = dataclasses.field(default=None, repr=False)
+    #: TLS for the TCP listener: PEM certificate chain and key files (env BRIDGE_TLS_CERT, BRIDGE_TLS_KEY).
+    tls_cert: str | None = None
+    tls_key: str | None = None
     #: Port of the Prometheus /metrics endpoint (env METRICS_PORT); none when unset.
     metrics_port: int | None = None
     connect_timeout: float = 10.0
@@ -107,6 +110,13 @@ class BridgeSettings:
                 raise SettingsError(f"{name}={raw!r} is not a yes/no value; use 1 or 0")
             return raw in ("1", "true", "yes")
 
+        tls_files = {name: environ.get(name) or None for name in ("BRIDGE_TLS_CERT", "BRIDGE_TLS_KEY")}
+        if (tls_files["BRIDGE_TLS_CERT"] is None) != (tls_files["BRIDGE_TLS_KEY"] is None):
+            raise SettingsError("BRIDGE_TLS_CERT and BRIDGE_TLS_KEY go together: set both (PEM files) or neither")
+        for name, path in tls_files.items():
+            if path is not None and not os.path.isfile(path):
+                raise SettingsError(f"{name}={path!r} is not a readable file")
+
         return cls(
             port=int(number("PORT", cls.port)),
             host=environ.get("BRIDGE_HOST", cls.host),
@@ -114,6 +124,8 @@ class BridgeSettings:
             default_livekit_url=environ.get("LIVEKIT_URL", ""),
             metrics_port=int(number("METRICS_PORT", 0)) or None,
             auth_token=environ.get("BRIDGE_AUTH_TOKEN") or None,
+            tls_cert=tls_files["BRIDGE_TLS_CERT"],
+            tls_key=tls_files["BRIDGE_TLS_KEY"],
             connect_timeout=number("BRIDGE_CONNECT_TIMEOUT", cls.connect_timeout, float),
             max_concurrent_connects=int(number("BRIDGE_MAX_CONCURRENT_CONNECTS", cls.max_concurrent_connects)),
             mic_buffer_packets=int(number("BRIDGE_MIC_BUFFER_PACKETS", cls.mic_buffer_packets)),

@@ -1,10 +1,12 @@
 """BRIDGE_AUTH_TOKEN: over TCP every call must carry the bearer token; the
-Unix socket relies on its file mode; the token is never logged."""
+Unix socket relies on its file mode; the token is never logged. TLS with
+BRIDGE_TLS_CERT and BRIDGE_TLS_KEY."""
 
 from __future__ import annotations
 
 import dataclasses
 import pathlib
+import subprocess
 
 import pytest
 import trio
@@ -13,6 +15,7 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
 from actors.bridge import run_bridge
+from actors.settings import BridgeSettings, SettingsError
 from bridge_harness import GRPCURL, cloud, join_request
 
 TOKEN = "s3cret-bridge-token-7f2c"
@@ -58,3 +61,41 @@ async def test_the_unix_socket_needs_no_token(bridge_settings, livekit, tmp_path
         async with cloud(running.address) as client:
             assert (await client.health()).status == 1
         nursery.cancel_scope.cancel()
+
+
+@pytest.fixture
+def certificate(tmp_path: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
+    """A self-signed certificate for 127.0.0.1, made with openssl."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=bridge",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    return cert, key
+
+
+async def test_tls_serves_tcp_with_the_token_and_refuses_plaintext(bridge_settings, certificate) -> None:
+    cert, key = certificate
+    settings = dataclasses.replace(bridge_settings, tls_cert=str(cert), tls_key=str(key))
+    async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
+        running = await nursery.start(run_bridge, settings)
+
+        async def grpcurl(*flags: str) -> subprocess.CompletedProcess:
+            return await trio.run_process([str(GRPCURL), "-max-time", "20", *flags, running.address, "list"],
+                                          capture_stdout=True, capture_stderr=True, check=False)
+
+        secured = await grpcurl("-cacert", str(cert), "-H", f"authorization: Bearer {TOKEN}")
+        assert secured.returncode == 0 and b"mentra.livekit.bridge.LiveKitBridge" in secured.stdout, secured.stderr
+        assert (await grpcurl("-plaintext", "-H", f"authorization: Bearer {TOKEN}")).returncode != 0
+        untrusted = await grpcurl("-H", f"authorization: Bearer {TOKEN}")  # the system's CAs do not know it
+        assert untrusted.returncode != 0 and b"certificate" in untrusted.stderr
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("environment, named", [
+    ({"BRIDGE_TLS_CERT": "/etc/hostname"}, "go together"),
+    ({"BRIDGE_TLS_CERT": "/nonexistent.pem", "BRIDGE_TLS_KEY": "/etc/hostname"}, "BRIDGE_TLS_CERT='/nonexistent.pem'"),
+])
+def test_tls_settings_are_checked_at_start_up(environment: dict, named: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        BridgeSettings.from_env(environment)
+    assert named in str(caught.value)

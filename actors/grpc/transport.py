@@ -9,6 +9,7 @@ import hmac
 import os
 import pathlib
 import socket
+import ssl
 import struct
 import time
 from typing import Any
@@ -203,9 +204,18 @@ def _claim_socket_path(path: pathlib.Path) -> None:
     raise SocketPathError(f"another process is serving on {path}; stop it or choose another LIVEKIT_GRPC_SOCKET")
 
 
+def _tls_context(tls: tuple[str, str]) -> ssl.SSLContext:
+    certificate, key = tls
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(certificate, key)
+    context.set_alpn_protocols(["h2"])
+    return context
+
+
 async def serve_grpc(
     handlers: list[Any], *, host: str, port: int, unix_socket: str | None, max_concurrent_streams: int,
-    close_timeout: float, auth_token: str | None = None, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+    close_timeout: float, auth_token: str | None = None, tls: tuple[str, str] | None = None,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``handlers`` until cancelled; reports "host:port" or "unix:/path" once listening.
 
@@ -213,7 +223,8 @@ async def serve_grpc(
     stale socket file left by a dead process is replaced. With
     ``auth_token``, every call over TCP must carry
     ``authorization: Bearer <auth_token>`` or ends UNAUTHENTICATED; over the
-    Unix socket the file mode decides who may call.
+    Unix socket the file mode decides who may call. With ``tls`` (PEM
+    certificate chain and key files), TCP is served over TLS (HTTP/2 by ALPN).
 
     Raises:
         SocketPathError: the socket path is served by a live process, or is
@@ -231,7 +242,7 @@ async def serve_grpc(
         os.chmod(unix_socket, SOCKET_MODE)
         address = f"unix:{unix_socket}"
     else:
-        await aio_as_trio(server.start)(host, port)
+        await aio_as_trio(server.start)(host, port, ssl=_tls_context(tls) if tls else None)
         bound_host, bound_port = server._server.sockets[0].getsockname()[:2]
         address = f"{bound_host}:{bound_port}"
     logger.info("gRPC front door listening on {}", address)
