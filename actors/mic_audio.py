@@ -38,11 +38,14 @@ class SequenceTracker:
     out_of_order: int = 0
     _last: int | None = None
 
-    def observe(self, sequence: int) -> None:
+    def observe(self, sequence: int) -> int:
+        """Take the next packet's sequence number; the packets found lost before it."""
+        gap = 0
         if self._last is not None:
             gap = (sequence - self._last - 1) % 256
             if gap >= 128:
                 self.out_of_order += 1
-                return
+                return 0
             self.lost += gap
         self._last = sequence
+        return gap

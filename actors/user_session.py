@@ -287,19 +287,14 @@ class UserSession(Actor):
         line.packets_received += 1
         MIC_RECEIVED.inc()
         sequence, pcm = pcm_from_packet(payload)
-        if sequence is not None:
-            lost_before = line.sequence.lost
-            line.sequence.observe(sequence)
-            if line.sequence.lost != lost_before:
-                MIC_LOST.inc(line.sequence.lost - lost_before)
+        if sequence is not None and (lost := line.sequence.observe(sequence)):
+            MIC_LOST.inc(lost)
         if not pcm:
             line.packets_empty += 1
             return
         queued_at = time.monotonic()
         MIC_FFI_TO_TRIO.observe(queued_at - received_at)
-        dropped_before = line.mic.dropped
-        line.mic.push(MicChunk(pcm, now_ms(), queued_at))
-        if line.mic.dropped != dropped_before:
+        if line.mic.push(MicChunk(pcm, now_ms(), queued_at)):
             MIC_DROPPED.inc()
 
     # -- cloud audio: cloud -> LiveKit ---------------------------------------

@@ -29,7 +29,6 @@ import math
 import os
 import pathlib
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
@@ -45,9 +44,10 @@ from actors.bridge import run_bridge  # noqa: E402
 from actors.livekit.dev_server import start_dev_livekit  # noqa: E402
 from actors.log_setup import configure_logging  # noqa: E402
 from actors.settings import BridgeSettings  # noqa: E402
-from bridge_harness import cloud, join_request, token  # noqa: E402
+from bridge_harness import cloud, join_request  # noqa: E402
 from bench.ladder import RESULTS, RungPlan, ladder  # noqa: E402
 from bench.profile_summary import perf_summary, summarize  # noqa: E402
+from bench.stamps import STAMP  # noqa: E402
 from bench.playback import playback_latency  # noqa: E402
 
 JOINS = 30
@@ -72,10 +72,11 @@ async def timed(call) -> float:
 async def mic_path(client, livekit, user: str, packets: int) -> tuple[list[float], float]:
     """Latency of each packet from a phone in another process, and this
     process's CPU seconds per forwarded packet (bridge + cloud client)."""
-    env = dict(os.environ, PHONE_TOKEN=token(livekit, user, f"room-{user}"))
+    env = dict(os.environ, LIVEKIT_API_KEY=livekit.api_key, LIVEKIT_API_SECRET=livekit.api_secret,
+               PYTHONPATH=str(HERE.parent))
     phone = await trio.lowlevel.open_process(
-        [sys.executable, str(HERE / "phone_process.py"), livekit.url, str(packets), "0.02"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        [sys.executable, str(HERE / "phones_process.py"), livekit.url, "0.02", user],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd=HERE)
     latencies: list[float] = []
     try:
         async with client.audio_stream(user) as stream:
@@ -88,9 +89,10 @@ async def mic_path(client, livekit, user: str, packets: int) -> tuple[list[float
             with trio.move_on_after(packets * 0.02 + 10):
                 while len(latencies) < packets:
                     chunk = await stream.recv()
-                    (sent,) = struct.unpack_from("<d", chunk.pcm_data)
-                    latencies.append((time.monotonic() - sent) * 1000)
+                    sent_ns, _, _ = STAMP.unpack_from(chunk.pcm_data)
+                    latencies.append((time.monotonic_ns() - sent_ns) / 1e6)
             cpu = (time.process_time() - cpu_before) / max(1, len(latencies))
+            await phone.stdin.aclose()  # the phone stops sending at the end of its input
     finally:
         with trio.move_on_after(10):
             await phone.wait()

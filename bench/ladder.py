@@ -78,9 +78,9 @@ class Commanded:
     def __init__(self, argv: list[str], env: dict[str, str]) -> None:
         self.process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True,
                                         cwd=HERE)
-        self.ask_nothing_until_ready()
+        self._wait_until_ready()
 
-    def ask_nothing_until_ready(self) -> None:
+    def _wait_until_ready(self) -> None:
         line = self.process.stdout.readline()
         if not line:
             raise RuntimeError(f"{self.process.args[1]} exited before it was ready")

@@ -21,17 +21,15 @@ def test_an_odd_packet_starts_with_its_sequence_byte(packet: bytes, expected) ->
 
 def test_gaps_count_as_lost_and_late_packets_do_not() -> None:
     tracker = SequenceTracker()
-    for sequence in [250, 251, 254, 255, 0, 3]:  # 252, 253 and 1, 2 lost, across the wrap
-        tracker.observe(sequence)
-    assert tracker.lost == 4
-    tracker.observe(2)  # late: behind the last one
+    found = [tracker.observe(sequence) for sequence in [250, 251, 254, 255, 0, 3]]  # 252, 253, 1, 2 lost
+    assert found == [0, 0, 2, 0, 0, 2] and tracker.lost == 4
+    assert tracker.observe(2) == 0  # late: behind the last one
     assert (tracker.lost, tracker.out_of_order) == (4, 1)
 
 
 async def test_a_full_buffer_drops_the_oldest_and_counts_it() -> None:
     buffer = DropOldestBuffer[int](3)
-    for item in range(5):
-        buffer.push(item)
+    assert [buffer.push(item) for item in range(5)] == [False, False, False, True, True]
     assert (len(buffer), buffer.dropped) == (3, 2)
     assert [await buffer.get() for _ in range(3)] == [2, 3, 4]
 

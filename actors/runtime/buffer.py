@@ -31,14 +31,17 @@ class DropOldestBuffer(Generic[T]):
     def __len__(self) -> int:
         return len(self._items)
 
-    def push(self, item: T) -> None:
+    def push(self, item: T) -> bool:
+        """Add ``item``; True if the oldest item was dropped to make room."""
         if self._closed:
-            return
-        if len(self._items) >= self.capacity:
+            return False
+        dropped = len(self._items) >= self.capacity
+        if dropped:
             self._items.popleft()
             self.dropped += 1
         self._items.append(item)
         self._waiting.unpark()
+        return dropped
 
     async def get(self) -> T:
         await trio.lowlevel.checkpoint_if_cancelled()
