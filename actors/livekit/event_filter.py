@@ -27,7 +27,8 @@ DataCallback = Callable[[str, bytes, float], None]
 def receive_only_own_events(room: rtc.Room, on_data: DataCallback) -> None:
     """Deliver to the connected ``room`` only the FFI events meant for it, and
     hand its data packets straight to ``on_data(sender_identity, payload, received_at)``,
-    until :func:`stop_receiving` (its leave calls that).
+    for as long as the room's event listener runs (it ends at the room's last
+    event, however the room was left: the SDK drops its own subscription then too).
 
     livekit 1.2.x puts every FFI event of the process into every Room's queue
     (python-sdks issue 812) and each Room wakes for each of them, so with N
@@ -44,13 +45,6 @@ def receive_only_own_events(room: rtc.Room, on_data: DataCallback) -> None:
     queue, listener task and event emitter.
     """
     _router().add(room, on_data, trio.lowlevel.current_trio_token())
-
-
-def stop_receiving(room: rtc.Room) -> None:
-    """Forget ``room``'s route (once it has left: its last events are in). A
-    room never routed is ignored."""
-    if _the_router is not None:
-        _the_router.remove(room)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,13 +85,16 @@ class _Router:
             self._by_room[route.room_handle] = route
             self._by_participant[route.participant_handle] = route
             self._queue._subscribers = [entry for entry in self._queue._subscribers if entry[0] is not route.queue]
+        # The listener ends after the room's last event (its end-of-stream):
+        # only then may the route go, or that event would find no one.
+        room._task.add_done_callback(lambda _: self._remove(route))
 
-    def remove(self, room: rtc.Room) -> None:
-        handle = room._ffi_handle.handle if room._ffi_handle is not None else None
+    def _remove(self, route: _Route) -> None:
         with self._queue._lock:
-            route = self._by_room.pop(handle, None)
-            if route is not None:
-                self._by_participant.pop(route.participant_handle, None)
+            if self._by_room.get(route.room_handle) is route:
+                del self._by_room[route.room_handle]
+            if self._by_participant.get(route.participant_handle) is route:
+                del self._by_participant[route.participant_handle]
 
     def _route(self, event: Any) -> bool:
         """Deliver ``event`` to its room; False if it belongs to no routed room

@@ -23,7 +23,7 @@ from loguru import logger
 from trio_asyncio import aio_as_trio
 
 from ..metrics import ROOM_CONNECT, ROOM_CONNECT_WAIT
-from .event_filter import DataCallback, receive_only_own_events, stop_receiving
+from .event_filter import DataCallback, receive_only_own_events
 
 
 class RoomConnectError(Exception):
@@ -203,5 +203,3 @@ async def _unpublish_and_disconnect(room: rtc.Room) -> None:
         await room.disconnect()
     except Exception as error:
         logger.warning("leaving LiveKit room {} failed: {}", room.name, error)
-    finally:
-        stop_receiving(room)
