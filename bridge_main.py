@@ -1,14 +1,14 @@
 """Command line of the LiveKit bridge.
 
-    python bridge_main.py serve    the bridge alone, configured by the environment
+    python bridge_main.py serve    the bridge alone
     python bridge_main.py dev      a local livekit-server (dev mode, loopback) plus the bridge;
                                    with LIVEKIT_URL, LIVEKIT_API_KEY and LIVEKIT_API_SECRET set it
                                    uses that server instead and starts none
     python bridge_main.py tree     print a running bridge's live actor tree
                                    (--json, --watch [SECONDS], --user ID)
 
-Environment: PORT (default 9090), LIVEKIT_GRPC_SOCKET (listen on this Unix
-socket instead of TCP), LIVEKIT_URL (used when a JoinRoom names no URL).
+Every setting below is read from its environment variable or its flag (the
+flag wins); a bad value stops start-up with a message naming it.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from actors.bridge import RunningBridge, run_bridge
 from actors.grpc.transport import SocketPathError
 from actors.livekit.dev_server import start_dev_livekit
 from actors.log_setup import LogSettingError, configure_logging
+from actors.configuration import add_flags
 from actors.settings import BridgeSettings, SettingsError
 
 
@@ -64,7 +65,7 @@ async def _drain_then_stop(running: RunningBridge, settings: BridgeSettings, sto
 
 
 def dev(settings: BridgeSettings) -> None:
-    if all(os.environ.get(name) for name in ("LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET")):
+    if settings.uses_external_livekit:
         logger.info("using the LiveKit server at {} (from LIVEKIT_URL); starting none", settings.default_livekit_url)
         serve(settings)
         return
@@ -126,17 +127,22 @@ def tree(settings: BridgeSettings, *, as_json: bool = False, watch: float | None
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["serve", "dev", "tree"], nargs="?", default="serve")
-    parser.add_argument("--json", action="store_true", help="tree: the machine-readable JSON snapshot")
-    parser.add_argument("--watch", type=float, nargs="?", const=1.0, metavar="SECONDS",
-                        help="tree: redraw every SECONDS (default 1) until Ctrl-C")
-    parser.add_argument("--user", metavar="ID", help="tree: only this user's session")
+    parser = argparse.ArgumentParser(prog="bridge_main.py", usage="%(prog)s [serve|dev|tree] [options]",
+                                     description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["serve", "dev", "tree"], nargs="?", default="serve",
+                        help="what to run (default serve)")
+    tree_flags = parser.add_argument_group("tree")
+    tree_flags.add_argument("--json", action="store_true", help="the machine-readable JSON snapshot")
+    tree_flags.add_argument("--watch", type=float, nargs="?", const=1.0, metavar="SECONDS",
+                            help="redraw every SECONDS (default 1) until Ctrl-C")
+    tree_flags.add_argument("--user", metavar="ID", help="only this user's session")
+    add_flags(parser, BridgeSettings)
     args = parser.parse_args(argv)
+    tree_only = {"command", "json", "watch", "user"}
     try:
-        configure_logging(level=os.environ.get("LOG_LEVEL") or os.environ.get("BRIDGE_LOG_LEVEL") or "INFO",
-                          log_format=os.environ.get("LOG_FORMAT") or None)
-        settings = BridgeSettings.from_env()
+        settings = BridgeSettings.load(os.environ, {k: v for k, v in vars(args).items() if k not in tree_only})
+        configure_logging(level=settings.log_level, log_format=settings.log_format)
     except (SettingsError, LogSettingError) as error:
         print(f"bridge: {error}", file=sys.stderr)
         return 2
@@ -152,7 +158,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bridge: {refused}", file=sys.stderr)
         return 2
     return 0
-
 
 
 if __name__ == "__main__":

@@ -1,81 +1,157 @@
-"""The bridge's settings, read once from the environment at start-up."""
+"""The bridge's settings: every one declared here, with its environment
+variable (the deployment's names), its flag, its default and its check.
+
+``python bridge_main.py --help`` lists them all. Read them with
+``BridgeSettings.load(os.environ, parsed_flags)``; a bad value raises
+``SettingsError`` naming the variable or flag.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import os
 from collections.abc import Mapping
+from typing import Any
 
 from .audio.fetch import FetchLimits
+from .configuration import SettingsError, load, setting
 from .playback import PlaybackLimits
 from .runtime import Backoff
 
+__all__ = ["BridgeSettings", "SettingsError"]
 
-class SettingsError(ValueError):
-    """An environment variable holds a value the bridge cannot use."""
+FRONT_DOOR, LIVEKIT, SESSIONS, AUDIO, PLAYBACK, OPERATIONS = (
+    "front door (gRPC)", "LiveKit", "sessions", "microphone and cloud audio", "playback (PlayAudio)",
+    "logs, metrics, shutdown")
+LOG_LEVELS = ("trace", "debug", "info", "success", "warning", "error", "critical")
 
 
 @dataclasses.dataclass(frozen=True)
 class BridgeSettings:
-    #: TCP port of the gRPC front door (env PORT); ignored when unix_socket is set.
-    port: int = 9090
-    host: str = "0.0.0.0"
-    #: Unix socket path for the front door (env LIVEKIT_GRPC_SOCKET).
-    unix_socket: str | None = None
-    #: LiveKit URL used when a JoinRoom names none (env LIVEKIT_URL).
-    default_livekit_url: str = ""
-    #: With it, every call over TCP must carry "authorization: Bearer <token>" (env BRIDGE_AUTH_TOKEN);
-    #: the Unix socket relies on its file mode. Never logged.
-    auth_token: str | None = dataclasses.field(default=None, repr=False)
-    #: TLS for the TCP listener: PEM certificate chain and key files (env BRIDGE_TLS_CERT, BRIDGE_TLS_KEY).
-    tls_cert: str | None = None
-    tls_key: str | None = None
-    #: Port of the Prometheus /metrics endpoint (env METRICS_PORT); none when unset.
-    metrics_port: int | None = None
-    connect_timeout: float = 10.0
-    #: LiveKit connects in flight at once (env BRIDGE_MAX_CONCURRENT_CONNECTS): while rooms
-    #: connect, the SDK delays every other room's packets, so join storms go through a few at a time.
-    max_concurrent_connects: int = 2
-    teardown_timeout: float = 5.0
-    #: How long an RPC waits for an actor's answer (JoinRoom waits for its connect).
-    ask_timeout: float = 5.0
-    join_timeout: float = 120.0
-    #: Microphone packets held for the cloud's stream before the oldest is dropped.
-    mic_buffer_packets: int = 200
-    #: Cloud audio chunks waiting to be published before the stream is slowed down.
-    publish_buffer_chunks: int = 64
-    #: JoinRoom/LeaveRoom calls of one user that may wait behind the one running.
-    max_pending_commands_per_user: int = 64
-    max_message_bytes: int = 10 * 1024 * 1024
-    max_concurrent_streams: int = 10_000
-    #: Waits between attempts to rejoin a room LiveKit dropped: short, so
-    #: audio flows again soon after a LiveKit server comes back.
-    rejoin_backoff: Backoff = Backoff(initial=0.1, maximum=1.0)
-    #: Restarts of a crashed session before it is given up on (within 60 s).
-    session_max_restarts: int = 3
-    #: A session without a StreamAudio consumer this long is torn down (env BRIDGE_IDLE_SESSION_TTL).
-    idle_session_ttl: float = 120.0
-    #: How long GetStatus remembers why a user's session ended.
-    ended_session_memory: float = 600.0
-    #: On SIGTERM, how long HealthCheck answers NOT_SERVING before the listener closes.
-    drain_grace: float = 0.5
-    #: InjectFault works only when this is set (env BRIDGE_CHAOS=1).
-    chaos_enabled: bool = False
-    #: A published track that carries no audio this long is unpublished (silence would hiss).
-    track_idle_grace: float = 2.0
-    #: How long a newly published track waits for a subscriber before its first frame.
-    subscribe_wait: float = 1.0
-    #: Audio a track's source queues ahead of the network; StopAudio drops it.
-    track_queue_ms: int = 500
-    #: Playback: download and decoding limits (PlayAudio).
-    playback_connect_timeout: float = 5.0
-    playback_read_timeout: float = 10.0
-    #: Longest wait for playable audio: a server that sends, but too slowly to play, fails after it.
-    playback_stall_timeout: float = 10.0
-    playback_max_bytes: int = 50_000_000
-    playback_max_seconds: float = 600.0
-    #: Refuse playback URLs that lead to private, loopback or link-local addresses.
-    playback_refuse_private: bool = False
+    # -- front door
+    port: int = setting(9090, "PORT", "TCP port of the gRPC front door; 0 picks a free one", group=FRONT_DOOR,
+                        minimum=0, maximum=65535)
+    host: str = setting("0.0.0.0", "BRIDGE_HOST", "address the TCP listener binds", group=FRONT_DOOR)
+    unix_socket: str | None = setting(
+        None, "LIVEKIT_GRPC_SOCKET", "listen on this Unix socket (mode 0660) instead of TCP", group=FRONT_DOOR,
+        metavar="PATH")
+    auth_token: str | None = setting(
+        None, "BRIDGE_AUTH_TOKEN", "every call over TCP must carry 'authorization: Bearer <token>'; the Unix "
+        "socket relies on its file mode", group=FRONT_DOOR, secret=True)
+    tls_cert: str | None = setting(None, "BRIDGE_TLS_CERT", "serve TCP over TLS: PEM certificate chain (with "
+                                   "--tls-key)", group=FRONT_DOOR, metavar="PEM")
+    tls_key: str | None = setting(None, "BRIDGE_TLS_KEY", "PEM private key of --tls-cert", group=FRONT_DOOR,
+                                  metavar="PEM")
+    ask_timeout: float = setting(5.0, "BRIDGE_ASK_TIMEOUT", "how long an RPC waits for an actor's answer",
+                                 group=FRONT_DOOR, minimum=0.1)
+    max_message_bytes: int = setting(10 * 1024 * 1024, "BRIDGE_MAX_MESSAGE_BYTES", "largest gRPC message accepted",
+                                     group=FRONT_DOOR, minimum=1024)
+    max_concurrent_streams: int = setting(10_000, "BRIDGE_MAX_CONCURRENT_STREAMS",
+                                          "HTTP/2 streams one client connection may hold open", group=FRONT_DOOR,
+                                          minimum=1)
+
+    # -- LiveKit
+    default_livekit_url: str = setting("", "LIVEKIT_URL", "LiveKit URL for a JoinRoom that names none; with the "
+                                       "key and secret, `dev` uses this server and starts none", group=LIVEKIT,
+                                       metavar="URL")
+    livekit_api_key: str | None = setting(None, "LIVEKIT_API_KEY", "API key of LIVEKIT_URL's server, for `dev` "
+                                          "(the bridge joins rooms with JoinRoom's token)", group=LIVEKIT)
+    livekit_api_secret: str | None = setting(None, "LIVEKIT_API_SECRET", "API secret of LIVEKIT_URL's server, "
+                                             "for `dev`", group=LIVEKIT, secret=True)
+    connect_timeout: float = setting(10.0, "BRIDGE_CONNECT_TIMEOUT", "how long a JoinRoom waits for LiveKit",
+                                     group=LIVEKIT, minimum=0.1)
+    max_concurrent_connects: int = setting(
+        2, "BRIDGE_MAX_CONCURRENT_CONNECTS", "LiveKit connects in flight at once: while rooms connect the SDK "
+        "delays every other room's packets, so join storms go through a few at a time", group=LIVEKIT, minimum=1)
+    join_timeout: float = setting(120.0, "BRIDGE_JOIN_TIMEOUT", "longest a JoinRoom may wait, queued behind "
+                                  "other joins included", group=LIVEKIT, minimum=1)
+    rejoin_backoff_initial: float = setting(0.1, "BRIDGE_REJOIN_BACKOFF_INITIAL", "first wait before rejoining a "
+                                            "room LiveKit dropped (doubling per failure)", group=LIVEKIT,
+                                            minimum=0)
+    rejoin_backoff_max: float = setting(1.0, "BRIDGE_REJOIN_BACKOFF_MAX", "longest wait between rejoin attempts: "
+                                        "short, so audio flows soon after a LiveKit server comes back",
+                                        group=LIVEKIT, minimum=0)
+
+    # -- sessions
+    session_max_restarts: int = setting(3, "BRIDGE_SESSION_MAX_RESTARTS", "restarts of a crashed session within "
+                                        "60 seconds before it is given up on", group=SESSIONS, minimum=0)
+    idle_session_ttl: float = setting(120.0, "BRIDGE_IDLE_SESSION_TTL", "a session without a StreamAudio "
+                                      "consumer this long is torn down", group=SESSIONS, minimum=0.1)
+    ended_session_memory: float = setting(600.0, "BRIDGE_ENDED_SESSION_MEMORY", "how long GetStatus remembers "
+                                          "why a user's session ended", group=SESSIONS, minimum=0)
+    max_pending_commands_per_user: int = setting(
+        64, "BRIDGE_MAX_PENDING_COMMANDS_PER_USER", "JoinRoom/LeaveRoom calls of one user that may wait behind "
+        "the one running; more are refused RESOURCE_EXHAUSTED", group=SESSIONS, minimum=1)
+    teardown_timeout: float = setting(5.0, "BRIDGE_TEARDOWN_TIMEOUT", "longest a session's teardown (leave the "
+                                      "room, unpublish, end the stream) may take", group=SESSIONS, minimum=0.1)
+    chaos_enabled: bool = setting(False, "BRIDGE_CHAOS", "allow BridgeDebug/InjectFault (tests and chaos runs "
+                                  "only)", group=SESSIONS)
+
+    # -- audio
+    mic_buffer_packets: int = setting(200, "BRIDGE_MIC_BUFFER_PACKETS", "microphone packets held for the cloud's "
+                                      "stream before the oldest is dropped", group=AUDIO, minimum=1)
+    publish_buffer_chunks: int = setting(64, "BRIDGE_PUBLISH_BUFFER_CHUNKS", "cloud audio chunks waiting to be "
+                                         "published before StreamAudio is slowed down", group=AUDIO, minimum=1)
+    track_idle_grace: float = setting(2.0, "BRIDGE_TRACK_IDLE_GRACE", "a published track silent this long is "
+                                      "unpublished (silence would hiss)", group=AUDIO, minimum=0.1)
+    subscribe_wait: float = setting(1.0, "BRIDGE_SUBSCRIBE_WAIT", "how long a new track waits for a subscriber "
+                                    "before its first frame", group=AUDIO, minimum=0)
+    track_queue_ms: int = setting(500, "BRIDGE_TRACK_QUEUE_MS", "audio a track queues ahead of the network, in "
+                                  "milliseconds; StopAudio drops it", group=AUDIO, minimum=20)
+
+    # -- playback
+    playback_connect_timeout: float = setting(5.0, "BRIDGE_PLAYBACK_CONNECT_TIMEOUT", "connect timeout of an "
+                                              "audio URL", group=PLAYBACK, minimum=0.1)
+    playback_read_timeout: float = setting(10.0, "BRIDGE_PLAYBACK_READ_TIMEOUT", "longest silence from an audio "
+                                           "server", group=PLAYBACK, minimum=0.1)
+    playback_stall_timeout: float = setting(10.0, "BRIDGE_PLAYBACK_STALL_TIMEOUT", "longest wait for playable "
+                                            "audio: a server that sends too slowly to play fails after it",
+                                            group=PLAYBACK, minimum=0.1)
+    playback_max_bytes: int = setting(50_000_000, "BRIDGE_PLAYBACK_MAX_BYTES", "largest audio file fetched",
+                                      group=PLAYBACK, minimum=1)
+    playback_max_seconds: float = setting(600.0, "BRIDGE_PLAYBACK_MAX_SECONDS", "longest audio played",
+                                          group=PLAYBACK, minimum=0.1)
+    playback_refuse_private: bool = setting(False, "BRIDGE_PLAYBACK_REFUSE_PRIVATE", "refuse audio URLs that "
+                                            "lead to private, loopback or link-local addresses", group=PLAYBACK)
+
+    # -- operations
+    log_level: str = setting("info", "LOG_LEVEL", "least severe log level written", group=OPERATIONS,
+                             aliases=("BRIDGE_LOG_LEVEL",), choices=LOG_LEVELS)
+    log_format: str | None = setting(None, "LOG_FORMAT", "json lines, or text for people (unset: text on a "
+                                     "terminal, json otherwise)", group=OPERATIONS, choices=("json", "text"))
+    metrics_port: int | None = setting(None, "METRICS_PORT", "serve Prometheus metrics on this port at /metrics",
+                                       group=OPERATIONS, minimum=1, maximum=65535)
+    drain_grace: float = setting(0.5, "BRIDGE_DRAIN_GRACE", "on SIGTERM, how long health answers NOT_SERVING "
+                                 "before the listener closes", group=OPERATIONS, minimum=0)
+
+    def __post_init__(self) -> None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise SettingsError("BRIDGE_TLS_CERT (--tls-cert) and BRIDGE_TLS_KEY (--tls-key) go together: set "
+                                "both (PEM files) or neither")
+        for name, path in (("BRIDGE_TLS_CERT", self.tls_cert), ("BRIDGE_TLS_KEY", self.tls_key)):
+            if path is not None and not os.path.isfile(path):
+                raise SettingsError(f"{name}={path!r} is not a readable file")
+        if self.rejoin_backoff_initial > self.rejoin_backoff_max:
+            raise SettingsError("BRIDGE_REJOIN_BACKOFF_INITIAL is above BRIDGE_REJOIN_BACKOFF_MAX")
+
+    @classmethod
+    def load(cls, environ: Mapping[str, str] = os.environ, flags: Any = ()) -> BridgeSettings:
+        """The settings from ``flags`` (as parsed from ``configuration.add_flags``),
+        else ``environ``, else the defaults.
+
+        Raises:
+            SettingsError: a bad value, named by its variable or flag.
+        """
+        return load(cls, environ, flags)
+
+    @property
+    def rejoin_backoff(self) -> Backoff:
+        return Backoff(initial=self.rejoin_backoff_initial, maximum=self.rejoin_backoff_max)
+
+    @property
+    def uses_external_livekit(self) -> bool:
+        """LIVEKIT_URL, LIVEKIT_API_KEY and LIVEKIT_API_SECRET all name a server."""
+        return bool(self.default_livekit_url and self.livekit_api_key and self.livekit_api_secret)
 
     @property
     def playback_limits(self) -> PlaybackLimits:
@@ -86,56 +162,4 @@ class BridgeSettings:
                               refuse_private_addresses=self.playback_refuse_private),
             max_seconds=self.playback_max_seconds,
             stall_timeout=self.playback_stall_timeout,
-        )
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] = os.environ) -> BridgeSettings:
-        def number(name: str, default: float, kind: type = int) -> float:
-            raw = environ.get(name)
-            if raw is None or raw == "":
-                return default
-            try:
-                value = kind(raw)
-            except ValueError:
-                raise SettingsError(f"{name}={raw!r} is not a {kind.__name__}; unset it or give a number") from None
-            if value <= 0:
-                raise SettingsError(f"{name}={raw!r} must be positive")
-            return value
-
-        def flag(name: str, default: bool) -> bool:
-            raw = environ.get(name, "").strip().lower()
-            if raw == "":
-                return default
-            if raw not in ("1", "true", "yes", "0", "false", "no"):
-                raise SettingsError(f"{name}={raw!r} is not a yes/no value; use 1 or 0")
-            return raw in ("1", "true", "yes")
-
-        tls_files = {name: environ.get(name) or None for name in ("BRIDGE_TLS_CERT", "BRIDGE_TLS_KEY")}
-        if (tls_files["BRIDGE_TLS_CERT"] is None) != (tls_files["BRIDGE_TLS_KEY"] is None):
-            raise SettingsError("BRIDGE_TLS_CERT and BRIDGE_TLS_KEY go together: set both (PEM files) or neither")
-        for name, path in tls_files.items():
-            if path is not None and not os.path.isfile(path):
-                raise SettingsError(f"{name}={path!r} is not a readable file")
-
-        return cls(
-            port=int(number("PORT", cls.port)),
-            host=environ.get("BRIDGE_HOST", cls.host),
-            unix_socket=environ.get("LIVEKIT_GRPC_SOCKET") or None,
-            default_livekit_url=environ.get("LIVEKIT_URL", ""),
-            metrics_port=int(number("METRICS_PORT", 0)) or None,
-            auth_token=environ.get("BRIDGE_AUTH_TOKEN") or None,
-            tls_cert=tls_files["BRIDGE_TLS_CERT"],
-            tls_key=tls_files["BRIDGE_TLS_KEY"],
-            connect_timeout=number("BRIDGE_CONNECT_TIMEOUT", cls.connect_timeout, float),
-            max_concurrent_connects=int(number("BRIDGE_MAX_CONCURRENT_CONNECTS", cls.max_concurrent_connects)),
-            mic_buffer_packets=int(number("BRIDGE_MIC_BUFFER_PACKETS", cls.mic_buffer_packets)),
-            track_idle_grace=number("BRIDGE_TRACK_IDLE_GRACE", cls.track_idle_grace, float),
-            playback_connect_timeout=number("BRIDGE_PLAYBACK_CONNECT_TIMEOUT", cls.playback_connect_timeout, float),
-            playback_read_timeout=number("BRIDGE_PLAYBACK_READ_TIMEOUT", cls.playback_read_timeout, float),
-            playback_stall_timeout=number("BRIDGE_PLAYBACK_STALL_TIMEOUT", cls.playback_stall_timeout, float),
-            playback_max_bytes=int(number("BRIDGE_PLAYBACK_MAX_BYTES", cls.playback_max_bytes)),
-            playback_max_seconds=number("BRIDGE_PLAYBACK_MAX_SECONDS", cls.playback_max_seconds, float),
-            playback_refuse_private=flag("BRIDGE_PLAYBACK_REFUSE_PRIVATE", cls.playback_refuse_private),
-            idle_session_ttl=number("BRIDGE_IDLE_SESSION_TTL", cls.idle_session_ttl, float),
-            chaos_enabled=flag("BRIDGE_CHAOS", cls.chaos_enabled),
         )

@@ -97,5 +97,5 @@ async def test_tls_serves_tcp_with_the_token_and_refuses_plaintext(bridge_settin
 ])
 def test_tls_settings_are_checked_at_start_up(environment: dict, named: str) -> None:
     with pytest.raises(SettingsError) as caught:
-        BridgeSettings.from_env(environment)
+        BridgeSettings.load(environment)
     assert named in str(caught.value)

@@ -20,9 +20,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 async def test_sigterm_leaves_every_room_and_exits_cleanly(livekit, tmp_path) -> None:
     socket_path = tmp_path / "bridge.sock"
+    # Configured by flags here; the drain test below uses the deployment's variables.
     process = subprocess.Popen(
-        [sys.executable, os.path.join(REPO, "bridge_main.py"), "serve"],
-        env=dict(os.environ, LIVEKIT_GRPC_SOCKET=str(socket_path), LIVEKIT_URL=livekit.url), cwd=REPO,
+        [sys.executable, os.path.join(REPO, "bridge_main.py"), "serve", "--livekit-grpc-socket", str(socket_path),
+         "--livekit-url", livekit.url], cwd=REPO,
     )
     try:
         async with trio_asyncio.open_loop(), cloud(f"unix:{socket_path}") as client:

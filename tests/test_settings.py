@@ -1,0 +1,96 @@
+"""One place reads configuration: every setting has its variable and its
+flag, --help documents each with its default, and a bad value stops start-up
+with a message that names it."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from actors.configuration import add_flags, declared
+from actors.settings import BridgeSettings, SettingsError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def parse(*argv: str, environ: dict[str, str] | None = None) -> BridgeSettings:
+    parser = argparse.ArgumentParser()
+    add_flags(parser, BridgeSettings)
+    return BridgeSettings.load(environ or {}, parser.parse_args(argv))
+
+
+def test_every_field_is_a_declared_setting() -> None:
+    names = {field.name for field, _, _ in declared(BridgeSettings)}
+    assert names == {field.name for field in dataclasses.fields(BridgeSettings)}
+    variables = [declaration.env for _, declaration, _ in declared(BridgeSettings)]
+    assert len(set(variables)) == len(variables)
+
+
+def test_help_documents_every_setting_with_its_variable_and_default() -> None:
+    shown = subprocess.run([sys.executable, "bridge_main.py", "--help"], cwd=REPO, capture_output=True, text=True,
+                           check=True).stdout
+    # An entry: from its flag to the next flag or the group's end, its help folded onto one line.
+    entries = {match[1]: " ".join(match[2].split())
+               for match in re.finditer(r"^  (--[a-z-]+)[^\n]*?(?:\s+)(.*?)(?=^  --|^\S|\Z)", shown, re.M | re.S)}
+    for field, declaration, _ in declared(BridgeSettings):
+        if declaration.secret:
+            assert f"{declaration.env} (environment only" in shown, field.name
+            assert declaration.flag not in entries
+            continue
+        entry = entries[declaration.flag]
+        assert f"env {declaration.env}" in entry, entry
+        assert re.search(r"; default \S+\)$", entry), entry
+        if field.default in (None, ""):
+            assert entry.endswith("; default unset)"), entry
+    assert entries["--port"].endswith("default 9090)") and entries["--drain-grace"].endswith("default 0.5)")
+    assert entries["--log-level"].endswith("(env LOG_LEVEL or BRIDGE_LOG_LEVEL; default info)")
+
+
+def test_a_flag_wins_over_its_variable_and_an_empty_variable_is_unset() -> None:
+    environ = {"PORT": "7000", "BRIDGE_MAX_CONCURRENT_CONNECTS": "4", "LIVEKIT_URL": "", "BRIDGE_CHAOS": "1",
+               "BRIDGE_LOG_LEVEL": "DEBUG"}
+    settings = parse("--port", "7001", "--no-chaos", "--track-idle-grace", "0.25", environ=environ)
+    assert settings.port == 7001 and settings.chaos_enabled is False and settings.track_idle_grace == 0.25
+    assert settings.max_concurrent_connects == 4
+    assert settings.default_livekit_url == ""
+    assert settings.log_level == "DEBUG"  # the older variable name is still read
+    assert parse(environ={"LOG_LEVEL": "error", "BRIDGE_LOG_LEVEL": "debug"}).log_level == "error"
+    assert parse().port == 9090
+
+
+def test_secrets_come_from_the_environment_only_and_are_never_shown() -> None:
+    settings = parse(environ={"BRIDGE_AUTH_TOKEN": "t0ken-value", "LIVEKIT_API_SECRET": "s3cret-value"})
+    assert settings.auth_token == "t0ken-value" and settings.livekit_api_secret == "s3cret-value"
+    assert "t0ken-value" not in repr(settings) and "s3cret-value" not in repr(settings)
+    with pytest.raises(SystemExit):
+        parse("--auth-token", "on-the-command-line")
+
+
+@pytest.mark.parametrize("argv, environ, named", [
+    ((), {"PORT": "ninety"}, "PORT='ninety' is not a whole number"),
+    (("--port", "70000"), {}, "--port='70000' is above its maximum, 65535"),
+    ((), {"BRIDGE_CONNECT_TIMEOUT": "0"}, "BRIDGE_CONNECT_TIMEOUT='0' is below its minimum"),
+    (("--mic-buffer-packets", "1.5"), {}, "--mic-buffer-packets='1.5' is not a whole number"),
+    ((), {"BRIDGE_CHAOS": "maybe"}, "BRIDGE_CHAOS='maybe' is not a yes/no value"),
+    ((), {"LOG_FORMAT": "xml"}, "LOG_FORMAT='xml' is not one of json, text"),
+    ((), {"METRICS_PORT": "0"}, "METRICS_PORT='0' is below its minimum, 1"),
+    ((), {"BRIDGE_REJOIN_BACKOFF_INITIAL": "5"}, "BRIDGE_REJOIN_BACKOFF_INITIAL is above BRIDGE_REJOIN_BACKOFF_MAX"),
+])
+def test_a_bad_value_is_refused_naming_the_setting(argv: tuple, environ: dict, named: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        parse(*argv, environ=environ)
+    assert named in str(caught.value)
+
+
+def test_a_bad_value_stops_start_up_with_a_message_naming_it() -> None:
+    started = subprocess.run([sys.executable, "bridge_main.py", "serve", "--max-concurrent-connects", "none"],
+                             cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert started.returncode == 2
+    assert started.stderr.startswith("bridge: ") and "--max-concurrent-connects='none' is not a whole number" in \
+        started.stderr, started.stderr
