@@ -24,6 +24,11 @@ test *args: setup
 bench *args: setup
     tests/isolated {{python}} -m bench {{args}}
 
+# (Args: --out DIR, --sentence TEXT, --reply TEXT. Files: demo-output/<time>/.)
+# Watch audio go through: a phone speaks to the cloud, the cloud answers through PlayAudio; prints the tree and latency.
+demo *args: setup
+    {{python}} tests/demo.py {{args}}
+
 # (Args: --json, --watch [SECONDS], --user ID. Reaches the bridge on PORT or LIVEKIT_GRPC_SOCKET.)
 # The live actor tree of a running bridge.
 tree *args: venv
@@ -59,14 +64,15 @@ lock: venv
     .venv/bin/pip install --quiet uv==0.13.9
     .venv/bin/uv pip compile pyproject.toml --extra test --extra bench --python-version 3.11 -o requirements.lock
 
-# (iproute2 sets up the tests' loopback-only network namespace.)
-# From Debian: libopus (which opuslib loads) and iproute2.
+# (iproute2 sets up the tests' loopback-only network namespace; espeak-ng speaks in `just demo` and its test.)
+# From Debian: libopus (which opuslib loads), iproute2 and espeak-ng.
 system-packages: venv
     #!/usr/bin/env bash
     set -euo pipefail
     missing=()
     {{python}} -c "import opuslib" 2>/dev/null || missing+=(libopus0)
     command -v ip >/dev/null || missing+=(iproute2)
+    command -v espeak-ng >/dev/null || missing+=(espeak-ng)
     if [ ${#missing[@]} -gt 0 ]; then
         echo "installing ${missing[*]} (needs root or sudo)"
         sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo

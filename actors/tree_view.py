@@ -17,6 +17,7 @@ _KEY_COUNTERS = {
                     ("playbacks_active", "playing")],
     "SessionSupervisor": [("sessions", "sessions"), ("joins", "joins"), ("replacements", "replaced"),
                           ("failed_joins", "failed"), ("sessions_reaped", "reaped")],
+    "Playback": [("position_ms", "played_ms")],
 }
 _KEY_DETAILS = {
     "UserSession": ["link"],
@@ -60,7 +61,8 @@ def _render_node(node: dict[str, Any], depth: int, lines: list[str], colour: boo
     counters = node.get("counters", {})
     parts += [f"{short} {counters[key]}" for key, short in _KEY_COUNTERS.get(kind, []) if key in counters]
     details = node.get("details", {})
-    parts += [f"{key} {details[key]}" for key in _KEY_DETAILS.get(kind, []) if details.get(key) not in (None, "")]
+    parts += [f"{key} {_detail(details[key])}" for key in _KEY_DETAILS.get(kind, [])
+              if details.get(key) not in (None, "")]
     if node.get("last_error"):
         parts.append(f"last error: {node['last_error']}")
     if node.get("given_up"):
@@ -68,6 +70,13 @@ def _render_node(node: dict[str, Any], depth: int, lines: list[str], colour: boo
     lines.append("  ".join(parts))
     for child in node.get("children", []):
         _render_node(child, depth + 1, lines, colour, now)
+
+
+def _detail(value: Any) -> str:
+    """A detail on one line: a playback's source format as "wav/pcm_s16le 22050 Hz 1 ch"."""
+    if isinstance(value, dict) and "format" in value:
+        return f"{value['format']} {value.get('source_sample_rate', '?')} Hz {value.get('source_channels', '?')} ch"
+    return str(value)
 
 
 def _duration(seconds: float) -> str:

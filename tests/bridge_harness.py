@@ -121,9 +121,11 @@ class Heard:
 
 
 @contextlib.asynccontextmanager
-async def listener_in_room(livekit: DevLiveKit, user_id: str) -> AsyncIterator[dict[str, Heard]]:
-    """The user's phone as a listener: it subscribes to every track the bridge
-    publishes, as the phone app does, and records what it hears, by track name."""
+async def listener_in_room(livekit: DevLiveKit, user_id: str, identity: str | None = None,
+                           ) -> AsyncIterator[dict[str, Heard]]:
+    """The user's phone (or another participant, by ``identity``) as a listener
+    in the user's room: it subscribes to every track the bridge publishes, as
+    the phone app does, and records what it hears, by track name."""
     heard: dict[str, Heard] = {}
     tracks_send, tracks_receive = trio.open_memory_channel[tuple[str, rtc.Track]](16)
 
@@ -141,8 +143,9 @@ async def listener_in_room(livekit: DevLiveKit, user_id: str) -> AsyncIterator[d
             async for name, track in tracks_receive:
                 recorders.start_soon(record, name, track)
 
-    async with phone_in_room(livekit, user_id, subscribe={"track_subscribed": on_subscribed},
-                             auto_subscribe=True), trio.open_nursery() as nursery:
+    async with phone_in_room(livekit, identity or user_id, room=f"room-{user_id}",
+                             subscribe={"track_subscribed": on_subscribed}, auto_subscribe=True), \
+            trio.open_nursery() as nursery:
         nursery.start_soon(record_each)
         yield heard
         nursery.cancel_scope.cancel()
@@ -177,8 +180,8 @@ class Cloud:
     async def join(self, request: pb.JoinRoomRequest) -> pb.JoinRoomResponse:
         return await self.unary("JoinRoom", request, pb.JoinRoomResponse)
 
-    async def leave(self, user_id: str) -> pb.LeaveRoomResponse:
-        return await self.unary("LeaveRoom", pb.LeaveRoomRequest(user_id=user_id, reason="test"), pb.LeaveRoomResponse)
+    async def leave(self, user_id: str, reason: str = "test") -> pb.LeaveRoomResponse:
+        return await self.unary("LeaveRoom", pb.LeaveRoomRequest(user_id=user_id, reason=reason), pb.LeaveRoomResponse)
 
     async def status(self, user_id: str) -> pb.BridgeStatusResponse:
         return await self.unary("GetStatus", pb.BridgeStatusRequest(user_id=user_id), pb.BridgeStatusResponse)
