@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -32,6 +33,16 @@ def log_lines() -> Iterator[list[str]]:
     lines: list[str] = []
     sink = logger.add(lambda message: lines.append(str(message)), level="DEBUG", format="{message}")
     yield lines
+    logger.remove(sink)
+
+
+@pytest.fixture
+def log_records() -> Iterator[list[dict]]:
+    """Every loguru record logged during the test, as JSON records: message,
+    level, and the fields under "extra"."""
+    records: list[dict] = []
+    sink = logger.add(lambda line: records.append(json.loads(line)["record"]), level="DEBUG", serialize=True)
+    yield records
     logger.remove(sink)
 
 

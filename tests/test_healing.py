@@ -22,7 +22,7 @@ from livekit import api
 
 from actors.livekit.dev_server import DevLiveKit, free_port, start_dev_livekit
 from actors.livekit.token import token_expiry
-from bridge_harness import bridge_identity, cloud, join_request, phone_in_room
+from bridge_harness import about_user, bridge_identity, cloud, join_request, phone_in_room
 from proto.mentra.livekit import bridge as pb
 from proto.mentra.livekit.bridge import debug as debug_pb
 
@@ -84,7 +84,7 @@ async def test_a_crashed_session_restarts_from_its_join_and_keeps_its_stream(bri
         await receive_packets(stream, 5)
 
 
-async def test_a_session_that_keeps_crashing_is_given_up_and_status_says_why(bridge, livekit) -> None:
+async def test_a_session_that_keeps_crashing_is_given_up_and_status_says_why(bridge, livekit, log_records) -> None:
     user = "hopeless"
     async with cloud(bridge.address) as client:
         assert (await client.join(join_request(livekit, user))).success
@@ -107,6 +107,8 @@ async def test_a_session_that_keeps_crashing_is_given_up_and_status_says_why(bri
     assert not status.connected and "given up on after 3 restarts" in status.last_disconnect_reason
     assert "InjectedCrash" in status.last_disconnect_reason
     assert tree["children"][0]["counters"]["sessions_given_up"] == 1
+    lines = [record["message"] for record in about_user(log_records, user)]
+    assert any("given up on" in line for line in lines), lines
 
 
 async def test_a_hung_session_harms_nobody_else_and_a_join_replaces_it(bridge, livekit) -> None:
@@ -158,7 +160,7 @@ async def test_a_slow_consumer_loses_only_the_oldest_audio_and_catches_up(bridge
     assert node["counters"]["mic_buffer_dropped"] > 0  # 3 s of packets overflowed its 50
 
 
-async def test_zombies_are_reaped_and_status_says_so_for_a_while(bridge_settings, livekit) -> None:
+async def test_zombies_are_reaped_and_status_says_so_for_a_while(bridge_settings, livekit, log_records) -> None:
     from actors.bridge import run_bridge
     import trio_asyncio
 
@@ -177,6 +179,7 @@ async def test_zombies_are_reaped_and_status_says_so_for_a_while(bridge_settings
                 tree = await client.actor_tree()
         nursery.cancel_scope.cancel()
     assert tree["children"][0]["counters"]["sessions_reaped"] == 1
+    assert any("reaped" in record["message"] for record in about_user(log_records, "zombie"))
 
 
 async def test_fault_injection_is_refused_unless_enabled_and_leak_check_counts_objects(
