@@ -27,7 +27,7 @@ from proto.mentra.livekit.bridge import debug as debug_pb
 from proto.runtime_messages import AudioChunk
 
 from .grpc.standard_services import with_standard_services
-from .grpc.transport import read_message, serve_grpc, timed
+from .grpc.transport import read_message, serve_grpc
 from .audio.fetch import FetchError, check_url
 from .live_objects import live_objects
 from .messages import (FAULT_KINDS, SIMULATED_SCENARIOS, AttachStream, Fault, GetHealth, GetStatus, Join, Leave, NotPlayable, Play,
@@ -74,9 +74,6 @@ class FrontDoor:
         self._open_calls: set[trio.CancelScope] = set()
 
     def __mapping__(self) -> dict[str, grpclib.const.Handler]:
-        return {path: timed(path, handler, RPC_SECONDS) for path, handler in self._handlers().items()}
-
-    def _handlers(self) -> dict[str, grpclib.const.Handler]:
         return {
             SERVICE + "StreamAudio": self._handler(
                 # The audio path's message on the protobuf runtime: ~1 us a chunk, not ~70 (proto/runtime_messages.py).
@@ -410,4 +407,4 @@ async def serve_front_door(
     await serve_grpc(with_standard_services([front_door], front_door.readiness), host=settings.host,
                      port=settings.port, unix_socket=settings.unix_socket,
                      max_concurrent_streams=settings.max_concurrent_streams, close_timeout=settings.teardown_timeout,
-                     auth_token=settings.auth_token, tls=tls, task_status=task_status)
+                     auth_token=settings.auth_token, tls=tls, rpc_histogram=RPC_SECONDS, task_status=task_status)

@@ -13,6 +13,7 @@ import trio
 import trio_asyncio
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
+from prometheus_client import REGISTRY
 
 from actors.bridge import run_bridge
 from actors.settings import BridgeSettings, SettingsError
@@ -28,13 +29,20 @@ def bridge_settings(bridge_settings):
 
 @pytest.mark.parametrize("metadata", [None, {"authorization": "Bearer wrong"}, {"authorization": TOKEN}],
                          ids=["none", "wrong-token", "no-bearer-prefix"])
-async def test_calls_without_the_token_are_unauthenticated(bridge, livekit, metadata) -> None:
+async def test_calls_without_the_token_are_unauthenticated_and_counted(bridge, livekit, metadata) -> None:
+    def refused(method: str) -> float:
+        return REGISTRY.get_sample_value("bridge_rpc_seconds_count",
+                                         {"method": method, "code": "UNAUTHENTICATED"}) or 0.0
+
+    before = {method: refused(method) for method in ("HealthCheck", "JoinRoom")}
     async with cloud(bridge.address, metadata) as client:
         for call in (client.health(), client.join(join_request(livekit, "intruder"))):
             with pytest.raises(GRPCError) as caught:
                 await call
             assert caught.value.status == Status.UNAUTHENTICATED
             assert "authorization: Bearer" in caught.value.message
+    assert {method: refused(method) - count for method, count in before.items()} == {"HealthCheck": 1,
+                                                                                     "JoinRoom": 1}
     async with cloud(bridge.address, {"authorization": f"Bearer {TOKEN}"}) as client:
         assert "session:intruder" not in str(await client.actor_tree())
 

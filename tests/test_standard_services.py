@@ -8,13 +8,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
+import subprocess
 
 import trio
 import trio_asyncio
 
 from actors.bridge import run_bridge
 from bridge_harness import GRPCURL
-
 
 
 async def grpcurl(address: str, *words: str, data: str | None = None) -> str:
@@ -50,6 +50,35 @@ async def test_health_is_serving_then_not_serving_while_draining(bridge) -> None
     await bridge.front_door.drain(timeout=1)
     assert await health("") == "NOT_SERVING"
     assert await health("mentra.livekit.bridge.LiveKitBridge") == "NOT_SERVING"
+
+
+async def test_health_watch_sees_the_drain_and_ends_when_the_bridge_stops(bridge_settings) -> None:
+    async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
+        running = await nursery.start(run_bridge, bridge_settings)
+        watch = await trio.lowlevel.open_process(
+            [str(GRPCURL), "-plaintext", "-d", '{"service": ""}', running.address, "grpc.health.v1.Health/Watch"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        seen = b""
+
+        async def read_until(status: bytes) -> None:
+            nonlocal seen
+            with trio.fail_after(20):
+                while f'"status": "{status.decode()}"'.encode() not in seen:
+                    chunk = await watch.stdout.receive_some()
+                    assert chunk, f"Watch ended before {status!r}: {seen!r}"
+                    seen += chunk
+
+        try:
+            await read_until(b"SERVING")
+            await running.front_door.drain(timeout=1)
+            await read_until(b"NOT_SERVING")
+            nursery.cancel_scope.cancel()  # the bridge stops: the open Watch must not hold it
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(20) as waited:
+                await watch.wait()
+            if waited.cancelled_caught:
+                watch.kill()
+    assert watch.returncode is not None and not waited.cancelled_caught, "Watch stayed open after the bridge stopped"
 
 
 async def test_reflection_works_over_the_unix_socket(bridge_settings, tmp_path: pathlib.Path) -> None:

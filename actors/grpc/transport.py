@@ -12,6 +12,7 @@ import socket
 import ssl
 import struct
 import time
+import weakref
 from typing import Any
 
 import grpclib.server
@@ -89,29 +90,38 @@ async def _abort_as_grpc(h2_stream: Any, h2_status: int, grpc_status: Status | N
 grpclib.server._abort = _abort_as_grpc
 
 
-def timed(path: str, handler: grpclib.const.Handler, histogram: Any) -> grpclib.const.Handler:
-    """``handler``, observing each call's duration in ``histogram`` labelled
-    with the method's name and the status code the call ends with."""
-    method = path.rsplit("/", 1)[-1]
+class _Timed:
+    """A handler object whose every call's duration is observed in a
+    histogram, labelled with the method's name and the status code the call
+    ends with, refusals by the wrappers inside it (UNAUTHENTICATED) included."""
 
-    async def timed_call(stream: grpclib.server.Stream) -> None:
-        started = time.monotonic()
-        code = "OK"
-        try:
-            await handler.func(stream)
-        except GRPCError as error:
-            code = error.status.name
-            raise
-        except asyncio.CancelledError:
-            code = "CANCELLED"
-            raise
-        except Exception:
-            code = "UNKNOWN"
-            raise
-        finally:
-            histogram.labels(method, code).observe(time.monotonic() - started)
+    def __init__(self, handlers: Any, histogram: Any) -> None:
+        self._handlers = handlers
+        self._histogram = histogram
 
-    return handler._replace(func=timed_call)
+    def __mapping__(self) -> dict[str, grpclib.const.Handler]:
+        return {path: handler._replace(func=self._timed(path.rsplit("/", 1)[-1], handler.func))
+                for path, handler in self._handlers.__mapping__().items()}
+
+    def _timed(self, method: str, func: Any) -> Any:
+        async def timed(stream: grpclib.server.Stream) -> None:
+            started = time.monotonic()
+            code = "OK"
+            try:
+                await func(stream)
+            except GRPCError as error:
+                code = error.status.name
+                raise
+            except asyncio.CancelledError:
+                code = "CANCELLED"
+                raise
+            except Exception:
+                code = "UNKNOWN"
+                raise
+            finally:
+                self._histogram.labels(method, code).observe(time.monotonic() - started)
+
+        return timed
 
 
 class _BearerTokenRequired:
@@ -160,10 +170,27 @@ class FrontDoorServer(grpclib.server.Server):
         self._protocol_class = type(
             "_Protocol", (_ManyStreamsProtocol,), {"max_concurrent_streams": max_concurrent_streams}
         )
+        self._connections: weakref.WeakSet[H2Protocol] = weakref.WeakSet()
 
     def _protocol_factory(self) -> H2Protocol:
         protocol = super()._protocol_factory()
-        return self._protocol_class(protocol.handler, protocol.config, protocol.h2_config)
+        protocol = self._protocol_class(protocol.handler, protocol.config, protocol.h2_config)
+        self._connections.add(protocol)
+        return protocol
+
+    def close_connections(self) -> None:
+        """Send GOAWAY on every client connection and close it.
+
+        grpclib's close() cancels the calls still running (a health Watch)
+        without a word to their clients, which would wait on the open
+        connection; closed, they end at once, as when the process exits."""
+        for protocol in list(self._connections):
+            connection = getattr(protocol, "connection", None)
+            if connection is None or connection.is_closing():
+                continue
+            connection._connection.close_connection()
+            connection.flush()
+            connection.close()
 
 
 class SocketPathError(Exception):
@@ -215,7 +242,7 @@ def _tls_context(tls: tuple[str, str]) -> ssl.SSLContext:
 async def serve_grpc(
     handlers: list[Any], *, host: str, port: int, unix_socket: str | None, max_concurrent_streams: int,
     close_timeout: float, auth_token: str | None = None, tls: tuple[str, str] | None = None,
-    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+    rpc_histogram: Any = None, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``handlers`` until cancelled; reports "host:port" or "unix:/path" once listening.
 
@@ -225,6 +252,8 @@ async def serve_grpc(
     ``authorization: Bearer <auth_token>`` or ends UNAUTHENTICATED; over the
     Unix socket the file mode decides who may call. With ``tls`` (PEM
     certificate chain and key files), TCP is served over TLS (HTTP/2 by ALPN).
+    With ``rpc_histogram`` (a prometheus_client Histogram labelled method and
+    code), every call's duration is observed in it.
 
     Raises:
         SocketPathError: the socket path is served by a live process, or is
@@ -235,6 +264,8 @@ async def serve_grpc(
     """
     if auth_token and not unix_socket:
         handlers = [_BearerTokenRequired(handler, auth_token) for handler in handlers]
+    if rpc_histogram is not None:
+        handlers = [_Timed(handler, rpc_histogram) for handler in handlers]
     server = FrontDoorServer(handlers, max_concurrent_streams=max_concurrent_streams)
     if unix_socket:
         _claim_socket_path(pathlib.Path(unix_socket))
@@ -254,3 +285,4 @@ async def serve_grpc(
             server.close()
             with trio.move_on_after(close_timeout):
                 await aio_as_trio(server.wait_closed)()
+            server.close_connections()
