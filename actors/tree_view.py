@@ -13,8 +13,8 @@ _STATE_COLOURS = {"running": "32", "starting": "36", "restarting": "33", "stoppi
 #: The counters shown for each kind of actor, under short names; other kinds show none.
 _KEY_COUNTERS = {
     "UserSession": [("connected", "connected"), ("stream_attached", "stream"), ("mic_packets_received", "in"),
-                    ("mic_packets_lost", "lost"), ("mic_buffer_dropped", "dropped"),
-                    ("playbacks_active", "playing")],
+                    ("cloud_chunks_published", "out"), ("mic_packets_lost", "lost"),
+                    ("mic_buffer_dropped", "dropped"), ("playbacks_active", "playing")],
     "SessionSupervisor": [("sessions", "sessions"), ("joins", "joins"), ("replacements", "replaced"),
                           ("failed_joins", "failed"), ("sessions_reaped", "reaped")],
     "Playback": [("position_ms", "played_ms")],

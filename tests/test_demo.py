@@ -41,7 +41,7 @@ def test_the_demo_carries_speech_both_ways_and_shows_tree_latency_and_metrics(tm
     assert (np.sqrt((frames ** 2).mean(axis=1)) > 500).sum() >= 150  # 1.5 s of 10 ms frames
 
     # The live tree, printed by `bridge_main.py tree` while the reply played.
-    assert re.search(r"^    session:demo-user  UserSession  running .* in \d+  lost 0", shown, re.M), shown
+    assert re.search(r"^    session:demo-user  UserSession  running .* in \d+  out \d+  lost 0", shown, re.M), shown
     assert re.search(r"^      playback:demo-reply  Playback  running .*played_ms \d+.*format wav/pcm_s16le 22050 Hz 1 ch",
                      shown, re.M), shown
     assert re.search(r"PlayAudio ended: STARTED, (PROGRESS, )*COMPLETED", shown), shown

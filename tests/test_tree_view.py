@@ -40,7 +40,7 @@ async def test_tree_shows_each_actor_on_a_line_and_one_user_on_request(bridge, l
             assert lines[0].startswith("bridge  (1 StreamAudio calls open)")
             [ann] = [line for line in lines if line.strip().startswith("session:ann ")]
             assert ann.startswith("    session:ann  UserSession  running  up ")
-            assert "connected 1  stream 1  in 0  lost 0  dropped 0" in ann and "link connected" in ann
+            assert "connected 1  stream 1  in 0  out 0  lost 0  dropped 0" in ann and "link connected" in ann
             assert any(line.startswith("  sessions  SessionSupervisor  running") and "sessions 2" in line
                        for line in lines)
             only_bob = await tree_command(bridge, "--user", "bob")
