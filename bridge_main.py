@@ -28,10 +28,10 @@ import trio
 from loguru import logger
 
 from actors.bridge import RunningBridge, run_bridge
+from actors.configuration import add_flags
 from actors.grpc.transport import SocketPathError
 from actors.livekit.dev_server import start_dev_livekit
 from actors.log_setup import LogSettingError, configure_logging
-from actors.configuration import add_flags
 from actors.settings import BridgeSettings, SettingsError
 
 
@@ -139,9 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     tree_flags.add_argument("--user", metavar="ID", help="only this user's session")
     add_flags(parser, BridgeSettings)
     args = parser.parse_args(argv)
-    tree_only = {"command", "json", "watch", "user"}
     try:
-        settings = BridgeSettings.load(os.environ, {k: v for k, v in vars(args).items() if k not in tree_only})
+        settings = BridgeSettings.load(os.environ, args)
         configure_logging(level=settings.log_level, log_format=settings.log_format)
     except (SettingsError, LogSettingError) as error:
         print(f"bridge: {error}", file=sys.stderr)

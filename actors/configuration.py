@@ -50,8 +50,8 @@ class Declaration:
 
 
 def setting(default: Any, env: str, help: str, *, group: str, minimum: float | None = None,
-            maximum: float | None = None, aliases: Sequence[str] = (), choices: Sequence[str] | None = None, metavar: str | None = None,
-            secret: bool = False) -> Any:
+            maximum: float | None = None, aliases: Sequence[str] = (), choices: Sequence[str] | None = None,
+            metavar: str | None = None, secret: bool = False) -> Any:
     """A dataclass field that ``add_flags`` and ``load`` know as a setting."""
     declaration = Declaration(env, help, group, minimum, maximum, tuple(aliases),
                               tuple(choices) if choices is not None else None, metavar, secret)
