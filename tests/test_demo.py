@@ -3,6 +3,7 @@ and shows the live tree, the latency and the metrics it promises."""
 
 from __future__ import annotations
 
+import os
 import pathlib
 import re
 import subprocess
@@ -21,8 +22,9 @@ def pcm(path: pathlib.Path) -> bytes:
 
 
 def test_the_demo_carries_speech_both_ways_and_shows_tree_latency_and_metrics(tmp_path: pathlib.Path) -> None:
+    # The bridge process inherits LOG_LEVEL: at debug, its log shows the most it could leak.
     run = subprocess.run([sys.executable, str(ROOT / "tests" / "demo.py"), "--out", str(tmp_path)], cwd=ROOT,
-                         capture_output=True, text=True, timeout=180)
+                         capture_output=True, text=True, timeout=180, env=dict(os.environ, LOG_LEVEL="debug"))
     assert run.returncode == 0, run.stdout + run.stderr
     shown = run.stdout
 
@@ -50,6 +52,9 @@ def test_the_demo_carries_speech_both_ways_and_shows_tree_latency_and_metrics(tm
     assert 'bridge_playbacks_total{outcome="completed"} 1.0' in shown
     assert f"files in {tmp_path}" in shown
 
-    # The bridge's own log says which user each line is about.
+    # The bridge's own log says which user each line is about, and holds no token or secret.
     log = (tmp_path / "bridge.log").read_text()
     assert re.search(r"user_id=demo-user room=room-demo-user .* joined room room-demo-user", log), log
+    assert "| DEBUG    |" in log
+    [secret] = re.findall(r"^  devkey: (\S+)$", (tmp_path / "livekit" / "livekit.yaml").read_text(), re.M)
+    assert secret not in log and "eyJ" not in log  # (every JWT starts with eyJ: base64 of '{"')
