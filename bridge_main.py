@@ -14,10 +14,7 @@ flag wins); a bad value stops start-up with a message naming it.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import dataclasses
-import json
 import os
 import pathlib
 import signal
@@ -33,6 +30,7 @@ from actors.grpc.transport import SocketPathError
 from actors.livekit.dev_server import start_dev_livekit
 from actors.log_setup import LogSettingError, configure_logging
 from actors.settings import BridgeSettings, SettingsError
+from actors.tree_command import TreeUnavailable, print_tree
 
 
 def serve(settings: BridgeSettings) -> None:
@@ -86,46 +84,6 @@ def dev(settings: BridgeSettings) -> None:
         livekit.stop()
 
 
-def tree(settings: BridgeSettings, *, as_json: bool = False, watch: float | None = None,
-         user: str | None = None) -> None:
-    """Print a running bridge's actor tree (over PORT or LIVEKIT_GRPC_SOCKET),
-    once or, with ``watch``, every ``watch`` seconds until Ctrl-C."""
-    from grpclib.client import Channel
-
-    from actors.tree_view import render, walk
-    from proto.mentra.livekit.bridge.debug import BridgeDebugStub, DescribeActorsRequest, WatchActorsRequest
-
-    def show(tree_json: str) -> None:
-        snapshot = json.loads(tree_json)
-        if as_json:
-            if user is not None:
-                snapshot = next((node for node in walk(snapshot["children"]) if node["name"] == f"session:{user}"),
-                                None)
-            text = json.dumps(snapshot, indent=2) + "\n"
-        else:
-            text = render(snapshot, user=user, colour=sys.stdout.isatty())
-        if watch is not None and sys.stdout.isatty():
-            text = "\x1b[H\x1b[J" + text  # redraw in place
-        sys.stdout.write(text)
-        sys.stdout.flush()
-
-    async def run() -> None:
-        channel = Channel(path=settings.unix_socket) if settings.unix_socket else Channel("127.0.0.1", settings.port)
-        metadata = {"authorization": f"Bearer {settings.auth_token}"} if settings.auth_token else None
-        stub = BridgeDebugStub(channel, metadata=metadata)
-        try:
-            if watch is None:
-                show((await stub.describe_actors(DescribeActorsRequest(), timeout=5)).tree_json)
-            else:
-                async for reply in stub.watch_actors(WatchActorsRequest(interval_seconds=watch)):
-                    show(reply.tree_json)
-        finally:
-            channel.close()
-
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run())
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bridge_main.py", usage="%(prog)s [serve|dev|tree] [options]",
                                      description=__doc__,
@@ -145,11 +103,15 @@ def main(argv: list[str] | None = None) -> int:
     except (SettingsError, LogSettingError) as error:
         print(f"bridge: {error}", file=sys.stderr)
         return 2
+    if args.command == "tree":
+        try:
+            print_tree(settings, as_json=args.json, watch=args.watch, user=args.user)
+        except TreeUnavailable as error:
+            print(f"bridge: {error}", file=sys.stderr)
+            return 1
+        return 0
     try:
-        if args.command == "tree":
-            tree(settings, as_json=args.json, watch=args.watch, user=args.user)
-        else:
-            {"serve": serve, "dev": dev}[args.command](settings)
+        {"serve": serve, "dev": dev}[args.command](settings)
     except BaseException as error:
         refused = SocketPathError.found_in(error)
         if refused is None:

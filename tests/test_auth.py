@@ -5,8 +5,10 @@ BRIDGE_TLS_CERT and BRIDGE_TLS_KEY."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import pathlib
 import subprocess
+import sys
 
 import pytest
 import trio
@@ -20,6 +22,7 @@ from actors.settings import BridgeSettings, SettingsError
 from bridge_harness import GRPCURL, cloud, join_request
 
 TOKEN = "s3cret-bridge-token-7f2c"
+ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -96,6 +99,20 @@ async def test_tls_serves_tcp_with_the_token_and_refuses_plaintext(bridge_settin
         assert (await grpcurl("-plaintext", "-H", f"authorization: Bearer {TOKEN}")).returncode != 0
         untrusted = await grpcurl("-H", f"authorization: Bearer {TOKEN}")  # the system's CAs do not know it
         assert untrusted.returncode != 0 and b"certificate" in untrusted.stderr
+
+        # `tree` with the bridge's own settings reaches it over TLS with the token.
+        port = running.address.rsplit(":", 1)[1]
+        environment = dict(os.environ, PORT=port, BRIDGE_TLS_CERT=str(cert), BRIDGE_TLS_KEY=str(key),
+                           LOG_LEVEL="warning")
+        shown = await trio.run_process([sys.executable, str(ROOT / "bridge_main.py"), "tree"], capture_stdout=True,
+                                       capture_stderr=True, check=False,
+                                       env=dict(environment, BRIDGE_AUTH_TOKEN=TOKEN))
+        assert shown.returncode == 0 and shown.stdout.startswith(b"bridge  (0 StreamAudio calls open)"), shown.stderr
+        refused = await trio.run_process([sys.executable, str(ROOT / "bridge_main.py"), "tree"], capture_stdout=True,
+                                         capture_stderr=True, check=False, env=environment)
+        assert refused.returncode == 1
+        assert b"answered UNAUTHENTICATED" in refused.stderr and b"set BRIDGE_AUTH_TOKEN" in refused.stderr
+        assert b"Traceback" not in refused.stderr
         nursery.cancel_scope.cancel()
 
 

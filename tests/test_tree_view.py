@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import subprocess
 import sys
 
 import pytest
@@ -49,6 +50,14 @@ async def test_tree_shows_each_actor_on_a_line_and_one_user_on_request(bridge, l
             snapshot = json.loads(await tree_command(bridge, "--json"))
             assert snapshot["front_door"]["active_streams"] == 1
             assert json.loads(await tree_command(bridge, "--json", "--user", "bob"))["name"] == "session:bob"
+
+
+def test_tree_says_what_to_check_when_no_bridge_answers(tmp_path: pathlib.Path) -> None:
+    done = subprocess.run([sys.executable, str(ROOT / "bridge_main.py"), "tree", "--livekit-grpc-socket",
+                           str(tmp_path / "absent.sock")], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.startswith(f"bridge: cannot reach the bridge at unix:{tmp_path / 'absent.sock'}"), done.stderr
+    assert "Traceback" not in done.stderr
 
 
 async def test_watch_actors_streams_snapshots_at_the_interval_asked(bridge) -> None:
