@@ -71,11 +71,15 @@ def dev(settings: BridgeSettings) -> None:
     livekit = start_dev_livekit(workdir, port=7880)
     try:
         where = f"unix:{settings.unix_socket}" if settings.unix_socket else f"127.0.0.1:{settings.port}"
+        reach = (f" --livekit-grpc-socket {settings.unix_socket}" if settings.unix_socket
+                 else f" --port {settings.port}" if settings.port != 9090 else "")
+        grpcurl_target = f"-unix {settings.unix_socket}" if settings.unix_socket else where
         print(
             f"\nLiveKit dev server: {livekit.url}  (API key {livekit.api_key!r}; its secret is in "
             f"{workdir / 'livekit.yaml'})\n"
             f"LiveKit bridge gRPC: {where}  (service mentra.livekit.bridge.LiveKitBridge)\n"
-            f"Actor tree:          python bridge_main.py tree\n"
+            f"Actor tree:          python bridge_main.py tree{reach}\n"
+            f"Health, reflection:  grpcurl -plaintext {grpcurl_target} list\n"
             f"Stop with Ctrl-C.\n",
             flush=True,
         )
