@@ -9,10 +9,11 @@ livekit_server := ".tools/bin/livekit-server"
 grpcurl_version := "1.9.4"
 grpcurl := ".tools/bin/grpcurl"
 
-# (Only the bridge when LIVEKIT_URL, LIVEKIT_API_KEY and LIVEKIT_API_SECRET name a server.)
+# (Only the bridge when LIVEKIT_URL, LIVEKIT_API_KEY and LIVEKIT_API_SECRET name a server. Args: the
+# bridge's flags, e.g. --port 9091; `.venv/bin/python bridge_main.py --help` lists them.)
 # The main job: a local LiveKit dev server plus the bridge.
-run: setup
-    {{python}} bridge_main.py dev
+run *args: setup
+    {{python}} bridge_main.py dev {{args}}
 
 # (It runs in a network namespace whose only addresses are loopback: tests/isolated.)
 # Install what is missing, then run the whole suite.
