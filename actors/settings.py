@@ -65,6 +65,9 @@ class BridgeSettings:
         "delays every other room's packets, so join storms go through a few at a time", group=LIVEKIT, minimum=1)
     join_timeout: float = setting(120.0, "BRIDGE_JOIN_TIMEOUT", "longest a JoinRoom may wait, queued behind "
                                   "other joins included", group=LIVEKIT, minimum=1)
+    sdk_reconnect_grace: float = setting(3.0, "BRIDGE_SDK_RECONNECT_GRACE", "how long the SDK may try to restore "
+                                         "an interrupted connection before the bridge rejoins the room itself",
+                                         group=LIVEKIT, minimum=0.1)
     rejoin_backoff_initial: float = setting(0.1, "BRIDGE_REJOIN_BACKOFF_INITIAL", "first wait before rejoining a "
                                             "room LiveKit dropped (doubling per failure)", group=LIVEKIT,
                                             minimum=0)

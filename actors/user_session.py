@@ -71,6 +71,9 @@ class UserSession(Actor):
         self._connect_slots = connect_slots
         self._room: rtc.Room | None = None
         self._room_lost = trio.Event()
+        #: Set by the SDK's events: it started restoring the connection / it is back.
+        self._sdk_reconnecting = trio.Event()
+        self._sdk_reconnected = trio.Event()
         #: connecting, connected, reconnecting (the SDK), disconnected, leaving, rejoining
         self._link = "connecting"
         self._rejoins = 0
@@ -171,6 +174,7 @@ class UserSession(Actor):
                     self._playback_supervisor = Supervisor(nursery, on_exit=self._on_playback_exit)
                     nursery.start_soon(self._publish_cloud_audio, self._tracks)
                     nursery.start_soon(self._tracks.unpublish_idle_tracks)
+                    nursery.start_soon(self._cut_slow_sdk_reconnects)
                     logger.info("user {} joined room {} as {}", join.user_id, join.room_name,
                                 room.local_participant.identity)
                     try:
@@ -202,10 +206,30 @@ class UserSession(Actor):
         self._link = "reconnecting"
         self.line.record_disconnect(now_ms(), "RECONNECTING (the SDK is restoring the connection)")
         logger.info("user {}: LiveKit connection interrupted; the SDK is reconnecting", self.user_id)
+        self._sdk_reconnecting.set()
 
     def _on_reconnected(self) -> None:
         self._link = "connected"
         logger.info("user {}: LiveKit connection back", self.user_id)
+        self._sdk_reconnected.set()
+
+    async def _cut_slow_sdk_reconnects(self) -> None:
+        """While in a room: when the SDK has not restored the connection
+        within sdk_reconnect_grace, give up on it and rejoin as after a drop.
+
+        The SDK resumes a brief interruption quickly, but between attempts
+        at a full reconnect it waits up to 7 s (growing with each), so after
+        a LiveKit server comes back its rooms return up to 7 s late; ours
+        rejoin within rejoin_backoff_max."""
+        grace = self._settings.sdk_reconnect_grace
+        while True:
+            self._sdk_reconnecting, self._sdk_reconnected = trio.Event(), trio.Event()
+            await self._sdk_reconnecting.wait()
+            with trio.move_on_after(grace):
+                await self._sdk_reconnected.wait()
+            if not self._sdk_reconnected.is_set():
+                self._room_gone(f"SDK_RECONNECT_SLOW (not back within {grace:g} s; rejoining)")
+                return
 
     # -- messages ----------------------------------------------------------
 

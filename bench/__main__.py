@@ -18,7 +18,10 @@ bench/results/. Then the single-session benchmarks, printed as a table:
   per-room event filter keeps the second close to the first);
 - playback latency: PlayAudio -> first sound at a listener subscribed as the
   phone is, on a fresh track (published and subscribed first) and on a warm
-  one (bench/playback.py).
+  one (bench/playback.py);
+- healing after a LiveKit server restart: 50 sessions, the server down 10 s,
+  the time until each session is back (bench/heal.py; `python -m bench.heal`
+  compares BRIDGE_MAX_CONCURRENT_CONNECTS values).
 Numbers depend on the machine; compare runs on the same one.
 """
 
@@ -49,6 +52,7 @@ from bench.ladder import RESULTS, RungPlan, ladder  # noqa: E402
 from bench.profile_summary import perf_summary, summarize  # noqa: E402
 from bench.stamps import STAMP  # noqa: E402
 from bench.playback import playback_latency  # noqa: E402
+from bench import heal  # noqa: E402
 
 JOINS = 30
 PACKETS = 300
@@ -176,6 +180,7 @@ def main() -> None:
            floor_max_users=args.floor_max_users)
     if not args.ladder_only:
         trio.run(single_session_benchmarks)
+        heal.main(["--users", "50", "--connects", "2", "--outage", "10"])
 
 
 if __name__ == "__main__":

@@ -224,7 +224,7 @@ def own_livekit(tmp_path, livekit: DevLiveKit) -> Iterator[dict]:
 
 
 async def test_after_a_livekit_server_restart_every_session_streams_again_without_any_rpc(
-        bridge, own_livekit) -> None:
+        bridge, bridge_settings, own_livekit, log_records) -> None:
     server: DevLiveKit = own_livekit["server"]
     users = ["heal-a", "heal-b", "heal-c"]
     async with cloud(bridge.address) as client:
@@ -249,7 +249,8 @@ async def test_after_a_livekit_server_restart_every_session_streams_again_withou
             assert call.status == Status.FAILED_PRECONDITION and call.kinds() == ["FAILED"], call.message
             assert "not connected" in call.message
 
-            await trio.sleep(1.0)
+            # Down for longer than the SDK may try on its own.
+            await trio.sleep(bridge_settings.sdk_reconnect_grace + 1.0)
             restarted = start_dev_livekit(own_livekit["tmp"] / "second", **own_livekit["config"])
             own_livekit["server"] = restarted
             back_at = time.monotonic()
@@ -262,7 +263,13 @@ async def test_after_a_livekit_server_restart_every_session_streams_again_withou
                             await trio.sleep(0.05)
                         healed_after[user] = time.monotonic() - back_at
             # The audio came on the StreamAudio calls opened before the restart.
+            rejoins = {user: (await session_node(client, user))["counters"]["rejoins"] for user in users}
             streams.cancel_scope.cancel()
+    # The SDK's reconnect, slower than BRIDGE_SDK_RECONNECT_GRACE while the server was down, was cut
+    # short: the sessions rejoined by themselves.
+    assert all(count >= 1 for count in rejoins.values()), rejoins
+    for user in users:
+        assert any("SDK_RECONNECT_SLOW" in record["message"] for record in about_user(log_records, user)), user
     print(f"sessions healed after the LiveKit server came back: "
           f"{ {user: round(seconds, 2) for user, seconds in healed_after.items()} }")
 
