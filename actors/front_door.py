@@ -30,7 +30,7 @@ from .grpc.standard_services import with_standard_services
 from .grpc.transport import read_message, serve_grpc
 from .audio.fetch import FetchError, check_url
 from .live_objects import live_objects
-from .messages import (FAULT_KINDS, SIMULATED_SCENARIOS, AttachStream, Fault, GetHealth, GetStatus, Join, Leave, NotPlayable, Play,
+from .messages import (FAULT_KINDS, AtCapacity, SIMULATED_SCENARIOS, AttachStream, Fault, GetHealth, GetStatus, Join, Leave, NotPlayable, Play,
                        StopPlayback, is_fault_kind)
 from .playback import PlaybackEvent, PlaybackRequest
 from .metrics import MIC_FORWARDED, MIC_GRPC_WRITE, MIC_QUEUED, RPC_SECONDS, STREAMS
@@ -150,6 +150,8 @@ class FrontDoor:
             return await self._sessions.ask(request, timeout=timeout or self._settings.ask_timeout)
         except MailboxFull as error:
             raise GRPCError(Status.RESOURCE_EXHAUSTED, f"the bridge is overloaded: {error}; retry later") from None
+        except AtCapacity as error:
+            raise GRPCError(Status.RESOURCE_EXHAUSTED, str(error)) from None
         except ActorGone as error:
             raise GRPCError(Status.UNAVAILABLE, f"the bridge is shutting down: {error}") from None
         except TimeoutError as error:

@@ -90,6 +90,11 @@ class Play(Request[Any]):
     stop_other: bool
 
 
+class AtCapacity(Exception):
+    """A JoinRoom for one more user, refused: the bridge holds its maximum
+    of sessions (BRIDGE_MAX_SESSIONS); the message says so."""
+
+
 @dataclasses.dataclass(frozen=True)
 class NotPlayable:
     """The session cannot play now (its room is not connected)."""

@@ -50,7 +50,8 @@ MIC_LOST = MIC_PACKETS.labels("lost")
 SESSIONS = prometheus_client.Gauge("bridge_sessions", "User sessions (one per user with a JoinRoom in force).")
 STREAMS = prometheus_client.Gauge("bridge_streams", "Open StreamAudio calls.")
 JOINS = prometheus_client.Counter(
-    "bridge_joins", "JoinRoom calls handled, by result: joined, replaced (a session was torn down first), failed.",
+    "bridge_joins", "JoinRoom calls handled, by result: joined, replaced (a session was torn down first), failed, "
+    "refused (at BRIDGE_MAX_SESSIONS).",
     ["result"])
 SESSIONS_ENDED = prometheus_client.Counter(
     "bridge_sessions_ended", "Sessions that ended by themselves: reaped (no StreamAudio consumer for "

@@ -29,7 +29,7 @@ from loguru import logger
 
 from .livekit.room import AbandonedConnect, RoomConnectError
 from .metrics import JOINS, SESSIONS, SESSIONS_ENDED, count_restart
-from .messages import (AttachStream, Fault, GetHealth, GetStatus, Health, Join, Joined, Leave, Play,
+from .messages import (AtCapacity, AttachStream, Fault, GetHealth, GetStatus, Health, Join, Joined, Leave, Play,
                        SessionStatus, StopPlayback)
 from .runtime import Actor, ActorGone, Child, MailboxFull, Request, Restart, RestartPolicy, Supervisor
 from .settings import BridgeSettings
@@ -62,8 +62,12 @@ class SessionSupervisor(Actor):
         self._nursery: trio.Nursery | None = None
         self._connect_slots = trio.CapacityLimiter(settings.max_concurrent_connects)
         self._joins = 0
+        #: Joins between their start and their session's entry in _sessions
+        #: (a replacement's old session is out of _sessions meanwhile).
+        self._joins_in_flight = 0
         self._replacements = 0
         self._failed_joins = 0
+        self._refused_joins = 0
         self._skipped = 0
         self._reaped = 0
         self._given_up = 0
@@ -107,6 +111,7 @@ class SessionSupervisor(Actor):
             "joins": self._joins,
             "replacements": self._replacements,
             "failed_joins": self._failed_joins,
+            "refused_joins_at_capacity": self._refused_joins,
             "skipped_commands_of_gone_callers": self._skipped,
             "sessions_reaped": self._reaped,
             "sessions_given_up": self._given_up,
@@ -149,11 +154,18 @@ class SessionSupervisor(Actor):
                 try:
                     await self._settle_abandoned_connect(user_id)
                     if isinstance(command, Join):
-                        command.reply.send(await self._join(command))
+                        self._admit(command)
+                        self._joins_in_flight += 1
+                        try:
+                            command.reply.send(await self._join(command))
+                        finally:
+                            self._joins_in_flight -= 1
                     elif isinstance(command, Leave):
                         command.reply.send(await self._leave(command))
                     else:
                         command.reply.send(await self._reap(command))
+                except AtCapacity as refusal:
+                    command.reply.fail(refusal)
                 finally:
                     command.reply.fail(ActorGone("the bridge is shutting down; try again"))  # if unanswered
         finally:
@@ -162,6 +174,18 @@ class SessionSupervisor(Actor):
             del self._pending[user_id]
             for command in queue:
                 command.reply.fail(ActorGone("the bridge is shutting down; try again"))
+
+    def _admit(self, join: Join) -> None:
+        """Raise AtCapacity for a user without a session when the sessions,
+        with the joins under way, are at max_sessions; a replacement always goes through."""
+        limit = self._settings.max_sessions
+        if limit is None or join.user_id in self._sessions or len(self._sessions) + self._joins_in_flight < limit:
+            return
+        self._refused_joins += 1
+        JOINS.labels("refused").inc()
+        logger.warning("user {}: JoinRoom refused: the bridge holds its maximum of {} sessions", join.user_id, limit)
+        raise AtCapacity(f"this bridge holds its maximum of {limit} sessions (BRIDGE_MAX_SESSIONS); "
+                         "join the user on another instance")
 
     async def _settle_abandoned_connect(self, user_id: str) -> None:
         """A connect of this user's that timed out may still join LiveKit under

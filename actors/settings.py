@@ -76,6 +76,10 @@ class BridgeSettings:
                                         group=LIVEKIT, minimum=0)
 
     # -- sessions
+    max_sessions: int | None = setting(None, "BRIDGE_MAX_SESSIONS", "sessions this bridge holds at most: a "
+                                       "JoinRoom for one more user is refused RESOURCE_EXHAUSTED, so the cloud "
+                                       "joins the user elsewhere; replacements always go through", group=SESSIONS,
+                                       minimum=1)
     session_max_restarts: int = setting(3, "BRIDGE_SESSION_MAX_RESTARTS", "restarts of a crashed session within "
                                         "60 seconds before it is given up on", group=SESSIONS, minimum=0)
     idle_session_ttl: float = setting(120.0, "BRIDGE_IDLE_SESSION_TTL", "a session without a StreamAudio "

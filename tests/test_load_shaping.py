@@ -10,6 +10,8 @@ import urllib.request
 
 import trio
 import trio_asyncio
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
 from livekit.rtc import _ffi_client
 from livekit.rtc._ffi_client import FfiClient
 from livekit.rtc.version import __version__
@@ -130,3 +132,33 @@ async def test_metrics_show_the_audio_path_sessions_joins_and_calls(bridge_setti
                     if name == "bridge_rpc_seconds_count" and dict(labels).get("method") == "StreamAudio"}
     assert sum(stream_calls.values()) == 1, stream_calls  # its code: however the client's hang-up reached it
     assert grown(before, after, "bridge_room_connect_seconds_count", phase="connect") >= 1
+
+
+async def test_at_max_sessions_a_new_user_is_refused_but_replacements_and_freed_places_go_through(
+        bridge_settings, livekit) -> None:
+    settings = dataclasses.replace(bridge_settings, max_sessions=2)
+    results: dict[str, bool | GRPCError] = {}
+    async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
+        running = await nursery.start(run_bridge, settings)
+        async with cloud(running.address) as client:
+            async def join(user: str) -> None:
+                try:
+                    results[user] = (await client.join(join_request(livekit, user))).success
+                except GRPCError as error:
+                    results[user] = error
+
+            async with trio.open_nursery() as joins:  # three new users at once: joins under way count too
+                for user in ("cap-a", "cap-b", "cap-c"):
+                    joins.start_soon(join, user)
+            [refused] = [user for user, result in results.items() if isinstance(result, GRPCError)]
+            admitted = sorted(user for user, result in results.items() if result is True)
+            assert len(admitted) == 2, results
+            assert results[refused].status == Status.RESOURCE_EXHAUSTED
+            assert "maximum of 2 sessions (BRIDGE_MAX_SESSIONS)" in results[refused].message
+
+            assert (await client.join(join_request(livekit, admitted[0]))).success  # a replacement
+            assert (await client.leave(admitted[1])).success
+            assert (await client.join(join_request(livekit, refused))).success  # a place was freed
+            counters = (await client.actor_tree())["children"][0]["counters"]
+        nursery.cancel_scope.cancel()
+    assert counters["refused_joins_at_capacity"] == 1 and counters["sessions"] == 2
