@@ -153,6 +153,7 @@ class UserSession(Actor):
         playbacks that live only as long as it does."""
         join = self._join
         self._room_lost = trio.Event()
+        self._sdk_reconnecting, self._sdk_reconnected = trio.Event(), trio.Event()
         self._link = "connecting"
         try:
             async with joined_room(
@@ -223,13 +224,13 @@ class UserSession(Actor):
         rejoin within rejoin_backoff_max."""
         grace = self._settings.sdk_reconnect_grace
         while True:
-            self._sdk_reconnecting, self._sdk_reconnected = trio.Event(), trio.Event()
             await self._sdk_reconnecting.wait()
             with trio.move_on_after(grace):
                 await self._sdk_reconnected.wait()
             if not self._sdk_reconnected.is_set():
                 self._room_gone(f"SDK_RECONNECT_SLOW (not back within {grace:g} s; rejoining)")
                 return
+            self._sdk_reconnecting, self._sdk_reconnected = trio.Event(), trio.Event()
 
     # -- messages ----------------------------------------------------------
 
