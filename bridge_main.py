@@ -29,6 +29,7 @@ from actors.configuration import add_flags
 from actors.grpc.transport import SocketPathError
 from actors.livekit.dev_server import start_dev_livekit
 from actors.log_setup import LogSettingError, configure_logging
+from actors.metrics import versions
 from actors.settings import BridgeSettings, SettingsError
 from actors.tree_command import TreeUnavailable, print_tree
 
@@ -94,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["serve", "dev", "tree"], nargs="?", default="serve",
                         help="what to run (default serve)")
+    built_on = versions()
+    parser.add_argument("--version", action="version", version=f"livekit-bridge {built_on.pop('version')} ("
+                        + ", ".join(f"{name} {value}" for name, value in built_on.items()) + ")")
     tree_flags = parser.add_argument_group("tree")
     tree_flags.add_argument("--json", action="store_true", help="the machine-readable JSON snapshot")
     tree_flags.add_argument("--watch", type=float, nargs="?", const=1.0, metavar="SECONDS",

@@ -7,6 +7,8 @@ observe (about a microsecond) per stage and packet, never a label lookup.
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
+import platform
 from collections.abc import Iterator
 from typing import Any
 
@@ -47,6 +49,8 @@ MIC_FORWARDED = MIC_PACKETS.labels("forwarded")
 MIC_DROPPED = MIC_PACKETS.labels("dropped")
 MIC_LOST = MIC_PACKETS.labels("lost")
 
+BUILD = prometheus_client.Info(
+    "bridge_build", "What this bridge runs: its version and those of the livekit SDK, grpclib and Python.")
 SESSIONS = prometheus_client.Gauge("bridge_sessions", "User sessions (one per user with a JoinRoom in force).")
 STREAMS = prometheus_client.Gauge("bridge_streams", "Open StreamAudio calls.")
 JOINS = prometheus_client.Counter(
@@ -85,3 +89,18 @@ def serve_metrics(port: int | None, host: str) -> Iterator[None]:
     finally:
         server.shutdown()
         thread.join(timeout=5)
+
+
+def versions() -> dict[str, str]:
+    """The bridge's version and those of what it is built on, as bridge_build shows them."""
+    def version_of(distribution: str) -> str:
+        try:
+            return importlib.metadata.version(distribution)
+        except importlib.metadata.PackageNotFoundError:
+            return "unknown"
+
+    return {"version": version_of("livekit-bridge"), "livekit": version_of("livekit"),
+            "grpclib": version_of("grpclib"), "python": platform.python_version()}
+
+
+BUILD.info(versions())

@@ -5,6 +5,7 @@ and the stage metrics that show where a packet waited (real livekit-server)."""
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import logging
 import urllib.request
 
@@ -132,6 +133,8 @@ async def test_metrics_show_the_audio_path_sessions_joins_and_calls(bridge_setti
                     if name == "bridge_rpc_seconds_count" and dict(labels).get("method") == "StreamAudio"}
     assert sum(stream_calls.values()) == 1, stream_calls  # its code: however the client's hang-up reached it
     assert grown(before, after, "bridge_room_connect_seconds_count", phase="connect") >= 1
+    [build] = [dict(labels) for name, labels in after if name == "bridge_build_info"]
+    assert build["version"] == importlib.metadata.version("livekit-bridge") and build["livekit"] == __version__
 
 
 async def test_at_max_sessions_a_new_user_is_refused_but_replacements_and_freed_places_go_through(
