@@ -11,7 +11,10 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import os
 import pathlib
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -26,6 +29,7 @@ from trio_asyncio import aio_as_trio
 
 from actors.livekit.dev_server import DevLiveKit
 from actors.livekit.room import joined_room
+from listener_process import RECORD
 from proto.mentra.livekit import bridge as pb
 from proto.mentra.livekit.bridge import debug as debug_pb
 
@@ -100,9 +104,9 @@ class Heard:
         #: RMS of each frame, computed once on arrival.
         self.levels: list[float] = []
 
-    def add(self, frame: np.ndarray) -> None:
+    def add(self, frame: np.ndarray, arrival: float) -> None:
         self.frames.append(frame)
-        self.arrivals.append(time.monotonic())
+        self.arrivals.append(arrival)
         self.levels.append(float(np.sqrt(np.mean(frame.astype(np.float64) ** 2))))
 
     def loud(self, threshold: float = 1000.0, *, start: int = 0) -> list[int]:
@@ -124,31 +128,50 @@ class Heard:
 async def listener_in_room(livekit: DevLiveKit, user_id: str, identity: str | None = None,
                            ) -> AsyncIterator[dict[str, Heard]]:
     """The user's phone (or another participant, by ``identity``) as a listener
-    in the user's room: it subscribes to every track the bridge publishes, as
-    the phone app does, and records what it hears, by track name."""
+    in the user's room, in a process of its own (tests/listener_process.py):
+    it subscribes to every track the bridge publishes, as the phone app does,
+    and what it hears fills in the yielded dict, by track name, with each
+    frame's arrival time on the clock of time.monotonic()."""
     heard: dict[str, Heard] = {}
-    tracks_send, tracks_receive = trio.open_memory_channel[tuple[str, rtc.Track]](16)
+    joined = trio.Event()
+    room = f"room-{user_id}"
+    process = await trio.lowlevel.open_process(
+        [sys.executable, str(pathlib.Path(__file__).with_name("listener_process.py")), livekit.url],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        env=dict(os.environ, LISTENER_TOKEN=token(livekit, identity or user_id, room)))
 
-    def on_subscribed(track: rtc.Track, publication: rtc.RemoteTrackPublication, *_: object) -> None:
-        tracks_send.send_nowait((publication.name, track))
+    async def read_records() -> None:
+        buffer = bytearray()
+        while chunk := await process.stdout.receive_some(1 << 16):
+            buffer += chunk
+            while len(buffer) >= RECORD.size:
+                arrival, name_length, samples = RECORD.unpack_from(buffer)
+                end = RECORD.size + name_length + 2 * samples
+                if len(buffer) < end:
+                    break
+                name = bytes(buffer[RECORD.size:RECORD.size + name_length]).decode()
+                if name:
+                    frame = np.frombuffer(bytes(buffer[RECORD.size + name_length:end]), dtype=np.int16)
+                    heard.setdefault(name, Heard()).add(frame, arrival)
+                else:
+                    joined.set()
+                del buffer[:end]
 
-    async def record(name: str, track: rtc.Track) -> None:
-        into = heard.setdefault(name, Heard())
-        stream = rtc.AudioStream(track, sample_rate=LISTEN_RATE, num_channels=1)
-        async for event in aio_as_trio(stream):
-            into.add(np.frombuffer(bytes(event.frame.data), dtype=np.int16))
-
-    async def record_each() -> None:
-        async with trio.open_nursery() as recorders:
-            async for name, track in tracks_receive:
-                recorders.start_soon(record, name, track)
-
-    async with phone_in_room(livekit, identity or user_id, room=f"room-{user_id}",
-                             subscribe={"track_subscribed": on_subscribed}, auto_subscribe=True), \
-            trio.open_nursery() as nursery:
-        nursery.start_soon(record_each)
-        yield heard
-        nursery.cancel_scope.cancel()
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_records)
+            with trio.fail_after(20):
+                await joined.wait()
+            yield heard
+            nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True):
+            await process.stdin.aclose()  # it leaves the room and exits
+            with trio.move_on_after(10):
+                await process.wait()
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
 
 
 class Cloud:

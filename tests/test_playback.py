@@ -82,17 +82,14 @@ def assert_heard_stepped_tone(heard: Heard, seconds: float) -> None:
     for hz, first, blocks in steps:
         middle = (first + blocks // 2) * block
         window = samples[middle - LISTEN_RATE // 10:middle + LISTEN_RATE // 10]  # 200 ms: 5 Hz resolution
-        # 5 Hz bins; concealment inside a stretched step can smear a bin or two.
-        assert abs(dominant_hz(window, LISTEN_RATE) - hz) <= max(15.0, 0.03 * hz), (hz, steps)
-    # Under the whole suite's load this listener, which shares the bridge's
-    # process, was seen stretching single steps by up to 460 ms (its jitter
-    # buffer concealing late packets): a step may come out longer, never much
-    # shorter (that would be audio lost or played fast). A resampling error is
-    # caught by the pitch above and by duration_ms. (To do: the listener in a
-    # process of its own, as in the bench.)
+        assert abs(dominant_hz(window, LISTEN_RATE) - hz) <= max(10.0, 0.02 * hz), (hz, steps)
+    # The listener runs in a process of its own (tests/listener_process.py),
+    # so its jitter buffer stretches a step only by what the network and the
+    # machine's two cores do to it; a resampling error is caught by the pitch
+    # above and by duration_ms.
     lengths = [blocks * 20 for _, _, blocks in steps]
-    assert abs(statistics.median(lengths) - STEP_SECONDS * 1000) <= 0.25 * STEP_SECONDS * 1000, lengths
-    assert all(length >= 0.7 * STEP_SECONDS * 1000 for length in lengths), lengths
+    assert abs(statistics.median(lengths) - STEP_SECONDS * 1000) <= 0.15 * STEP_SECONDS * 1000, lengths
+    assert all(abs(length - STEP_SECONDS * 1000) <= 250 for length in lengths), lengths
 
 
 FORMATS = {
@@ -241,7 +238,7 @@ async def test_every_bad_input_fails_with_its_reason_while_another_track_plays(
         assert reason in call.final.error, (case, call.final.error)
         assert "secret" not in call.final.error
     assert followed.kinds()[-1] == "COMPLETED", followed.events
-    assert still_heard >= 600, still_heard  # the background kept playing throughout
+    assert still_heard >= 800, still_heard  # the background kept playing throughout
     assert playing.final.metadata.get("stopped") == "true"
 
 
