@@ -31,7 +31,7 @@ from actors.livekit.dev_server import start_dev_livekit
 from actors.log_setup import LogSettingError, configure_logging
 from actors.metrics import versions
 from actors.settings import BridgeSettings, SettingsError
-from actors.tree_command import TreeUnavailable, print_tree
+from actors.tree_command import TreeUnavailable, dial_address, print_tree
 
 
 def serve(settings: BridgeSettings) -> None:
@@ -71,16 +71,17 @@ def dev(settings: BridgeSettings) -> None:
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="bridge-dev-livekit-"))
     livekit = start_dev_livekit(workdir, port=7880)
     try:
-        where = f"unix:{settings.unix_socket}" if settings.unix_socket else f"127.0.0.1:{settings.port}"
+        where = dial_address(settings)
         reach = (f" --livekit-grpc-socket {settings.unix_socket}" if settings.unix_socket
                  else f" --port {settings.port}" if settings.port != 9090 else "")
         grpcurl_target = f"-unix {settings.unix_socket}" if settings.unix_socket else where
+        security = f"-cacert {settings.tls_cert}" if settings.tls_cert and not settings.unix_socket else "-plaintext"
         print(
             f"\nLiveKit dev server: {livekit.url}  (API key {livekit.api_key!r}; its secret is in "
             f"{workdir / 'livekit.yaml'})\n"
             f"LiveKit bridge gRPC: {where}  (service mentra.livekit.bridge.LiveKitBridge)\n"
             f"Actor tree:          python bridge_main.py tree{reach}\n"
-            f"Health, reflection:  grpcurl -plaintext {grpcurl_target} list\n"
+            f"Health, reflection:  grpcurl {security} {grpcurl_target} list\n"
             f"Stop with Ctrl-C.\n",
             flush=True,
         )
@@ -107,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         settings = BridgeSettings.load(os.environ, args)
+        if args.command != "tree":
+            settings.check_for_serving()
         configure_logging(level=settings.log_level, log_format=settings.log_format)
     except (SettingsError, LogSettingError) as error:
         print(f"bridge: {error}", file=sys.stderr)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import typing
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -125,8 +126,12 @@ def _parse(raw: Any, kind: type, declaration: Declaration, source: str) -> Any:
         except ValueError:
             noun = "a whole number" if kind is int else "a number"
             raise SettingsError(f"{source}={raw!r} is not {noun} ({declaration.help})") from None
-    if declaration.choices is not None and str(value).lower() not in declaration.choices:
-        raise SettingsError(f"{source}={raw!r} is not one of {', '.join(declaration.choices)}")
+    if declaration.choices is not None:
+        value = str(value).lower()
+        if value not in declaration.choices:
+            raise SettingsError(f"{source}={raw!r} is not one of {', '.join(declaration.choices)}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise SettingsError(f"{source}={raw!r} is not a finite number")
     if declaration.minimum is not None and value < declaration.minimum:
         raise SettingsError(f"{source}={raw!r} is below its minimum, {_show(declaration.minimum)}")
     if declaration.maximum is not None and value > declaration.maximum:

@@ -132,14 +132,18 @@ class BridgeSettings:
                                  "before the listener closes", group=OPERATIONS, minimum=0)
 
     def __post_init__(self) -> None:
-        if (self.tls_cert is None) != (self.tls_key is None):
-            raise SettingsError("BRIDGE_TLS_CERT (--tls-cert) and BRIDGE_TLS_KEY (--tls-key) go together: set "
-                                "both (PEM files) or neither")
         for name, path in (("BRIDGE_TLS_CERT", self.tls_cert), ("BRIDGE_TLS_KEY", self.tls_key)):
             if path is not None and not os.path.isfile(path):
                 raise SettingsError(f"{name}={path!r} is not a readable file")
         if self.rejoin_backoff_initial > self.rejoin_backoff_max:
             raise SettingsError("BRIDGE_REJOIN_BACKOFF_INITIAL is above BRIDGE_REJOIN_BACKOFF_MAX")
+
+    def check_for_serving(self) -> None:
+        """Raises SettingsError for what only serving needs (``tree`` needs
+        the certificate, not its key): a TLS certificate and its key go together."""
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise SettingsError("BRIDGE_TLS_CERT (--tls-cert) and BRIDGE_TLS_KEY (--tls-key) go together: set "
+                                "both (PEM files) or neither")
 
     @classmethod
     def load(cls, environ: Mapping[str, str] = os.environ, flags: Any = ()) -> BridgeSettings:

@@ -2,7 +2,7 @@
 
 It reaches the bridge as its settings describe it: the Unix socket, else
 TCP on PORT (with TLS when BRIDGE_TLS_CERT is set, trusting that certificate
-as well as the system's), with BRIDGE_AUTH_TOKEN when set.
+as well as the system's; the key is not needed), with BRIDGE_AUTH_TOKEN when set.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import ssl
 import sys
 
 from grpclib.client import Channel
-from grpclib.exceptions import GRPCError
+from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 
 from proto.mentra.livekit.bridge.debug import BridgeDebugStub, DescribeActorsRequest, WatchActorsRequest
 
@@ -61,7 +61,7 @@ def print_tree(settings: BridgeSettings, *, as_json: bool = False, watch: float 
         finally:
             channel.close()
 
-    where = _address(settings)
+    where = dial_address(settings) + (" (TLS)" if settings.tls_cert and not settings.unix_socket else "")
     try:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(run())
@@ -69,20 +69,24 @@ def print_tree(settings: BridgeSettings, *, as_json: bool = False, watch: float 
         raise TreeUnavailable(f"cannot reach the bridge at {where} ({error or type(error).__name__}); is it "
                               "running, and do PORT / LIVEKIT_GRPC_SOCKET / BRIDGE_TLS_CERT match its settings?"
                               ) from None
+    except (StreamTerminatedError, ProtocolError) as error:
+        raise TreeUnavailable(f"the bridge at {where} closed the connection ({error}); it may be stopping") from None
     except GRPCError as error:
         hint = "; set BRIDGE_AUTH_TOKEN to the bridge's" if error.status.name == "UNAUTHENTICATED" else ""
         raise TreeUnavailable(f"the bridge at {where} answered {error.status.name}: {error.message}{hint}") from None
 
 
-def _address(settings: BridgeSettings) -> str:
+def dial_address(settings: BridgeSettings) -> str:
+    """Where a client on this machine reaches the bridge: "unix:/path" or "host:port"."""
     if settings.unix_socket:
         return f"unix:{settings.unix_socket}"
-    return f"{_host(settings)}:{settings.port}" + (" (TLS)" if settings.tls_cert else "")
+    host = _host(settings)
+    return f"[{host}]:{settings.port}" if ":" in host else f"{host}:{settings.port}"
 
 
 def _host(settings: BridgeSettings) -> str:
     """Where to dial the TCP listener: its own address, or loopback when it binds every address."""
-    return "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    return {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(settings.host, settings.host)
 
 
 def _channel(settings: BridgeSettings) -> Channel:

@@ -207,6 +207,7 @@ class UserSession(Actor):
         self._link = "reconnecting"
         self.line.record_disconnect(now_ms(), "RECONNECTING (the SDK is restoring the connection)")
         logger.info("user {}: LiveKit connection interrupted; the SDK is reconnecting", self.user_id)
+        self._sdk_reconnected = trio.Event()  # (this interruption's own, unset)
         self._sdk_reconnecting.set()
 
     def _on_reconnected(self) -> None:
@@ -225,12 +226,15 @@ class UserSession(Actor):
         grace = self._settings.sdk_reconnect_grace
         while True:
             await self._sdk_reconnecting.wait()
+            # An interruption sets a fresh _sdk_reconnected of its own, so one
+            # that follows while this task has not woken yet gets its own grace.
+            self._sdk_reconnecting = trio.Event()
+            reconnected = self._sdk_reconnected
             with trio.move_on_after(grace):
-                await self._sdk_reconnected.wait()
-            if not self._sdk_reconnected.is_set():
+                await reconnected.wait()
+            if not reconnected.is_set():
                 self._room_gone(f"SDK_RECONNECT_SLOW (not back within {grace:g} s; rejoining)")
                 return
-            self._sdk_reconnecting, self._sdk_reconnected = trio.Event(), trio.Event()
 
     # -- messages ----------------------------------------------------------
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import pathlib
 import sys
 import time
@@ -98,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         livekit = {"server": start_dev_livekit(workdir / f"livekit-{connects}", **config), "workdir": workdir}
         livekit["config"] = dict(config, api_key=livekit["server"].api_key, api_secret=livekit["server"].api_secret)
         try:
-            with bridge_process(livekit["server"], {}, {"BRIDGE_MAX_CONCURRENT_CONNECTS": str(connects)}) as (
+            with bridge_process(livekit["server"], dict(os.environ),
+                                {"BRIDGE_MAX_CONCURRENT_CONNECTS": str(connects)}) as (
                     _, address, _):
                 result = trio_asyncio.run(heal_once, address, livekit, users, args.outage)
         finally:

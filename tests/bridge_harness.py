@@ -157,21 +157,22 @@ async def listener_in_room(livekit: DevLiveKit, user_id: str, identity: str | No
                     joined.set()
                 del buffer[:end]
 
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(read_records)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(read_records)  # until the process's output ends
+        try:
             with trio.fail_after(20):
                 await joined.wait()
             yield heard
-            nursery.cancel_scope.cancel()
-    finally:
-        with trio.CancelScope(shield=True):
-            await process.stdin.aclose()  # it leaves the room and exits
-            with trio.move_on_after(10):
-                await process.wait()
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
+        finally:
+            with trio.CancelScope(shield=True):
+                # It leaves the room and exits; its output is read to the end meanwhile,
+                # so it never blocks on a full pipe.
+                await process.stdin.aclose()
+                with trio.move_on_after(10):
+                    await process.wait()
+                if process.returncode is None:
+                    process.kill()
+                    await process.wait()
 
 
 class Cloud:

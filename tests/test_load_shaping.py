@@ -161,6 +161,8 @@ async def test_at_max_sessions_a_new_user_is_refused_but_replacements_and_freed_
 
             assert (await client.join(join_request(livekit, admitted[0]))).success  # a replacement
             assert (await client.leave(admitted[1])).success
+            # A join that fails gives its place back.
+            assert not (await client.join(join_request(livekit, "cap-bad-token", token="not-a-token"))).success
             assert (await client.join(join_request(livekit, refused))).success  # a place was freed
             counters = (await client.actor_tree())["children"][0]["counters"]
         nursery.cancel_scope.cancel()

@@ -53,14 +53,15 @@ def test_help_documents_every_setting_with_its_variable_and_default() -> None:
 
 
 def test_a_flag_wins_over_its_variable_and_an_empty_variable_is_unset() -> None:
-    environ = {"PORT": "7000", "BRIDGE_MAX_CONCURRENT_CONNECTS": "4", "LIVEKIT_URL": "", "BRIDGE_CHAOS": "1",
-               "BRIDGE_LOG_LEVEL": "DEBUG"}
+    environ = {"PORT": "7000", "BRIDGE_MAX_CONCURRENT_CONNECTS": "4", "BRIDGE_HOST": "", "BRIDGE_CHAOS": "1",
+               "BRIDGE_LOG_LEVEL": "DEBUG", "LOG_FORMAT": "JSON", "BRIDGE_PLAYBACK_REFUSE_PRIVATE": "on"}
     settings = parse("--port", "7001", "--no-chaos", "--track-idle-grace", "0.25", environ=environ)
     assert settings.port == 7001 and settings.chaos_enabled is False and settings.track_idle_grace == 0.25
-    assert settings.max_concurrent_connects == 4
-    assert settings.default_livekit_url == ""
-    assert settings.log_level == "DEBUG"  # the older variable name is still read
+    assert settings.max_concurrent_connects == 4 and settings.playback_refuse_private is True
+    assert settings.host == "0.0.0.0"  # empty: unset
+    assert settings.log_level == "debug" and settings.log_format == "json"  # the older name is read; any case
     assert parse(environ={"LOG_LEVEL": "error", "BRIDGE_LOG_LEVEL": "debug"}).log_level == "error"
+    assert parse("--chaos").chaos_enabled is True
     assert parse().port == 9090
 
 
@@ -78,6 +79,8 @@ def test_secrets_come_from_the_environment_only_and_are_never_shown() -> None:
     ((), {"BRIDGE_CONNECT_TIMEOUT": "0"}, "BRIDGE_CONNECT_TIMEOUT='0' is below its minimum"),
     (("--mic-buffer-packets", "1.5"), {}, "--mic-buffer-packets='1.5' is not a whole number"),
     ((), {"BRIDGE_CHAOS": "maybe"}, "BRIDGE_CHAOS='maybe' is not a yes/no value"),
+    ((), {"BRIDGE_CONNECT_TIMEOUT": "nan"}, "BRIDGE_CONNECT_TIMEOUT='nan' is not a finite number"),
+    (("--idle-session-ttl", "inf"), {}, "--idle-session-ttl='inf' is not a finite number"),
     ((), {"LOG_FORMAT": "xml"}, "LOG_FORMAT='xml' is not one of json, text"),
     ((), {"METRICS_PORT": "0"}, "METRICS_PORT='0' is below its minimum, 1"),
     ((), {"BRIDGE_REJOIN_BACKOFF_INITIAL": "5"}, "BRIDGE_REJOIN_BACKOFF_INITIAL is above BRIDGE_REJOIN_BACKOFF_MAX"),

@@ -178,18 +178,27 @@ class FrontDoorServer(grpclib.server.Server):
         self._connections.add(protocol)
         return protocol
 
+    async def wait_for_calls(self) -> None:
+        """Wait until the calls close() cancelled have finished."""
+        if self._handlers:
+            await asyncio.wait([asyncio.ensure_future(handler.wait_closed()) for handler in self._handlers])
+
     def close_connections(self) -> None:
         """Send GOAWAY on every client connection and close it.
 
         grpclib's close() cancels the calls still running (a health Watch)
         without a word to their clients, which would wait on the open
-        connection; closed, they end at once, as when the process exits."""
+        connection; closed, they end at once, as when the process exits.
+        (From Python 3.12, asyncio's wait_closed also waits for them.)"""
         for protocol in list(self._connections):
             connection = getattr(protocol, "connection", None)
             if connection is None or connection.is_closing():
                 continue
-            connection._connection.close_connection()
-            connection.flush()
+            try:
+                connection._connection.close_connection()
+                connection.flush()
+            except Exception as error:  # a connection already broken: closing it is all that is left
+                logger.debug("GOAWAY not sent on a closing connection: {}", error)
             connection.close()
 
 
@@ -284,5 +293,7 @@ async def serve_grpc(
         with trio.CancelScope(shield=True):
             server.close()
             with trio.move_on_after(close_timeout):
-                await aio_as_trio(server.wait_closed)()
+                await aio_as_trio(server.wait_for_calls)()
             server.close_connections()
+            with trio.move_on_after(close_timeout):
+                await aio_as_trio(server.wait_closed)()
