@@ -105,11 +105,10 @@ class Playback(Actor):
 
     # -- lifecycle -----------------------------------------------------------
 
-    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        with logger.contextualize(request_id=self.request.request_id):
-            await self._run(task_status)
+    def log_fields(self) -> dict[str, Any]:
+        return {"request_id": self.request.request_id}
 
-    async def _run(self, task_status: trio.TaskStatus[None]) -> None:
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         try:
             outcome = self._event("COMPLETED", duration_ms=await self._play())

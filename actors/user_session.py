@@ -86,11 +86,10 @@ class UserSession(Actor):
 
     # -- lifecycle ---------------------------------------------------------
 
-    async def run(self, task_status: trio.TaskStatus[Joined] = trio.TASK_STATUS_IGNORED) -> None:
-        with logger.contextualize(user_id=self.user_id, room=self._join.room_name):
-            await self._run(task_status)
+    def log_fields(self) -> dict[str, Any]:
+        return {"user_id": self.user_id, "room": self._join.room_name}
 
-    async def _run(self, task_status: trio.TaskStatus[Joined]) -> None:
+    async def run(self, task_status: trio.TaskStatus[Joined] = trio.TASK_STATUS_IGNORED) -> None:
         join_failure: RoomConnectError | None = None
         try:
             async with trio.open_nursery() as nursery:

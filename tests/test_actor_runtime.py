@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import trio
+from loguru import logger
 
 from actors.runtime import (Actor, ActorGone, Backoff, ChildState, MailboxFull, Mailbox, Request, Restart,
                             RestartPolicy, Supervisor)
@@ -117,6 +118,34 @@ async def test_restart_policy_restarts_then_gives_up() -> None:
     assert child.state == ChildState.CRASHED
     assert child.restarts == 2
     assert restarted == [1, 2], "on_restart is told of each restart, and only of restarts"
+
+
+class FieldedActor(EchoActor):
+    def log_fields(self) -> dict[str, Any]:
+        return {"user_id": "ann"}
+
+    async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        logger.info("fielded actor running")
+        await super().run(task_status)
+
+
+async def test_an_actors_log_fields_are_on_every_line_of_its_task_its_restarts_and_its_supervisor(
+        log_records) -> None:
+    async with trio.open_nursery() as nursery:
+        supervisor = Supervisor(nursery, on_exit=lambda child, crash: logger.info("fielded actor gone"))
+        child = await supervisor.start(FieldedActor, policy=RestartPolicy(max_restarts=1, within_seconds=60))
+        with pytest.raises(RuntimeError):
+            await child.ask(Crash(), timeout=1)
+        with trio.fail_after(5):
+            while child.restarts < 1:
+                await trio.sleep(0.01)
+        await supervisor.stop(child)
+    logger.info("outside any actor")
+    fields = {record["message"]: record["extra"] for record in log_records}
+    restarting = [message for message in fields if "restarting in" in message]
+    assert restarting and fields[restarting[0]] == {"user_id": "ann"}
+    assert fields["fielded actor running"] == {"user_id": "ann"} and fields["fielded actor gone"] == {"user_id": "ann"}
+    assert fields["outside any actor"] == {}
 
 
 async def test_failure_before_started_is_raised_by_start_and_leaves_nothing() -> None:

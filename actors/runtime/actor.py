@@ -51,6 +51,11 @@ class Actor:
     async def handle(self, message: Any) -> None:
         raise NotImplementedError(f"{type(self).__name__} does not handle {type(message).__name__}")
 
+    def log_fields(self) -> dict[str, Any]:
+        """Fields that every log line of this actor carries (its supervisor
+        binds them around its run, restarts included); override to add."""
+        return {}
+
     def counters(self) -> dict[str, int]:
         """Numbers an operator wants to see in the actor tree; override to add."""
         return {}

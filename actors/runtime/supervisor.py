@@ -214,17 +214,19 @@ class Supervisor:
         self._children.add(child)
         start_signal = _StartSignal(child, task_status)
         crash: Exception | None = None
-        try:
-            with child._cancel_scope:
-                crash = await self._run_until_given_up(child, start_signal)
-        finally:
-            child.actor.mailbox.close()
-            self._children.discard(child)
-            child.state = ChildState.CRASHED if crash is not None else ChildState.STOPPED
-            # A child that failed to start is reported by start() raising, not here.
-            if start_signal.fired and self._on_exit is not None:
-                self._on_exit(child, crash)
-            child.done.set()
+        # Every line logged in the child's task, and in the tasks it starts, carries its fields.
+        with logger.contextualize(**child.actor.log_fields()):
+            try:
+                with child._cancel_scope:
+                    crash = await self._run_until_given_up(child, start_signal)
+            finally:
+                child.actor.mailbox.close()
+                self._children.discard(child)
+                child.state = ChildState.CRASHED if crash is not None else ChildState.STOPPED
+                # A child that failed to start is reported by start() raising, not here.
+                if start_signal.fired and self._on_exit is not None:
+                    self._on_exit(child, crash)
+                child.done.set()
 
     async def _run_until_given_up(self, child: Child, start_signal: _StartSignal) -> Exception | None:
         """Run the child, restarting it as its policy allows; return the crash
