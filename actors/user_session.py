@@ -71,9 +71,10 @@ class UserSession(Actor):
         self._connect_slots = connect_slots
         self._room: rtc.Room | None = None
         self._room_lost = trio.Event()
-        #: Set by the SDK's events: it started restoring the connection / it is back.
-        self._sdk_reconnecting = trio.Event()
-        self._sdk_reconnected = trio.Event()
+        #: The tasks that live as long as the current room (None between rooms).
+        self._room_tasks: trio.Nursery | None = None
+        #: Connection interruptions the SDK reported, numbered so a grace knows its own.
+        self._interruptions = 0
         #: connecting, connected, reconnecting (the SDK), disconnected, leaving, rejoining
         self._link = "connecting"
         self._rejoins = 0
@@ -152,7 +153,6 @@ class UserSession(Actor):
         playbacks that live only as long as it does."""
         join = self._join
         self._room_lost = trio.Event()
-        self._sdk_reconnecting, self._sdk_reconnected = trio.Event(), trio.Event()
         self._link = "connecting"
         try:
             async with joined_room(
@@ -171,10 +171,10 @@ class UserSession(Actor):
                     room, user_id=join.user_id, idle_grace=self._settings.track_idle_grace,
                     subscribe_wait=self._settings.subscribe_wait, queue_ms=self._settings.track_queue_ms)
                 async with trio.open_nursery() as nursery:
+                    self._room_tasks = nursery
                     self._playback_supervisor = Supervisor(nursery, on_exit=self._on_playback_exit)
                     nursery.start_soon(self._publish_cloud_audio, self._tracks)
                     nursery.start_soon(self._tracks.unpublish_idle_tracks)
-                    nursery.start_soon(self._cut_slow_sdk_reconnects)
                     logger.info("user {} joined room {} as {}", join.user_id, join.room_name,
                                 room.local_participant.identity)
                     try:
@@ -184,6 +184,7 @@ class UserSession(Actor):
                     for child in self._playbacks:  # the room is gone; so is their sound
                         child.actor.stop_reason = f"the LiveKit room was lost ({self.line.last_disconnect_reason})"
                     nursery.cancel_scope.cancel()
+                self._room_tasks = None
         finally:
             self._room = None
             if self._tracks is not None:  # only now: leaving the room unpublished the tracks they feed
@@ -206,34 +207,27 @@ class UserSession(Actor):
         self._link = "reconnecting"
         self.line.record_disconnect(now_ms(), "RECONNECTING (the SDK is restoring the connection)")
         logger.info("user {}: LiveKit connection interrupted; the SDK is reconnecting", self.user_id)
-        self._sdk_reconnected = trio.Event()  # (this interruption's own, unset)
-        self._sdk_reconnecting.set()
+        self._interruptions += 1
+        if self._room_tasks is not None:
+            self._room_tasks.start_soon(self._rejoin_unless_back, self._interruptions)
 
     def _on_reconnected(self) -> None:
         self._link = "connected"
         logger.info("user {}: LiveKit connection back", self.user_id)
-        self._sdk_reconnected.set()
 
-    async def _cut_slow_sdk_reconnects(self) -> None:
-        """While in a room: when the SDK has not restored the connection
-        within sdk_reconnect_grace, give up on it and rejoin as after a drop.
+    async def _rejoin_unless_back(self, interruption: int) -> None:
+        """Give the SDK sdk_reconnect_grace to restore the connection after
+        ``interruption``; if it is still reconnecting from that same
+        interruption then, give up on it and rejoin as after a drop.
 
         The SDK resumes a brief interruption quickly, but between attempts
         at a full reconnect it waits up to 7 s (growing with each), so after
         a LiveKit server comes back its rooms return up to 7 s late; ours
         rejoin within rejoin_backoff_max."""
         grace = self._settings.sdk_reconnect_grace
-        while True:
-            await self._sdk_reconnecting.wait()
-            # An interruption sets a fresh _sdk_reconnected of its own, so one
-            # that follows while this task has not woken yet gets its own grace.
-            self._sdk_reconnecting = trio.Event()
-            reconnected = self._sdk_reconnected
-            with trio.move_on_after(grace):
-                await reconnected.wait()
-            if not reconnected.is_set():
-                self._room_gone(f"SDK_RECONNECT_SLOW (not back within {grace:g} s; rejoining)")
-                return
+        await trio.sleep(grace)
+        if self._link == "reconnecting" and self._interruptions == interruption:
+            self._room_gone(f"SDK_RECONNECT_SLOW (not back within {grace:g} s; rejoining)")
 
     # -- messages ----------------------------------------------------------
 
