@@ -217,10 +217,10 @@ class SessionSupervisor(Actor):
         policy = RestartPolicy(restart=Restart.TRANSIENT, max_restarts=self._settings.session_max_restarts,
                                within_seconds=60)
         try:
-            child = await self._supervisor.start(lambda: UserSession(join, self._settings, line, self._connect_slots), policy=policy)
+            child = await self._supervisor.start(
+                lambda: UserSession(join, self._settings, line, self._connect_slots), policy=policy)
         except RoomConnectError as error:
-            self._failed_joins += 1
-            JOINS.labels("failed").inc()
+            self._count_failed_join()
             if error.abandoned is not None:
                 self._forget_settled_connects()
                 self._abandoned_connects[join.user_id] = error.abandoned
@@ -228,18 +228,22 @@ class SessionSupervisor(Actor):
             logger.warning("user {}: JoinRoom failed: {}", join.user_id, error)
             return Joined(False, error=str(error))
         except Exception as error:
-            self._failed_joins += 1
-            JOINS.labels("failed").inc()
+            self._count_failed_join()
             line.close()
             logger.opt(exception=error).error("user {}: JoinRoom failed unexpectedly", join.user_id)
             return Joined(False, error=f"could not join the room: {type(error).__name__}: {error}")
         if child.done.is_set():  # it ended between reporting started and now
-            JOINS.labels("failed").inc()
+            self._count_failed_join()
             return Joined(False, error=f"the session ended at once: {child.last_error or 'no error recorded'}")
         JOINS.labels("joined" if old is None else "replaced").inc()
         self._sessions[join.user_id] = child
         self._ended.pop(join.user_id, None)
         return child.start_value
+
+    def _count_failed_join(self) -> None:
+        """In the tree and in bridge_joins_total alike."""
+        self._failed_joins += 1
+        JOINS.labels("failed").inc()
 
     async def _leave(self, leave: Leave) -> str | None:
         assert self._supervisor is not None
