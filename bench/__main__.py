@@ -28,7 +28,6 @@ Numbers depend on the machine; compare runs on the same one.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import pathlib
 import statistics
@@ -48,7 +47,7 @@ from actors.livekit.dev_server import start_dev_livekit  # noqa: E402
 from actors.log_setup import configure_logging  # noqa: E402
 from actors.settings import BridgeSettings  # noqa: E402
 from bridge_harness import cloud, join_request  # noqa: E402
-from bench.ladder import RESULTS, RungPlan, ladder  # noqa: E402
+from bench.ladder import RESULTS, RungPlan, ladder, percentile as nearest_rank  # noqa: E402
 from bench.profile_summary import perf_summary, summarize  # noqa: E402
 from bench.stamps import STAMP  # noqa: E402
 from bench.playback import playback_latency  # noqa: E402
@@ -62,7 +61,7 @@ PLAYBACKS = 30
 def summary(name: str, samples: list[float], unit: str = "ms", percentile: int = 95) -> str:
     """median, p``percentile`` (nearest rank) and max of the samples."""
     samples = sorted(samples)
-    high = samples[min(len(samples) - 1, max(0, math.ceil(len(samples) * percentile / 100) - 1))]
+    high = nearest_rank(samples, percentile / 100)
     return (f"{name:<60} n={len(samples):<4} median {statistics.median(samples):8.2f} {unit}   "
             f"p{percentile} {high:8.2f} {unit}   max {samples[-1]:8.2f} {unit}")
 
@@ -162,7 +161,6 @@ def main() -> None:
     bridge_env = tuple(tuple(item.split("=", 1)) for item in args.bridge_env)
     if args.profile:
         output = RESULTS / f"profile-{args.profile}-{time.strftime('%Y%m%d-%H%M%S')}.speedscope.json"
-        RESULTS.mkdir(exist_ok=True)
         ladder([RungPlan(users=args.profile, steady=args.steady, replacements=1, bridge_env=bridge_env,
                          profile=output)], floor=False, until_it_breaks=0, label=args.label or "profile")
         print(summarize(output), flush=True)

@@ -28,6 +28,7 @@ from livekit import api
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from actors.tree_view import walk  # noqa: E402
 from proto.mentra.livekit import bridge as pb  # noqa: E402
 from proto.mentra.livekit.bridge import debug as debug_pb  # noqa: E402
 from proto.runtime_messages import AudioChunk  # noqa: E402
@@ -99,19 +100,10 @@ class Cloud:
     async def counters(self, command: dict[str, Any]) -> dict[str, Any]:
         tree = json.loads((await self.debug.describe_actors(debug_pb.DescribeActorsRequest())).tree_json)
         sums: dict[str, int] = {}
-
-        def add(node: Any) -> None:
-            if isinstance(node, dict):
-                if str(node.get("name", "")).startswith("session:"):
-                    for key, value in node.get("counters", {}).items():
-                        sums[key] = sums.get(key, 0) + value
-                for value in node.values():
-                    add(value)
-            elif isinstance(node, list):
-                for value in node:
-                    add(value)
-
-        add(tree)
+        for node in walk(tree["children"]):
+            if node["name"].startswith("session:"):
+                for key, value in node["counters"].items():
+                    sums[key] = sums.get(key, 0) + value
         return sums
 
     async def take_arrivals(self, command: dict[str, Any]) -> dict[str, Any]:

@@ -18,12 +18,15 @@ bench/results/.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
 import pathlib
+import secrets
 import sys
 import time
+from collections.abc import Callable
 
 import trio
 import trio_asyncio
@@ -32,13 +35,14 @@ HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 from actors.livekit.dev_server import DevLiveKit, free_port, start_dev_livekit  # noqa: E402
+from actors.tree_view import walk  # noqa: E402
 from bench.ladder import RESULTS, bridge_process, percentile  # noqa: E402
 from bridge_harness import cloud, join_request  # noqa: E402
 
 
 def connected_sessions(tree: dict) -> set[str]:
-    sessions = tree["children"][0]["children"]
-    return {node["name"].removeprefix("session:") for node in sessions if node["counters"].get("connected")}
+    return {node["name"].removeprefix("session:") for node in walk(tree["children"])
+            if node["name"].startswith("session:") and node["counters"].get("connected")}
 
 
 async def hold_stream(client, user: str, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -48,8 +52,8 @@ async def hold_stream(client, user: str, task_status=trio.TASK_STATUS_IGNORED) -
             pass
 
 
-async def heal_once(address: str, livekit: dict, users: list[str], outage: float) -> dict:
-    server: DevLiveKit = livekit["server"]
+async def heal_once(address: str, server: DevLiveKit, restart: Callable[[], DevLiveKit], users: list[str],
+                    outage: float) -> dict:
     async with cloud(address) as client, trio.open_nursery() as streams:
         for user in users:
             joined = await client.join(join_request(server, user))
@@ -63,8 +67,7 @@ async def heal_once(address: str, livekit: dict, users: list[str], outage: float
             while connected_sessions(await client.actor_tree()):
                 await trio.sleep(0.05)
         await trio.sleep(outage)
-        livekit["server"] = await trio.to_thread.run_sync(
-            lambda: start_dev_livekit(livekit["workdir"] / f"restart-{time.monotonic_ns()}", **livekit["config"]))
+        await trio.to_thread.run_sync(restart)
         back_at = time.monotonic()
         healed_after: dict[str, float] = {}
         with trio.move_on_after(120):
@@ -95,16 +98,20 @@ def main(argv: list[str] | None = None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     rows = []
     for connects in [int(value) for value in args.connects.split(",")]:
-        config = dict(port=free_port(), rtc_tcp_port=free_port(), udp_ports=(45000, 45999))
-        livekit = {"server": start_dev_livekit(workdir / f"livekit-{connects}", **config), "workdir": workdir}
-        livekit["config"] = dict(config, api_key=livekit["server"].api_key, api_secret=livekit["server"].api_secret)
-        try:
-            with bridge_process(livekit["server"], dict(os.environ),
-                                {"BRIDGE_MAX_CONCURRENT_CONNECTS": str(connects)}) as (
+        # The same port and keys each time, so the sessions' tokens stay valid across the restart.
+        config = dict(port=free_port(), rtc_tcp_port=free_port(), udp_ports=(45000, 45999),
+                      api_secret=secrets.token_hex(24))
+        with contextlib.ExitStack() as servers:
+            def start(name: str) -> DevLiveKit:
+                server = start_dev_livekit(workdir / name, **config)
+                servers.callback(server.stop)
+                return server
+
+            first = start(f"livekit-{connects}")
+            with bridge_process(first, dict(os.environ), {"BRIDGE_MAX_CONCURRENT_CONNECTS": str(connects)}) as (
                     _, address, _):
-                result = trio_asyncio.run(heal_once, address, livekit, users, args.outage)
-        finally:
-            livekit["server"].stop()
+                result = trio_asyncio.run(heal_once, address, first, lambda: start(f"livekit-{connects}-restarted"),
+                                          users, args.outage)
         rows.append({"connects": connects, **result})
         print(f"connects {connects}: {result['healed']}/{result['users']} healed; first {_seconds(result['first_s'])}, "
               f"p50 {_seconds(result['p50_s'])}, all {_seconds(result['all_s'])}", flush=True)

@@ -43,7 +43,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from actors.livekit.dev_server import DevLiveKit, start_dev_livekit
+from actors.livekit.dev_server import DevLiveKit, free_port, start_dev_livekit
 from bench.proc_stats import cpu_by_thread, cpu_seconds, rss_bytes
 from bench.report import markdown, plot
 
@@ -64,12 +64,6 @@ class RungPlan:
     bridge_env: tuple[tuple[str, str], ...] = ()
     #: Where py-spy writes a profile of the bridge's steady window (speedscope JSON); None: no profile.
     profile: pathlib.Path | None = None
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class Commanded:
@@ -243,11 +237,6 @@ def missing(arrivals: dict[str, list], users: set[str], start_ns: int, end_ns: i
     return expected, lost
 
 
-def merge(into: dict[str, list], more: dict[str, list]) -> None:
-    for user, items in more.items():
-        into.setdefault(user, []).extend(items)
-
-
 def run_rung(livekit: DevLiveKit, target: str, plan: RungPlan, tag: str) -> dict[str, Any]:
     """One rung of the ladder for ``target`` ("bridge" or "floor")."""
     n = plan.users
@@ -293,8 +282,9 @@ def run_rung(livekit: DevLiveKit, target: str, plan: RungPlan, tag: str) -> dict
         result["cpu_ms_per_session_second_by_thread"] = {
             name: round((seconds - threads_before.get(name, 0.0)) * 1000 / session_seconds, 3)
             for name, seconds in sorted(threads_after.items()) if seconds - threads_before.get(name, 0.0) > 0}
-        result["rss_mib"] = rss_bytes(pid) / 2**20
-        result["rss_mib_per_session"] = (rss_bytes(pid) - rss_idle) / 2**20 / n
+        rss = rss_bytes(pid)
+        result["rss_mib"] = rss / 2**20
+        result["rss_mib_per_session"] = (rss - rss_idle) / 2**20 / n
 
         storm_start = time.monotonic_ns()
         stormed = receiver.ask("join", users=group_b)
@@ -305,8 +295,7 @@ def run_rung(livekit: DevLiveKit, target: str, plan: RungPlan, tag: str) -> dict
         time.sleep(max(0.0, (storm_end - time.monotonic_ns()) / 1e9) + 1.0)
         stages_storm = stage_buckets(metrics_port) if metrics_port else {}
 
-        arrivals: dict[str, list] = {}
-        merge(arrivals, receiver.ask("arrivals"))
+        arrivals: dict[str, list] = receiver.ask("arrivals")
         set_a = set(group_a)
         result["steady_latency_ms"] = latency_summary(latencies(arrivals, set_a, steady_start, steady_end))
         result["storm_latency_ms"] = latency_summary(latencies(arrivals, set_a, storm_start, storm_end))
@@ -320,7 +309,9 @@ def run_rung(livekit: DevLiveKit, target: str, plan: RungPlan, tag: str) -> dict
             result["bridge_dropped"] = counters.get("mic_buffer_dropped", 0)
             result["bridge_received"] = counters.get("mic_packets_received", 0)
             sample = group_a[:plan.replacements]
-            result["replace_ms"] = latency_summary(receiver.ask("replace", users=sample)["ms"])
+            replaced = receiver.ask("replace", users=sample)
+            result["replace_ms"] = latency_summary(replaced["ms"])
+            result["replace_failed"] = len(replaced["failed"])
             result["leave_ms"] = latency_summary(receiver.ask("leave", users=group_b[:plan.replacements])["ms"])
     return result
 
@@ -383,16 +374,22 @@ def ladder(plans: list[RungPlan], *, floor: bool, until_it_breaks: int, label: s
     finally:
         livekit.stop()
     print(f"ladder: results in {base}.json, .md, .png", flush=True)
-    for interval in sorted({r["interval_ms"] for r in results}):
-        print(markdown([r for r in results if r["interval_ms"] == interval], f"{label}: packets every {interval:.0f} ms"), flush=True)
+    for table in _write(results, base, label):
+        print(table.read_text(), flush=True)
     return results
 
 
-def _write(results: list[dict[str, Any]], base: pathlib.Path, label: str) -> None:
+def _write(results: list[dict[str, Any]], base: pathlib.Path, label: str) -> list[pathlib.Path]:
+    """Write the results as JSON, and a Markdown table and a plot for each
+    packet interval; returns the tables' paths."""
     base.with_suffix(".json").write_text(json.dumps(results, indent=1))
+    tables = []
     for interval in sorted({r["interval_ms"] for r in results}):
         rows = [r for r in results if r["interval_ms"] == interval]
         suffix = "" if interval == 100 else f"-{interval:.0f}ms"
         title = f"{label}: packets every {interval:.0f} ms"
-        (base.parent / f"{base.name}{suffix}.md").write_text(markdown(rows, title))
+        table = base.parent / f"{base.name}{suffix}.md"
+        table.write_text(markdown(rows, title))
         plot(rows, base.parent / f"{base.name}{suffix}.png", title)
+        tables.append(table)
+    return tables
