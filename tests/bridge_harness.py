@@ -23,20 +23,58 @@ import grpclib.client
 import grpclib.const
 import grpclib.exceptions
 import numpy as np
+import pytest
 import trio
+import trio_asyncio
 from livekit import api, rtc
 from trio_asyncio import aio_as_trio
 
+from actors.bridge import RunningBridge, run_bridge
 from actors.livekit.dev_server import DevLiveKit
 from actors.livekit.room import joined_room
 from listener_process import RECORD
 from proto.mentra.livekit import bridge as pb
+from actors.settings import BridgeSettings
 from proto.mentra.livekit.bridge import debug as debug_pb
 
 SERVICE = "/mentra.livekit.bridge.LiveKitBridge/"
+REPO = pathlib.Path(__file__).resolve().parent.parent
 #: grpcurl, built into the git-ignored .tools folder by `just setup`.
-GRPCURL = pathlib.Path(__file__).resolve().parent.parent / ".tools" / "bin" / "grpcurl"
+GRPCURL = REPO / ".tools" / "bin" / "grpcurl"
 PACKET_PCM_BYTES = 3200  # 100 ms of 16 kHz mono PCM16
+
+
+@contextlib.asynccontextmanager
+async def running_bridge(settings: BridgeSettings) -> AsyncIterator[RunningBridge]:
+    """The bridge in this process, on an asyncio loop of its own (trio-asyncio),
+    which the test can use too; stopped when the block ends."""
+    async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
+        yield await nursery.start(run_bridge, settings)
+        nursery.cancel_scope.cancel()
+
+
+async def expect_status(status: grpclib.const.Status, call: Any) -> str:
+    """Await ``call``, which must fail with ``status``; its message."""
+    with pytest.raises(grpclib.exceptions.GRPCError) as caught:
+        await call
+    assert caught.value.status == status, caught.value
+    return caught.value.message or ""
+
+
+async def grpcurl(address: str, *words: str, flags: tuple[str, ...] = ("-plaintext",),
+                  data: str | None = None) -> subprocess.CompletedProcess:
+    """Run ``grpcurl FLAGS [-d DATA] ADDRESS WORDS...`` against the bridge at
+    ``address`` ("host:port" or "unix:/path"); its outcome, whatever it is."""
+    target = ["-unix", address[len("unix:"):]] if address.startswith("unix:") else [address]
+    return await trio.run_process(
+        [str(GRPCURL), "-max-time", "20", *flags, *(["-d", data] if data is not None else []), *target, *words],
+        capture_stdout=True, capture_stderr=True, check=False)
+
+
+async def tree_command(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """Run ``bridge_main.py tree ARGS`` with ``env``; its outcome, whatever it is."""
+    return await trio.run_process([sys.executable, str(REPO / "bridge_main.py"), "tree", *args], env=env,
+                                  capture_stdout=True, capture_stderr=True, check=False)
 
 
 def token(livekit: DevLiveKit, identity: str, room: str) -> str:

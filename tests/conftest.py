@@ -6,14 +6,13 @@ import json
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
-import trio
-import trio_asyncio
 from loguru import logger
 
-from actors.bridge import RunningBridge, run_bridge
+from actors.bridge import RunningBridge
 from actors.livekit.dev_server import DevLiveKit, start_dev_livekit
 from actors.log_setup import configure_logging
 from actors.settings import BridgeSettings
+from bridge_harness import running_bridge
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -55,8 +54,5 @@ def bridge_settings(livekit: DevLiveKit) -> BridgeSettings:
 async def bridge(bridge_settings: BridgeSettings) -> AsyncIterator[RunningBridge]:
     """The bridge, serving gRPC on a free loopback TCP port, in the test's
     asyncio loop (trio-asyncio), which the test can use too."""
-    async with trio_asyncio.open_loop():
-        async with trio.open_nursery() as nursery:
-            running = await nursery.start(run_bridge, bridge_settings)
-            yield running
-            nursery.cancel_scope.cancel()
+    async with running_bridge(bridge_settings) as running:
+        yield running

@@ -10,15 +10,8 @@ from grpclib.exceptions import GRPCError
 
 from trio_asyncio import aio_as_trio
 
-from bridge_harness import cloud, join_request, phone_in_room
+from bridge_harness import cloud, expect_status, join_request, phone_in_room
 from proto.mentra.livekit import bridge as pb
-
-
-async def expect_status(status: Status, call) -> str:
-    with pytest.raises(GRPCError) as caught:
-        await call
-    assert caught.value.status == status, caught.value
-    return caught.value.message or ""
 
 
 async def test_bad_requests_get_clear_statuses_while_another_user_keeps_streaming(bridge, livekit) -> None:

@@ -12,8 +12,8 @@ import wave
 
 import numpy as np
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-PACKET_BYTES = 3200
+from bridge_harness import PACKET_PCM_BYTES, REPO
+
 
 
 def pcm(path: pathlib.Path) -> bytes:
@@ -23,17 +23,17 @@ def pcm(path: pathlib.Path) -> bytes:
 
 def test_the_demo_carries_speech_both_ways_and_shows_tree_latency_and_metrics(tmp_path: pathlib.Path) -> None:
     # The bridge process inherits LOG_LEVEL: at debug, its log shows the most it could leak.
-    run = subprocess.run([sys.executable, str(ROOT / "tests" / "demo.py"), "--out", str(tmp_path)], cwd=ROOT,
+    run = subprocess.run([sys.executable, str(REPO / "tests" / "demo.py"), "--out", str(tmp_path)], cwd=REPO,
                          capture_output=True, text=True, timeout=180, env=dict(os.environ, LOG_LEVEL="debug"))
     assert run.returncode == 0, run.stdout + run.stderr
     shown = run.stdout
 
     # The cloud received the phone's speech packet for packet, in order (a lossy packet may be lost).
     said, received = pcm(tmp_path / "phone-said.wav"), pcm(tmp_path / "cloud-heard.wav")
-    packets = [said[i:i + PACKET_BYTES] for i in range(0, len(said), PACKET_BYTES)]
+    packets = [said[i:i + PACKET_PCM_BYTES] for i in range(0, len(said), PACKET_PCM_BYTES)]
     position = 0
-    for offset in range(0, len(received), PACKET_BYTES):
-        chunk = received[offset:offset + PACKET_BYTES]
+    for offset in range(0, len(received), PACKET_PCM_BYTES):
+        chunk = received[offset:offset + PACKET_PCM_BYTES]
         position = packets.index(chunk, position) + 1
     assert len(received) >= 0.9 * len(said) and len(said) > 2 * 16000 * 2
 

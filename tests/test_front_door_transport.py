@@ -14,14 +14,13 @@ import trio_asyncio
 
 from actors.bridge import run_bridge
 from actors.grpc.transport import SocketPathError
-from bridge_harness import cloud, join_request, pcm_packet, phone_in_room
+from bridge_harness import cloud, join_request, pcm_packet, phone_in_room, running_bridge
 
 
 async def test_unix_socket_serves_the_whole_audio_path(livekit, bridge_settings, tmp_path: pathlib.Path) -> None:
     socket_path = tmp_path / "bridge.sock"
     settings = dataclasses.replace(bridge_settings, unix_socket=str(socket_path))
-    async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
-        running = await nursery.start(run_bridge, settings)
+    async with running_bridge(settings) as running:
         assert running.address == f"unix:{socket_path}" and socket_path.is_socket()
         async with cloud(running.address) as client, phone_in_room(livekit, "socket-user") as phone:
             joined = await client.join(join_request(livekit, "socket-user", livekit_url=""))  # the default URL
@@ -32,27 +31,22 @@ async def test_unix_socket_serves_the_whole_audio_path(livekit, bridge_settings,
                     chunk = await stream.recv()
                 assert chunk.pcm_data == pcm_packet(chunk.pcm_data[0])  # a whole packet of the phone's
                 talking.cancel_scope.cancel()
-        nursery.cancel_scope.cancel()
 
 
 async def test_the_socket_is_0660_in_a_folder_made_for_it_and_a_stale_one_is_replaced(
         bridge_settings, tmp_path: pathlib.Path) -> None:
     socket_path = tmp_path / "run" / "bridge" / "bridge.sock"
     settings = dataclasses.replace(bridge_settings, unix_socket=str(socket_path))
-    async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
-        await nursery.start(run_bridge, settings)
+    async with running_bridge(settings):
         assert stat.S_IMODE(socket_path.stat().st_mode) == 0o660
-        nursery.cancel_scope.cancel()
     # A socket file whose process died without removing it.
     socket_path.unlink(missing_ok=True)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as dead:
         dead.bind(str(socket_path))
     assert socket_path.is_socket()
-    async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
-        running = await nursery.start(run_bridge, settings)
+    async with running_bridge(settings) as running:
         async with cloud(running.address) as client:
             assert (await client.health()).status == 1  # SERVING
-        nursery.cancel_scope.cancel()
 
 
 @pytest.mark.parametrize("occupant", ["a live bridge", "a regular file"])

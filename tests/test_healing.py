@@ -22,7 +22,7 @@ from livekit import api
 
 from actors.livekit.dev_server import DevLiveKit, free_port, start_dev_livekit
 from actors.livekit.token import token_expiry
-from bridge_harness import about_user, bridge_identity, cloud, join_request, phone_in_room
+from bridge_harness import about_user, bridge_identity, cloud, join_request, phone_in_room, running_bridge
 from proto.mentra.livekit import bridge as pb
 from proto.mentra.livekit.bridge import debug as debug_pb
 
@@ -161,12 +161,8 @@ async def test_a_slow_consumer_loses_only_the_oldest_audio_and_catches_up(bridge
 
 
 async def test_zombies_are_reaped_and_status_says_so_for_a_while(bridge_settings, livekit, log_records) -> None:
-    from actors.bridge import run_bridge
-    import trio_asyncio
-
     settings = dataclasses.replace(bridge_settings, idle_session_ttl=1.0)
-    async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
-        bridge = await nursery.start(run_bridge, settings)
+    async with running_bridge(settings) as bridge:
         async with cloud(bridge.address) as client:
             assert (await client.join(join_request(livekit, "zombie"))).success
             assert (await client.join(join_request(livekit, "attended"))).success
@@ -177,20 +173,15 @@ async def test_zombies_are_reaped_and_status_says_so_for_a_while(bridge_settings
                 assert "reaped: no StreamAudio consumer for 1 s" in status.last_disconnect_reason
                 assert (await client.status("attended")).connected
                 tree = await client.actor_tree()
-        nursery.cancel_scope.cancel()
     assert tree["children"][0]["counters"]["sessions_reaped"] == 1
     assert any("reaped" in record["message"] for record in about_user(log_records, "zombie"))
 
 
 async def test_fault_injection_is_refused_unless_enabled_and_leak_check_counts_objects(
         bridge_settings, livekit) -> None:
-    from actors.bridge import run_bridge
-    import trio_asyncio
-
     for chaos in (False, True):
         settings = dataclasses.replace(bridge_settings, chaos_enabled=chaos)
-        async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
-            bridge = await nursery.start(run_bridge, settings)
+        async with running_bridge(settings) as bridge:
             async with cloud(bridge.address) as client:
                 if not chaos:
                     with pytest.raises(GRPCError) as caught:
@@ -208,7 +199,6 @@ async def test_fault_injection_is_refused_unless_enabled_and_leak_check_counts_o
                     with pytest.raises(GRPCError) as caught:
                         await inject(client, "leak-a", "explode")
                     assert caught.value.status == Status.INVALID_ARGUMENT
-            nursery.cancel_scope.cancel()
 
 
 @pytest.fixture

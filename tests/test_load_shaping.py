@@ -18,11 +18,10 @@ from livekit.rtc._ffi_client import FfiClient
 from livekit.rtc.version import __version__
 from prometheus_client.parser import text_string_to_metric_families
 
-from actors.bridge import run_bridge
 from actors.livekit.dev_server import free_port
 from actors.livekit.room import joined_room
 from actors.livekit.sdk_core import stop_forwarding_sdk_logs
-from bridge_harness import cloud, join_request, phone_in_room, token
+from bridge_harness import cloud, join_request, phone_in_room, running_bridge, token
 
 
 async def test_connects_beyond_the_slots_wait_their_turn(livekit) -> None:
@@ -100,8 +99,7 @@ def grown(before: dict, after: dict, name: str, **labels: str) -> float:
 async def test_metrics_show_the_audio_path_sessions_joins_and_calls(bridge_settings, livekit) -> None:
     port = free_port()
     settings = dataclasses.replace(bridge_settings, metrics_port=port)
-    async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
-        bridge = await nursery.start(run_bridge, settings)
+    async with running_bridge(settings) as bridge:
         before = await trio.to_thread.run_sync(scrape, port)
         async with cloud(bridge.address) as client:
             assert (await client.join(join_request(livekit, "metered"))).success
@@ -116,7 +114,6 @@ async def test_metrics_show_the_audio_path_sessions_joins_and_calls(bridge_setti
                 during = await trio.to_thread.run_sync(scrape, port)
             await client.leave("metered")
         after = await trio.to_thread.run_sync(scrape, port)
-        nursery.cancel_scope.cancel()
     for stage in ("ffi_to_trio", "queued", "grpc_write"):
         assert grown(before, after, "bridge_mic_stage_seconds_count", stage=stage) >= 10, stage
     assert grown(before, after, "bridge_mic_packets_total", outcome="received") >= 10
@@ -141,8 +138,7 @@ async def test_at_max_sessions_a_new_user_is_refused_but_replacements_and_freed_
         bridge_settings, livekit) -> None:
     settings = dataclasses.replace(bridge_settings, max_sessions=2)
     results: dict[str, bool | GRPCError] = {}
-    async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
-        running = await nursery.start(run_bridge, settings)
+    async with running_bridge(settings) as running:
         async with cloud(running.address) as client:
             async def join(user: str) -> None:
                 try:
@@ -165,5 +161,4 @@ async def test_at_max_sessions_a_new_user_is_refused_but_replacements_and_freed_
             assert not (await client.join(join_request(livekit, "cap-bad-token", token="not-a-token"))).success
             assert (await client.join(join_request(livekit, refused))).success  # a place was freed
             counters = (await client.actor_tree())["children"][0]["counters"]
-        nursery.cancel_scope.cancel()
     assert counters["refused_joins_at_capacity"] == 1 and counters["sessions"] == 2

@@ -13,9 +13,8 @@ import trio_asyncio
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
-from bridge_harness import bridge_identity, cloud, join_request, list_participants
+from bridge_harness import REPO, bridge_identity, cloud, join_request, list_participants
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 async def test_sigterm_leaves_every_room_and_exits_cleanly(livekit, tmp_path) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import re
 import subprocess
 import sys
@@ -15,8 +14,8 @@ import pytest
 
 from actors.configuration import add_flags, declared
 from actors.settings import BridgeSettings, SettingsError
+from bridge_harness import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def parse(*argv: str, environ: dict[str, str] | None = None) -> BridgeSettings:

@@ -14,36 +14,33 @@ import trio
 import trio_asyncio
 
 from actors.bridge import run_bridge
-from bridge_harness import GRPCURL
+from bridge_harness import GRPCURL, grpcurl, running_bridge
 
 
-async def grpcurl(address: str, *words: str, data: str | None = None) -> str:
-    """Run ``grpcurl [-d data] ADDRESS WORDS...`` against the bridge at
-    ``address`` ("host:port" or "unix:/path"); its stdout."""
-    target = ["-unix", address[len("unix:"):]] if address.startswith("unix:") else [address]
-    flags = ["-plaintext", "-max-time", "20"] + (["-d", data] if data is not None else [])
-    done = await trio.run_process([str(GRPCURL), *flags, *target, *words],
-                                  capture_stdout=True, capture_stderr=True, check=False)
+async def grpcurl_output(address: str, *words: str, data: str | None = None) -> str:
+    """The stdout of a grpcurl call that must succeed."""
+    done = await grpcurl(address, *words, data=data)
     assert done.returncode == 0, done.stderr.decode()
     return done.stdout.decode()
 
 
 async def test_grpcurl_lists_describes_and_calls_through_reflection(bridge) -> None:
-    services = (await grpcurl(bridge.address, "list")).split()
+    services = (await grpcurl_output(bridge.address, "list")).split()
     assert {"mentra.livekit.bridge.LiveKitBridge", "mentra.livekit.bridge.debug.BridgeDebug",
             "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection"} <= set(services)
-    methods = (await grpcurl(bridge.address, "list", "mentra.livekit.bridge.LiveKitBridge")).split()
+    methods = (await grpcurl_output(bridge.address, "list", "mentra.livekit.bridge.LiveKitBridge")).split()
     assert "mentra.livekit.bridge.LiveKitBridge.StreamAudio" in methods
-    described = await grpcurl(bridge.address, "describe", "mentra.livekit.bridge.AudioChunk")
+    described = await grpcurl_output(bridge.address, "describe", "mentra.livekit.bridge.AudioChunk")
     assert "bytes pcm_data = 1;" in described and "string user_id = 5;" in described
-    answer = json.loads(await grpcurl(bridge.address, "mentra.livekit.bridge.LiveKitBridge/HealthCheck", data="{}"))
+    answer = json.loads(await grpcurl_output(bridge.address, "mentra.livekit.bridge.LiveKitBridge/HealthCheck",
+                                             data="{}"))
     assert answer["status"] == "SERVING"
 
 
 async def test_health_is_serving_then_not_serving_while_draining(bridge) -> None:
     async def health(service: str) -> str:
         request = json.dumps({"service": service})
-        return json.loads(await grpcurl(bridge.address, "grpc.health.v1.Health/Check", data=request))["status"]
+        return json.loads(await grpcurl_output(bridge.address, "grpc.health.v1.Health/Check", data=request))["status"]
 
     assert await health("") == "SERVING"
     assert await health("mentra.livekit.bridge.LiveKitBridge") == "SERVING"
@@ -60,33 +57,31 @@ async def test_health_watch_sees_the_drain_and_ends_when_the_bridge_stops(bridge
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         seen = b""
 
-        async def read_until(status: bytes) -> None:
+        async def read_until(status: str) -> None:
             nonlocal seen
             with trio.fail_after(20):
-                while f'"status": "{status.decode()}"'.encode() not in seen:
+                while f'"status": "{status}"'.encode() not in seen:
                     chunk = await watch.stdout.receive_some()
-                    assert chunk, f"Watch ended before {status!r}: {seen!r}"
+                    assert chunk, f"Watch ended before {status}: {seen!r}"
                     seen += chunk
 
         try:
-            await read_until(b"SERVING")
+            await read_until("SERVING")
             await running.front_door.drain(timeout=1)
-            await read_until(b"NOT_SERVING")
+            await read_until("NOT_SERVING")
             nursery.cancel_scope.cancel()  # the bridge stops: the open Watch must not hold it
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(20) as waited:
                 await watch.wait()
             if waited.cancelled_caught:
                 watch.kill()
-    assert watch.returncode is not None and not waited.cancelled_caught, "Watch stayed open after the bridge stopped"
+    assert not waited.cancelled_caught, "Watch stayed open after the bridge stopped"
 
 
 async def test_reflection_works_over_the_unix_socket(bridge_settings, tmp_path: pathlib.Path) -> None:
     settings = dataclasses.replace(bridge_settings, unix_socket=str(tmp_path / "bridge.sock"))
-    async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
-        running = await nursery.start(run_bridge, settings)
-        assert "mentra.livekit.bridge.LiveKitBridge" in (await grpcurl(running.address, "list")).split()
-        nursery.cancel_scope.cancel()
+    async with running_bridge(settings) as running:
+        assert "mentra.livekit.bridge.LiveKitBridge" in (await grpcurl_output(running.address, "list")).split()
 
 
 async def test_an_unknown_service_is_a_well_formed_unimplemented(bridge, tmp_path: pathlib.Path) -> None:
@@ -94,9 +89,8 @@ async def test_an_unknown_service_is_a_well_formed_unimplemented(bridge, tmp_pat
     answer it reports a malformed header instead of the status."""
     (tmp_path / "nothing.proto").write_text(
         'syntax = "proto3"; package nothing; message E {} service Nothing { rpc Here(E) returns (E); }')
-    done = await trio.run_process(
-        [str(GRPCURL), "-plaintext", "-max-time", "20", "-import-path", str(tmp_path), "-proto", "nothing.proto",
-         "-d", "{}", bridge.address, "nothing.Nothing/Here"], capture_stdout=True, capture_stderr=True, check=False)
+    done = await grpcurl(bridge.address, "nothing.Nothing/Here", data="{}",
+                         flags=("-plaintext", "-import-path", str(tmp_path), "-proto", "nothing.proto"))
     assert done.returncode != 0
     answer = done.stderr.decode()
     assert "Code: Unimplemented" in answer, answer

@@ -9,24 +9,18 @@ import pathlib
 import subprocess
 import sys
 
-import pytest
 import trio
 from grpclib.const import Status
-from grpclib.exceptions import GRPCError
 from trio_asyncio import aio_as_trio
 
 from actors.tree_view import render
-from bridge_harness import cloud, join_request
+from bridge_harness import REPO, cloud, expect_status, join_request, tree_command
 from proto.mentra.livekit.bridge import debug as debug_pb
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-
-
-async def tree_command(bridge, *args: str) -> str:
+async def tree_output(bridge, *args: str) -> str:
+    """What `bridge_main.py tree ARGS` prints of ``bridge``, which it must reach."""
     port = bridge.address.rsplit(":", 1)[1]
-    done = await trio.run_process([sys.executable, str(ROOT / "bridge_main.py"), "tree", *args],
-                                  env=dict(os.environ, PORT=port, BRIDGE_LOG_LEVEL="WARNING"),
-                                  capture_stdout=True, capture_stderr=True, check=False)
+    done = await tree_command(*args, env=dict(os.environ, PORT=port, BRIDGE_LOG_LEVEL="WARNING"))
     assert done.returncode == 0, done.stderr.decode()
     return done.stdout.decode()
 
@@ -36,7 +30,7 @@ async def test_tree_shows_each_actor_on_a_line_and_one_user_on_request(bridge, l
         for user in ("ann", "bob"):
             assert (await client.join(join_request(livekit, user))).success
         async with client.audio_stream("ann"):
-            text = await tree_command(bridge)
+            text = await tree_output(bridge)
             lines = text.splitlines()
             assert lines[0].startswith("bridge  (1 StreamAudio calls open)")
             [ann] = [line for line in lines if line.strip().startswith("session:ann ")]
@@ -44,16 +38,16 @@ async def test_tree_shows_each_actor_on_a_line_and_one_user_on_request(bridge, l
             assert "connected 1  stream 1  in 0  out 0  lost 0  dropped 0" in ann and "link connected" in ann
             assert any(line.startswith("  sessions  SessionSupervisor  running") and "sessions 2" in line
                        for line in lines)
-            only_bob = await tree_command(bridge, "--user", "bob")
+            only_bob = await tree_output(bridge, "--user", "bob")
             assert only_bob.startswith("session:bob  UserSession  running") and "ann" not in only_bob
-            assert (await tree_command(bridge, "--user", "nobody")) == "no session for user 'nobody'\n"
-            snapshot = json.loads(await tree_command(bridge, "--json"))
+            assert (await tree_output(bridge, "--user", "nobody")) == "no session for user 'nobody'\n"
+            snapshot = json.loads(await tree_output(bridge, "--json"))
             assert snapshot["front_door"]["active_streams"] == 1
-            assert json.loads(await tree_command(bridge, "--json", "--user", "bob"))["name"] == "session:bob"
+            assert json.loads(await tree_output(bridge, "--json", "--user", "bob"))["name"] == "session:bob"
 
 
 def test_tree_says_what_to_check_when_no_bridge_answers(tmp_path: pathlib.Path) -> None:
-    done = subprocess.run([sys.executable, str(ROOT / "bridge_main.py"), "tree", "--livekit-grpc-socket",
+    done = subprocess.run([sys.executable, str(REPO / "bridge_main.py"), "tree", "--livekit-grpc-socket",
                            str(tmp_path / "absent.sock")], capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
     assert done.stderr.startswith(f"bridge: cannot reach the bridge at unix:{tmp_path / 'absent.sock'}"), done.stderr
@@ -77,9 +71,7 @@ async def test_watch_actors_streams_snapshots_at_the_interval_asked(bridge) -> N
             taken = await aio_as_trio(snapshots)(0.2, 3)
             assert trio.current_time() - started >= 0.4  # three snapshots, two intervals apart
         assert all(snapshot["name"] == "bridge" for snapshot in taken)
-        with pytest.raises(GRPCError) as caught:
-            await aio_as_trio(snapshots)(0.001, 1)
-        assert caught.value.status == Status.INVALID_ARGUMENT
+        await expect_status(Status.INVALID_ARGUMENT, aio_as_trio(snapshots)(0.001, 1))
 
 
 def test_render_colours_states_and_says_why_an_actor_was_given_up() -> None:
