@@ -24,6 +24,7 @@ import argparse
 import contextlib
 import dataclasses
 import datetime
+import os
 import pathlib
 import shutil
 import signal
@@ -107,6 +108,8 @@ def bridge_process(livekit: DevLiveKit, out: pathlib.Path) -> Iterator[tuple[int
         process = subprocess.Popen(
             [sys.executable, str(REPO / "bridge_main.py"), "serve", "--host", "127.0.0.1", "--port", str(port),
              "--livekit-url", livekit.url, "--metrics-port", str(metrics_port), "--log-format", "text"],
+            # The LiveKit credentials as a deployment gives them (the secret by environment only).
+            env=dict(os.environ, LIVEKIT_API_KEY=livekit.api_key, LIVEKIT_API_SECRET=livekit.api_secret),
             cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
         try:
             yield port, metrics_port

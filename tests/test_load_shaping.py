@@ -18,6 +18,7 @@ from livekit.rtc._ffi_client import FfiClient
 from livekit.rtc.version import __version__
 from prometheus_client.parser import text_string_to_metric_families
 
+from actors.bridge import run_bridge
 from actors.livekit.dev_server import free_port
 from actors.livekit.room import joined_room
 from actors.livekit.sdk_core import stop_forwarding_sdk_logs
@@ -53,7 +54,7 @@ async def test_connects_beyond_the_slots_wait_their_turn(livekit) -> None:
     assert slots.borrowed_tokens == 0
 
 
-async def test_no_sdk_log_record_reaches_python_once_the_bridge_runs(bridge, livekit, monkeypatch) -> None:
+async def test_no_sdk_log_record_reaches_python_once_the_bridge_runs(bridge_settings, livekit, monkeypatch) -> None:
     monkeypatch.setenv("LIVEKIT_RTC_DEBUG", "1")  # the SDK's callback would pass its debug records to logging
     records: list[logging.LogRecord] = []
     handler = logging.Handler(logging.DEBUG)
@@ -64,19 +65,21 @@ async def test_no_sdk_log_record_reaches_python_once_the_bridge_runs(bridge, liv
     sdk_logger.setLevel(logging.DEBUG)
     ffi = FfiClient.instance._ffi_lib
     try:
-        # First show that the check can see forwarded records: capture on, as the SDK starts it.
-        ffi.livekit_ffi_initialize(_ffi_client.ffi_event_callback, True, b"python", __version__.encode())
-        async with phone_in_room(livekit, "logs-on"):
-            await trio.sleep(0.5)
-        assert records, "with capture on, a room's connect forwards debug records"
-        stop_forwarding_sdk_logs()
-        await trio.sleep(1.0)  # records forwarded before the switch may still be on their way
-        records.clear()
-        async with cloud(bridge.address) as client:
-            assert (await client.join(join_request(livekit, "logs-off"))).success
-            async with phone_in_room(livekit, "logs-off"):
+        async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
+            # First show that the check can see forwarded records: capture on, as the SDK starts it.
+            ffi.livekit_ffi_initialize(_ffi_client.ffi_event_callback, True, b"python", __version__.encode())
+            async with phone_in_room(livekit, "logs-on"):
                 await trio.sleep(0.5)
-            await client.leave("logs-off")
+            assert records, "with capture on, a room's connect forwards debug records"
+            bridge = await nursery.start(run_bridge, bridge_settings)  # it turns the capture off itself
+            await trio.sleep(1.0)  # records forwarded before the switch may still be on their way
+            records.clear()
+            async with cloud(bridge.address) as client:
+                assert (await client.join(join_request(livekit, "logs-off"))).success
+                async with phone_in_room(livekit, "logs-off"):
+                    await trio.sleep(0.5)
+                await client.leave("logs-off")
+            nursery.cancel_scope.cancel()
         assert [record.getMessage() for record in records] == []
     finally:
         stop_forwarding_sdk_logs()
