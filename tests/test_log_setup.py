@@ -3,58 +3,58 @@ with the user's fields; the libraries' standard logging comes through."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
+from collections.abc import Iterator
 
 import pytest
 from loguru import logger
 
 from actors.log_setup import LogSettingError, configure_logging
-from bridge_harness import about_user, cloud, join_request
+from bridge_harness import about_user, cloud, join_request, running_bridge
 
 
-def test_tracebacks_show_no_variable_values() -> None:
-    lines: list[str] = []
+@pytest.fixture
+def lines() -> Iterator[list[str]]:
+    """What the test's own configure_logging(lines.append, ...) writes; the
+    suite's logging is set up again afterwards."""
+    written: list[str] = []
+    yield written
+    configure_logging(sys.stderr, level="DEBUG", log_format="text")
+
+
+def test_tracebacks_show_no_variable_values(lines: list[str]) -> None:
     configure_logging(lines.append)
-    try:
-        def join(token: str) -> None:
-            raise RuntimeError("LiveKit refused")
 
-        token = "-".join(["secret", "token", "value"])  # built, so no source line shows it
-        try:
-            join(token)
-        except RuntimeError as error:
-            logger.opt(exception=error).error("JoinRoom failed unexpectedly")
-    finally:
-        configure_logging(sys.stderr, level="DEBUG", log_format="text")
+    def join(token: str) -> None:
+        raise RuntimeError("LiveKit refused")
+
+    token = "-".join(["secret", "token", "value"])  # built, so no source line shows it
+    try:
+        join(token)
+    except RuntimeError as error:
+        logger.opt(exception=error).error("JoinRoom failed unexpectedly")
     text = "".join(lines)
     assert "JoinRoom failed unexpectedly" in text and "RuntimeError: LiveKit refused" in text
     assert "secret-token-value" not in text
 
 
-def test_json_lines_carry_the_users_fields_and_library_logs_come_through() -> None:
-    lines: list[str] = []
+def test_json_lines_carry_the_users_fields_and_library_logs_come_through(lines: list[str]) -> None:
     configure_logging(lines.append, level="INFO", log_format="json")
-    try:
-        with logger.contextualize(user_id="ann", room="room-ann"):
-            logger.info("joined")
-        logging.getLogger("grpclib.protocol").warning("a library speaks")
-    finally:
-        configure_logging(sys.stderr, level="DEBUG", log_format="text")
+    with logger.contextualize(user_id="ann", room="room-ann"):
+        logger.info("joined")
+    logging.getLogger("grpclib.protocol").warning("a library speaks")
     joined, library = [json.loads(line)["record"] for line in lines]
     assert joined["message"] == "joined" and joined["extra"] == {"user_id": "ann", "room": "room-ann"}
     assert library["message"] == "a library speaks" and library["level"]["name"] == "WARNING"
 
 
-def test_text_lines_show_fields_before_the_message() -> None:
-    lines: list[str] = []
+def test_text_lines_show_fields_before_the_message(lines: list[str]) -> None:
     configure_logging(lines.append, level="INFO", log_format="text")
-    try:
-        with logger.contextualize(user_id="b{o}b"):
-            logger.info("left")
-    finally:
-        configure_logging(sys.stderr, level="DEBUG", log_format="text")
+    with logger.contextualize(user_id="b{o}b"):
+        logger.info("left")
     assert "user_id=b{o}b test_log_setup:" in lines[0] and lines[0].rstrip().endswith("- left")
 
 
@@ -65,9 +65,12 @@ def test_bad_log_settings_are_refused_by_name(setting) -> None:
     assert ("LOG_FORMAT" if "log_format" in setting else "LOG_LEVEL") in str(caught.value)
 
 
-async def test_a_sessions_lines_carry_its_user_and_never_a_secret(bridge, livekit, log_records) -> None:
+async def test_a_sessions_lines_carry_its_user_and_never_a_secret(bridge_settings, livekit, log_records) -> None:
+    # The bridge holds the LiveKit secret too (as `dev` with LIVEKIT_API_SECRET does), so it could leak it.
+    settings = dataclasses.replace(bridge_settings, livekit_api_key=livekit.api_key,
+                                   livekit_api_secret=livekit.api_secret)
     request = join_request(livekit, "fielded")
-    async with cloud(bridge.address) as client:
+    async with running_bridge(settings) as bridge, cloud(bridge.address) as client:
         assert (await client.join(request)).success
         assert (await client.join(request)).success  # a replacement logs too
         await client.leave("fielded")
