@@ -133,10 +133,7 @@ class FrontDoor:
     def _unary(self, body: Callable[[Any], Awaitable[Any]], request_type: type,
                reply_type: type, *, while_draining: bool = False) -> grpclib.const.Handler:
         async def unary_body(stream: grpclib.server.Stream) -> None:
-            request = await self._read(stream)
-            if request is None:
-                raise GRPCError(Status.INVALID_ARGUMENT, "the request message is missing")
-            reply = await body(request)
+            reply = await body(await self._read_request(stream))
             await aio_as_trio(stream.send_message)(reply)
 
         return self._handler(unary_body, grpclib.const.Cardinality.UNARY_UNARY, request_type, reply_type,
@@ -144,6 +141,13 @@ class FrontDoor:
 
     async def _read(self, stream: grpclib.server.Stream) -> Any:
         return await aio_as_trio(read_message)(stream, self._settings.max_message_bytes)
+
+    async def _read_request(self, stream: grpclib.server.Stream) -> Any:
+        """The call's one request message; INVALID_ARGUMENT when the client sent none."""
+        request = await self._read(stream)
+        if request is None:
+            raise GRPCError(Status.INVALID_ARGUMENT, "the request message is missing")
+        return request
 
     async def _ask(self, request: Any, *, timeout: float | None = None) -> Any:
         try:
@@ -208,9 +212,7 @@ class FrontDoor:
         return self._snapshot()
 
     async def _watch_actors(self, stream: grpclib.server.Stream) -> None:
-        request = await self._read(stream)
-        if request is None:
-            raise GRPCError(Status.INVALID_ARGUMENT, "the request message is missing")
+        request = await self._read_request(stream)
         interval = request.interval_seconds or 1.0
         if not MIN_WATCH_INTERVAL <= interval <= MAX_WATCH_INTERVAL:  # NaN too
             raise GRPCError(Status.INVALID_ARGUMENT, f"interval_seconds {interval} is outside "
@@ -231,9 +233,7 @@ class FrontDoor:
     async def _play_audio(self, stream: grpclib.server.Stream) -> None:
         """Stream the playback's events until its final one. Hanging up does
         not stop the sound (StopAudio does)."""
-        request = await self._read(stream)
-        if request is None:
-            raise GRPCError(Status.INVALID_ARGUMENT, "the request message is missing")
+        request = await self._read_request(stream)
         _require(request.user_id, "user_id")
 
         async def fail(status: Status, why: str) -> None:
