@@ -319,3 +319,28 @@ async def test_the_asyncio_loop_takes_a_negative_delay_as_now_as_asyncio_does() 
         await trio_asyncio.aio_as_trio(schedule)()
         with trio.fail_after(5):
             await called.wait()
+
+
+async def test_the_asyncio_loop_drops_cancelled_timers_as_asyncio_does() -> None:
+    """trio-asyncio alone keeps a cancelled timer until it would have fired:
+    every gRPC deadline and asyncio.wait timeout of a busy bridge piled up."""
+    import asyncio
+
+    import trio_asyncio
+
+    from actors.asyncio_compat import match_asyncio
+
+    match_asyncio()
+    fired = trio.Event()
+    async with trio_asyncio.open_loop() as loop:
+        async def schedule_and_cancel() -> None:
+            running = asyncio.get_running_loop()
+            running.call_later(0.5, fired.set)  # one that must still fire
+            for _ in range(1000):
+                running.call_later(3600, lambda: None).cancel()
+                await asyncio.sleep(0)  # the loop moves each timer into its heap
+
+        await trio_asyncio.aio_as_trio(schedule_and_cancel)()
+        assert len(loop._timers) <= 101, "cancelled timers were kept"
+        with trio.fail_after(5):
+            await fired.wait()
