@@ -440,7 +440,7 @@ async def serve_front_door(
     on once ready."""
     front_door.readiness.set(True)
     tls = (settings.tls_cert, settings.tls_key) if settings.tls_cert and settings.tls_key else None
-    await serve_grpc(with_standard_services([front_door], front_door.readiness), host=settings.host,
+    await serve_grpc(with_standard_services([front_door], front_door.readiness), host=settings.listen_host,
                      port=settings.port, unix_socket=settings.unix_socket,
                      max_concurrent_streams=settings.max_concurrent_streams, close_timeout=settings.teardown_timeout,
                      auth_token=settings.auth_token, tls=tls, rpc_histogram=RPC_SECONDS, task_status=task_status)
