@@ -92,6 +92,13 @@ def token(livekit: DevLiveKit, identity: str, room: str, *, room_join: bool = Tr
     return jwt.encode(claims, livekit.api_secret, algorithm="HS256")
 
 
+def forged(token: str) -> str:
+    """``token`` with its signature broken: its claims read as before, and
+    LiveKit refuses it (a JoinRoom that fails at LiveKit, not at the front door)."""
+    header, claims, signature = token.split(".")
+    return f"{header}.{claims}.{signature[::-1]}"
+
+
 def bridge_identity(user_id: str) -> str:
     return f"cloud-agent:{user_id}"
 

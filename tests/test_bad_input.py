@@ -121,7 +121,7 @@ async def test_messages_over_10_mib_are_refused(bridge, livekit) -> None:
         huge = join_request(livekit, "huge", room_name="r" * (10 * 1024 * 1024 + 1))
         message = await expect_status(Status.RESOURCE_EXHAUSTED, client.join(huge))
         assert "exceeds" in message
-        just_under = join_request(livekit, "big", room_name="big", target_identity="t" * (9 * 1024 * 1024))
+        just_under = join_request(livekit, "big", "big", target_identity="t" * (9 * 1024 * 1024))
         assert (await client.join(just_under)).success
 
 
