@@ -1,7 +1,9 @@
 """Command line of the LiveKit bridge.
 
-    python bridge_main.py serve    the bridge alone
-    python bridge_main.py dev      a local livekit-server (dev mode, loopback) plus the bridge;
+    python bridge_main.py serve    the bridge alone (TCP beyond loopback needs BRIDGE_AUTH_TOKEN or
+                                   BRIDGE_INSECURE=1; LIVEKIT_GRPC_SOCKET serves a Unix socket)
+    python bridge_main.py dev      a local livekit-server (dev mode, loopback) plus the bridge, on
+                                   loopback unless BRIDGE_HOST says otherwise;
                                    with LIVEKIT_URL, LIVEKIT_API_KEY and LIVEKIT_API_SECRET set it
                                    uses that server instead and starts none
     python bridge_main.py tree     print a running bridge's live actor tree
@@ -109,11 +111,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = BridgeSettings.load(os.environ, args)
         if args.command != "tree":
-            settings.check_for_serving()
+            settings = settings.for_command(args.command)
         configure_logging(level=settings.log_level, log_format=settings.log_format)
     except (SettingsError, LogSettingError) as error:
         print(f"bridge: {error}", file=sys.stderr)
         return 2
+    if args.command != "tree" and settings.open_to_the_network:
+        logger.warning("serving TCP on {}:{} without BRIDGE_AUTH_TOKEN (BRIDGE_INSECURE is set): anyone who "
+                       "reaches the port may call", settings.listen_host, settings.port)
     if args.command == "tree":
         try:
             print_tree(settings, as_json=args.json, watch=args.watch, user=args.user)

@@ -44,7 +44,7 @@ async def run_bridge(
 
 
 async def _run(settings: BridgeSettings, task_status: trio.TaskStatus[RunningBridge]) -> None:
-    with serve_metrics(settings.metrics_port, settings.host):
+    with serve_metrics(settings.metrics_port, settings.listen_host):
         await _run_actors(settings, task_status)
 
 

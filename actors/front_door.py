@@ -20,6 +20,7 @@ import trio
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 from grpclib.health.check import ServiceStatus
+from loguru import logger
 from trio_asyncio import aio_as_trio, trio_as_aio
 
 from proto.mentra.livekit import bridge as pb
@@ -29,11 +30,12 @@ from proto.runtime_messages import AudioChunk
 from .grpc.standard_services import with_standard_services
 from .grpc.transport import read_message, serve_grpc
 from .audio.fetch import FetchError, check_url
+from .join_token import TokenRefused, admit_join_token, expected_identity
 from .live_objects import live_objects
 from .messages import (FAULT_KINDS, AtCapacity, SIMULATED_SCENARIOS, AttachStream, Fault, GetHealth, GetStatus, Join, Leave, NotPlayable, Play,
                        StopPlayback, is_fault_kind)
 from .playback import PlaybackEvent, PlaybackRequest
-from .metrics import MIC_FORWARDED, MIC_GRPC_WRITE, MIC_QUEUED, RPC_SECONDS, STREAMS
+from .metrics import JOIN_TOKEN_IDENTITY_UNEXPECTED, MIC_FORWARDED, MIC_GRPC_WRITE, MIC_QUEUED, RPC_SECONDS, STREAMS
 from .mic_audio import MIC_CHANNELS, MIC_SAMPLE_RATE
 from .runtime import ActorGone, Child, MailboxFull
 from .settings import BridgeSettings
@@ -66,6 +68,8 @@ class FrontDoor:
         self._settings = settings
         self._started = time.monotonic()
         self.active_streams = 0
+        #: JoinRoom tokens admitted whose identity is not cloud-agent:<user_id> (shown in the tree).
+        self.unexpected_token_identities = 0
         #: Set by drain(): new calls are refused, HealthCheck says NOT_SERVING.
         self.draining = False
         #: What grpc.health.v1 Health answers: SERVING once listening, NOT_SERVING once draining.
@@ -170,14 +174,43 @@ class FrontDoor:
         _require(url, "livekit_url (and the bridge has no LIVEKIT_URL default)")
         if not url.startswith(("ws://", "wss://", "http://", "https://")):
             raise GRPCError(Status.INVALID_ARGUMENT, f"livekit_url {url!r} is not a ws://, wss://, http:// or https:// URL")
+        room = self._admitted_room(request)
         joined = await self._ask(
-            Join(request.user_id, request.room_name, request.token, url, request.target_identity),
+            Join(request.user_id, room, request.token, url, request.target_identity),
             timeout=self._settings.join_timeout,
         )
         return pb.JoinRoomResponse(
             success=joined.success, error=joined.error,
             participant_id=joined.participant_id, participant_count=joined.participant_count,
+            metadata={"room": room},
         )
+
+    def _admitted_room(self, request: pb.JoinRoomRequest) -> str:
+        """The room a JoinRoom's token admits it to (its room_name, or the
+        token's room when it names none), checked before anything reaches the
+        session supervisor, so a refused token leaves the user's session be.
+        Logs only the token's room and identity.
+
+        Raises:
+            GRPCError(INVALID_ARGUMENT): the token cannot be the right one (actors/join_token.py).
+        """
+        user_id = request.user_id
+        with logger.contextualize(user_id=user_id):
+            try:
+                admitted = admit_join_token(request.token, user_id=user_id, room_name=request.room_name,
+                                            target_identity=request.target_identity)
+            except TokenRefused as refused:
+                logger.warning("JoinRoom of user {} refused: {}", user_id, refused)
+                raise GRPCError(Status.INVALID_ARGUMENT, str(refused)) from None
+            if not admitted.identity_expected:
+                self.unexpected_token_identities += 1
+                JOIN_TOKEN_IDENTITY_UNEXPECTED.inc()
+                logger.warning("JoinRoom of user {}: the token's identity is {!r}, not {!r}; joining as it",
+                               user_id, admitted.identity, expected_identity(user_id))
+            if not request.room_name:
+                logger.info("JoinRoom of user {} names no room_name; joining the token's room {!r}",
+                            user_id, admitted.room)
+        return admitted.room
 
     async def _leave_room(self, request: pb.LeaveRoomRequest) -> pb.LeaveRoomResponse:
         _require(request.user_id, "user_id")
@@ -225,7 +258,8 @@ class FrontDoor:
         # Taken in one synchronous step (no await), so it is consistent; it
         # only reads what supervisors keep for operators.
         tree = {"name": "bridge", "children": self._describe_tree(),
-                "front_door": {"active_streams": self.active_streams}}
+                "front_door": {"active_streams": self.active_streams,
+                               "unexpected_token_identities": self.unexpected_token_identities}}
         return debug_pb.DescribeActorsResponse(tree_json=json.dumps(tree, indent=2, default=str))
 
     # -- playback ------------------------------------------------------------
@@ -406,7 +440,7 @@ async def serve_front_door(
     on once ready."""
     front_door.readiness.set(True)
     tls = (settings.tls_cert, settings.tls_key) if settings.tls_cert and settings.tls_key else None
-    await serve_grpc(with_standard_services([front_door], front_door.readiness), host=settings.host,
+    await serve_grpc(with_standard_services([front_door], front_door.readiness), host=settings.listen_host,
                      port=settings.port, unix_socket=settings.unix_socket,
                      max_concurrent_streams=settings.max_concurrent_streams, close_timeout=settings.teardown_timeout,
                      auth_token=settings.auth_token, tls=tls, rpc_histogram=RPC_SECONDS, task_status=task_status)

@@ -57,6 +57,9 @@ JOINS = prometheus_client.Counter(
     "bridge_joins", "JoinRoom calls handled, by result: joined, replaced (a session was torn down first), failed, "
     "refused (at BRIDGE_MAX_SESSIONS).",
     ["result"])
+JOIN_TOKEN_IDENTITY_UNEXPECTED = prometheus_client.Counter(
+    "bridge_join_token_identity_unexpected", "JoinRoom tokens admitted whose identity is not cloud-agent:<user_id> "
+    "(the cloud mints identities; the bridge joins with any non-empty one, see README).")
 SESSIONS_ENDED = prometheus_client.Counter(
     "bridge_sessions_ended", "Sessions that ended by themselves: reaped (no StreamAudio consumer for "
     "BRIDGE_IDLE_SESSION_TTL), given_up (crashed more often than its restart policy allows).", ["reason"])

@@ -9,6 +9,7 @@ variable (the deployment's names), its flag, its default and its check.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -23,6 +24,8 @@ __all__ = ["BridgeSettings", "SettingsError"]
 FRONT_DOOR, LIVEKIT, SESSIONS, AUDIO, PLAYBACK, OPERATIONS = (
     "front door (gRPC)", "LiveKit", "sessions", "microphone and cloud audio", "playback (PlayAudio)",
     "logs, metrics, shutdown")
+#: What an unset BRIDGE_HOST binds: every address for ``serve``, loopback for ``dev``.
+ALL_ADDRESSES, LOOPBACK_HOST = "0.0.0.0", "127.0.0.1"
 LOG_LEVELS = ("trace", "debug", "info", "success", "warning", "error", "critical")
 
 
@@ -31,13 +34,17 @@ class BridgeSettings:
     # -- front door
     port: int = setting(9090, "PORT", "TCP port of the gRPC front door; 0 picks a free one", group=FRONT_DOOR,
                         minimum=0, maximum=65535)
-    host: str = setting("0.0.0.0", "BRIDGE_HOST", "address the TCP listener binds", group=FRONT_DOOR)
+    host: str | None = setting(None, "BRIDGE_HOST", "address the TCP listener binds (unset: every address, "
+                               "0.0.0.0, for serve; 127.0.0.1, this machine only, for dev)", group=FRONT_DOOR)
     unix_socket: str | None = setting(
         None, "LIVEKIT_GRPC_SOCKET", "listen on this Unix socket (mode 0660) instead of TCP", group=FRONT_DOOR,
         metavar="PATH")
     auth_token: str | None = setting(
         None, "BRIDGE_AUTH_TOKEN", "every call over TCP must carry 'authorization: Bearer <token>'; the Unix "
         "socket relies on its file mode", group=FRONT_DOOR, secret=True)
+    insecure: bool = setting(False, "BRIDGE_INSECURE", "allow TCP on a non-loopback address without "
+                             "BRIDGE_AUTH_TOKEN: anyone who reaches the port may call (only on a network you "
+                             "trust)", group=FRONT_DOOR)
     tls_cert: str | None = setting(None, "BRIDGE_TLS_CERT", "serve TCP over TLS: PEM certificate chain (with "
                                    "--tls-key)", group=FRONT_DOOR, metavar="PEM")
     tls_key: str | None = setting(None, "BRIDGE_TLS_KEY", "PEM private key of --tls-cert", group=FRONT_DOOR,
@@ -138,12 +145,43 @@ class BridgeSettings:
         if self.rejoin_backoff_initial > self.rejoin_backoff_max:
             raise SettingsError("BRIDGE_REJOIN_BACKOFF_INITIAL is above BRIDGE_REJOIN_BACKOFF_MAX")
 
+    def for_command(self, command: str) -> BridgeSettings:
+        """The settings ``serve`` or ``dev`` runs with, checked: an unset
+        BRIDGE_HOST binds every address for ``serve`` (a deployment is reached
+        from other machines) and loopback for ``dev`` (a server for this
+        machine). Raises SettingsError as check_for_serving does."""
+        resolved = self if self.host is not None else dataclasses.replace(
+            self, host=LOOPBACK_HOST if command == "dev" else ALL_ADDRESSES)
+        resolved.check_for_serving()
+        return resolved
+
     def check_for_serving(self) -> None:
         """Raises SettingsError for what only serving needs (``tree`` needs
-        the certificate, not its key): a TLS certificate and its key go together."""
+        the certificate, not its key): a TLS certificate and its key go
+        together; a TCP listener that others can reach needs
+        BRIDGE_AUTH_TOKEN, or BRIDGE_INSECURE to say that is meant."""
         if (self.tls_cert is None) != (self.tls_key is None):
             raise SettingsError("BRIDGE_TLS_CERT (--tls-cert) and BRIDGE_TLS_KEY (--tls-key) go together: set "
                                 "both (PEM files) or neither")
+        if self.open_to_the_network and not self.insecure:
+            raise SettingsError(
+                f"refusing to serve TCP on {self.listen_host}:{self.port} (BRIDGE_HOST, PORT) without "
+                f"BRIDGE_AUTH_TOKEN: anyone who reaches the port could join rooms, read the actor tree and make the "
+                f"bridge fetch URLs (TLS encrypts but does not say who may call). Choose one: set BRIDGE_AUTH_TOKEN "
+                f"(callers send 'authorization: Bearer <token>'); or serve on a Unix socket (LIVEKIT_GRPC_SOCKET); "
+                f"or, on a network you trust, set BRIDGE_INSECURE=1 (--insecure). BRIDGE_HOST=127.0.0.1 serves "
+                f"this machine only.")
+
+    @property
+    def listen_host(self) -> str:
+        """The address the TCP listener binds: BRIDGE_HOST, or every address
+        when unset (for_command sets it for ``dev``)."""
+        return self.host if self.host is not None else ALL_ADDRESSES
+
+    @property
+    def open_to_the_network(self) -> bool:
+        """A TCP listener on an address other than loopback, without BRIDGE_AUTH_TOKEN."""
+        return not self.unix_socket and not self.auth_token and not is_loopback(self.listen_host)
 
     @classmethod
     def load(cls, environ: Mapping[str, str] = os.environ, flags: Any = ()) -> BridgeSettings:
@@ -174,3 +212,13 @@ class BridgeSettings:
             max_seconds=self.playback_max_seconds,
             stall_timeout=self.playback_stall_timeout,
         )
+
+
+def is_loopback(host: str) -> bool:
+    """``host`` names this machine only: 127.0.0.0/8, ::1 or localhost."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False

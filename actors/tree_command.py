@@ -86,7 +86,8 @@ def dial_address(settings: BridgeSettings) -> str:
 
 def _host(settings: BridgeSettings) -> str:
     """Where to dial the TCP listener: its own address, or loopback when it binds every address."""
-    return {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(settings.host, settings.host)
+    host = settings.listen_host
+    return {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
 
 
 def _channel(settings: BridgeSettings) -> Channel:

@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpclib.client
+import jwt
 import grpclib.const
 import grpclib.exceptions
 import numpy as np
@@ -77,11 +78,25 @@ async def tree_command(*args: str, env: dict[str, str]) -> subprocess.CompletedP
                                   capture_stdout=True, capture_stderr=True, check=False)
 
 
-def token(livekit: DevLiveKit, identity: str, room: str) -> str:
-    grants = api.VideoGrants(room_join=True, room=room, can_publish=True, can_subscribe=True,
+def token(livekit: DevLiveKit, identity: str, room: str, *, room_join: bool = True) -> str:
+    """A token of ``livekit`` for ``identity`` in ``room``, as the cloud mints
+    it (livekit-api). livekit-api refuses to mint a joining token without an
+    identity or room; one is signed here from the same claims, as a
+    hand-rolled minter would, so that tests can see the bridge refuse it."""
+    grants = api.VideoGrants(room_join=room_join, room=room, can_publish=True, can_subscribe=True,
                              can_publish_data=True)
-    return (api.AccessToken(livekit.api_key, livekit.api_secret)
-            .with_identity(identity).with_grants(grants).to_jwt())
+    access = api.AccessToken(livekit.api_key, livekit.api_secret).with_identity(identity).with_grants(grants)
+    if not room_join or (identity and room):
+        return access.to_jwt()
+    claims = dict(access.claims.asdict(), sub=identity, iss=livekit.api_key, exp=int(time.time()) + 3600)
+    return jwt.encode(claims, livekit.api_secret, algorithm="HS256")
+
+
+def forged(token: str) -> str:
+    """``token`` with its signature broken: its claims read as before, and
+    LiveKit refuses it (a JoinRoom that fails at LiveKit, not at the front door)."""
+    header, claims, signature = token.split(".")
+    return f"{header}.{claims}.{signature[::-1]}"
 
 
 def bridge_identity(user_id: str) -> str:

@@ -10,7 +10,7 @@ from grpclib.exceptions import GRPCError
 
 from trio_asyncio import aio_as_trio
 
-from bridge_harness import cloud, expect_status, join_request, phone_in_room
+from bridge_harness import bridge_identity, cloud, expect_status, join_request, phone_in_room, token
 from proto.mentra.livekit import bridge as pb
 
 
@@ -34,8 +34,8 @@ async def test_bad_requests_get_clear_statuses_while_another_user_keeps_streamin
                 Status.INVALID_ARGUMENT, client.join(join_request(livekit, "x", token="")))
             assert "not a ws://" in await expect_status(
                 Status.INVALID_ARGUMENT, client.join(join_request(livekit, "x", livekit_url="ftp://example")))
-            refused = await client.join(join_request(livekit, "forged", token="not-a-jwt"))
-            assert not refused.success and "refused" in refused.error
+            assert "not a LiveKit access token" in await expect_status(
+                Status.INVALID_ARGUMENT, client.join(join_request(livekit, "forged", token="not-a-jwt")))
             # LeaveRoom, GetStatus
             await expect_status(Status.INVALID_ARGUMENT, client.leave(""))
             await expect_status(Status.INVALID_ARGUMENT, client.status(""))
@@ -56,6 +56,33 @@ async def test_bad_requests_get_clear_statuses_while_another_user_keeps_streamin
                 while len(heard) < before + 5:
                     await trio.sleep(0.05)
             nursery.cancel_scope.cancel()
+
+
+USER = "tokened"
+
+
+@pytest.mark.parametrize("token_of, overrides, named", [
+    (lambda lk: token(lk, bridge_identity(USER), "room-other"), {},
+     ["grants room 'room-other'", "room_name is 'room-tokened'"]),
+    (lambda lk: token(lk, bridge_identity(USER), f"room-{USER}", room_join=False), {},
+     ["roomJoin false or missing", f"identity '{bridge_identity(USER)}'"]),
+    (lambda lk: token(lk, "", f"room-{USER}"), {}, ["identity (sub) is empty", f"'{bridge_identity(USER)}'"]),
+    (lambda lk: token(lk, bridge_identity(USER), ""), {"room_name": ""}, ["grants room '' (none)"]),
+    (lambda lk: token(lk, USER, f"room-{USER}"), {}, [f"identity '{USER}' is the target_identity '{USER}'"]),
+    (lambda lk: "a.b", {}, ["not a LiveKit access token", "3 dot-separated parts"]),
+    (lambda lk: "a.!!!.c", {}, ["not a LiveKit access token", "not base64url-encoded JSON"]),
+    (lambda lk: "a.WzFd.c", {}, ["not a LiveKit access token", "not a JSON object"]),  # the payload [1]
+], ids=["wrong-room", "no-room-join", "empty-identity", "no-room", "the-phones-identity", "not-a-jwt",
+        "payload-not-base64-json", "payload-not-an-object"])
+async def test_a_join_token_that_cannot_be_right_is_refused_before_any_session_and_never_logged(
+        bridge, livekit, log_lines, token_of, overrides, named) -> None:
+    request = join_request(livekit, USER, token=token_of(livekit), **overrides)
+    async with cloud(bridge.address) as client:
+        message = await expect_status(Status.INVALID_ARGUMENT, client.join(request))
+        assert all(part in message for part in named), message
+        assert f"session:{USER}" not in str(await client.actor_tree())
+    assert [line for line in log_lines if "refused" in line and USER in line], log_lines
+    assert not [line for line in log_lines if request.token in line]
 
 
 @pytest.mark.parametrize("chunk, why", [
@@ -94,7 +121,7 @@ async def test_messages_over_10_mib_are_refused(bridge, livekit) -> None:
         huge = join_request(livekit, "huge", room_name="r" * (10 * 1024 * 1024 + 1))
         message = await expect_status(Status.RESOURCE_EXHAUSTED, client.join(huge))
         assert "exceeds" in message
-        just_under = join_request(livekit, "big", room_name="big", target_identity="t" * (9 * 1024 * 1024))
+        just_under = join_request(livekit, "big", "big", target_identity="t" * (9 * 1024 * 1024))
         assert (await client.join(just_under)).success
 
 

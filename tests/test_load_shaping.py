@@ -22,7 +22,7 @@ from actors.bridge import run_bridge
 from actors.livekit.dev_server import free_port
 from actors.livekit.room import joined_room
 from actors.livekit.sdk_core import stop_forwarding_sdk_logs
-from bridge_harness import cloud, join_request, phone_in_room, running_bridge, token
+from bridge_harness import cloud, forged, join_request, phone_in_room, running_bridge, token
 
 
 async def test_connects_beyond_the_slots_wait_their_turn(livekit) -> None:
@@ -106,7 +106,9 @@ async def test_metrics_show_the_audio_path_sessions_joins_and_calls(bridge_setti
         before = await trio.to_thread.run_sync(scrape, port)
         async with cloud(bridge.address) as client:
             assert (await client.join(join_request(livekit, "metered"))).success
-            assert not (await client.join(join_request(livekit, "refused", token="not-a-token"))).success
+            bad_signature = join_request(livekit, "refused")
+            bad_signature.token = forged(bad_signature.token)  # LiveKit refuses it: a failed join
+            assert not (await client.join(bad_signature)).success
             async with client.audio_stream("metered") as stream, phone_in_room(livekit, "metered") as phone:
                 async with trio.open_nursery() as talking:
                     talking.start_soon(phone.keep_talking, 0.05)
@@ -161,7 +163,9 @@ async def test_at_max_sessions_a_new_user_is_refused_but_replacements_and_freed_
             assert (await client.join(join_request(livekit, admitted[0]))).success  # a replacement
             assert (await client.leave(admitted[1])).success
             # A join that fails gives its place back.
-            assert not (await client.join(join_request(livekit, "cap-bad-token", token="not-a-token"))).success
+            bad_signature = join_request(livekit, "cap-bad-token")
+            bad_signature.token = forged(bad_signature.token)
+            assert not (await client.join(bad_signature)).success
             assert (await client.join(join_request(livekit, refused))).success  # a place was freed
             counters = (await client.actor_tree())["children"][0]["counters"]
     assert counters["refused_joins_at_capacity"] == 1 and counters["sessions"] == 2

@@ -12,7 +12,9 @@ import pytest
 import trio
 
 from audio_fixtures import tone, wav
-from bridge_harness import bridge_identity, join_request, phone_in_room
+from prometheus_client import REGISTRY
+
+from bridge_harness import bridge_identity, cloud, join_request, list_participants, phone_in_room, token
 from http_audio import audio_http_server
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -57,12 +59,47 @@ async def test_the_node_cloud_client_speaks_the_contract(bridge, livekit) -> Non
     assert result["leave_again"] == {"success": False, "error": "session not found"}
 
 
-async def run_node_cloud(bridge, livekit, user: str, room: str, env: dict[str, str]) -> Any:
-    """Run cloud.mjs while the user's phone talks in the room."""
+async def test_a_wrong_token_from_the_node_cloud_is_refused_and_leaves_the_session_untouched(bridge, livekit) -> None:
+    user = "node-refused"
+    request = join_request(livekit, user)
+    bad_tokens = {
+        "wrong_room": token(livekit, bridge_identity(user), "room-of-someone-else"),
+        "no_room_join": token(livekit, bridge_identity(user), request.room_name, room_join=False),
+        "empty_identity": token(livekit, "", request.room_name),
+    }
+    def replacements() -> float:
+        return REGISTRY.get_sample_value("bridge_joins_total", {"result": "replaced"}) or 0.0
+
+    replaced = replacements()
+    env = dict(os.environ, USER_ID=user, ROOM=request.room_name, JOIN_TOKEN=request.token, LIVEKIT_URL=livekit.url,
+               BAD_TOKENS=json.dumps(bad_tokens))
+    done = await run_node_cloud(bridge, livekit, user, request.room_name, env, "refusals")
+    assert done.returncode == 0, done
+    result = json.loads(done.stdout)
+    assert result["join"]["success"], result["join"]
+    refused = result["refused"]
+    assert {name: answer["code"] for name, answer in refused.items()} == dict.fromkeys(bad_tokens, "INVALID_ARGUMENT")
+    both = {"wrong_room": ["'room-of-someone-else'", f"'{request.room_name}'"],
+            "no_room_join": ["roomJoin false or missing", f"'{request.room_name}'"],
+            "empty_identity": ["identity (sub) is empty", f"'{bridge_identity(user)}'"]}
+    for name, parts in both.items():
+        assert all(part in refused[name]["details"] for part in parts), refused[name]
+    assert result["status"]["connected"] is True and result["status"]["participant_id"] == bridge_identity(user)
+    # The session the refused calls met is the one that joined: not replaced, still in its room.
+    assert replacements() == replaced
+    assert bridge_identity(user) in await list_participants(livekit, request.room_name)
+    async with cloud(bridge.address) as client:
+        assert (await client.status(user)).connected
+        assert (await client.leave(user)).success
+
+
+async def run_node_cloud(bridge, livekit, user: str, room: str, env: dict[str, str],
+                         scenario: str = "contract") -> Any:
+    """Run cloud.mjs's ``scenario`` while the user's phone talks in the room."""
     async with phone_in_room(livekit, user, room) as phone, trio.open_nursery() as nursery:
         nursery.start_soon(phone.keep_talking)
         with trio.fail_after(120):
-            done = await trio.run_process(["node", "cloud.mjs", bridge.address, PROTO], cwd=NODE_CLIENT, env=env,
-                                          capture_stdout=True, check=False)
+            done = await trio.run_process(["node", "cloud.mjs", bridge.address, PROTO, scenario], cwd=NODE_CLIENT,
+                                          env=env, capture_stdout=True, check=False)
         nursery.cancel_scope.cancel()
     return done

@@ -91,3 +91,66 @@ async def test_sigterm_drains_streams_end_unavailable_health_says_not_serving_an
     finally:
         if process.poll() is None:
             process.kill()
+
+
+def start(command: str, env: dict[str, str]) -> subprocess.Popen:
+    """``bridge_main.py COMMAND`` with only ``env`` beside PATH: no BRIDGE_HOST, token or socket unless given."""
+    return subprocess.Popen([sys.executable, os.path.join(REPO, "bridge_main.py"), command], cwd=REPO,
+                            env=dict(PATH=os.environ["PATH"], PORT="0", LOG_FORMAT="text", **env),
+                            stderr=subprocess.PIPE, text=True)
+
+
+async def listening_on(process: subprocess.Popen) -> tuple[str, list[str]]:
+    """The address the bridge says it listens on, and the lines it logged until then."""
+    lines: list[str] = []
+    with trio.fail_after(30):
+        while "gRPC front door listening on" not in (lines or [""])[-1]:
+            line = await trio.to_thread.run_sync(process.stderr.readline)
+            assert line, f"the bridge exited: {lines}"
+            lines.append(line)
+    return lines[-1].rsplit(" ", 1)[-1].strip(), lines
+
+
+def stop(process: subprocess.Popen) -> int:
+    process.send_signal(signal.SIGTERM)
+    try:
+        return process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+def test_serving_tcp_beyond_loopback_without_a_token_refuses_to_start(livekit) -> None:
+    refused = start("serve", {"LIVEKIT_URL": livekit.url})
+    try:
+        _, said = refused.communicate(timeout=30)
+    finally:
+        if refused.poll() is None:  # it started: the check is missing
+            refused.kill()
+    assert refused.returncode == 2, said
+    assert said.startswith("bridge: refusing to serve TCP on 0.0.0.0:0 (BRIDGE_HOST, PORT) without BRIDGE_AUTH_TOKEN")
+    assert all(way in said for way in ("set BRIDGE_AUTH_TOKEN", "LIVEKIT_GRPC_SOCKET", "BRIDGE_INSECURE=1"))
+
+
+async def test_an_open_listener_starts_when_told_it_is_insecure_and_dev_binds_loopback_with_no_setting(
+        livekit) -> None:
+    from bridge_harness import grpcurl
+
+    insecure = start("serve", {"LIVEKIT_URL": livekit.url, "BRIDGE_INSECURE": "1"})
+    try:
+        address, said = await listening_on(insecure)
+        assert address.startswith("0.0.0.0:")
+        assert [line for line in said if "without BRIDGE_AUTH_TOKEN (BRIDGE_INSECURE is set)" in line], said
+        assert (await grpcurl("127.0.0.2:" + address.split(":")[1], "list")).returncode == 0  # not only loopback
+    finally:
+        assert stop(insecure) == 0
+    # dev, with an external LiveKit so that it starts none: loopback, and no setting needed.
+    dev = start("dev", {"LIVEKIT_URL": livekit.url, "LIVEKIT_API_KEY": livekit.api_key,
+                        "LIVEKIT_API_SECRET": livekit.api_secret})
+    try:
+        address, said = await listening_on(dev)
+        assert address.startswith("127.0.0.1:"), said
+        assert (await grpcurl(address, "list")).returncode == 0
+        assert (await grpcurl("127.0.0.2:" + address.split(":")[1], "list")).returncode != 0
+    finally:
+        assert stop(dev) == 0

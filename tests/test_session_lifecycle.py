@@ -11,6 +11,7 @@ import time
 
 import pytest
 import trio
+from prometheus_client import REGISTRY
 
 from actors.settings import BridgeSettings
 from bridge_harness import (
@@ -146,6 +147,29 @@ async def test_leave_tears_down_and_unknown_users_are_told_so(bridge, livekit) -
         assert not again.success and again.error == "session not found"
         unknown = await client.status("leaver")
         assert not unknown.connected and not unknown.participant_id and not unknown.server_version
+
+
+async def test_a_join_without_room_name_joins_the_tokens_room_and_an_unexpected_identity_is_counted(
+        bridge, livekit, log_records) -> None:
+    """The cloud may leave room_name empty: the token's room is joined and
+    said (JoinRoomResponse metadata, log lines' room field). An identity
+    other than cloud-agent:<user> joins, warned about and counted."""
+    user, room, identity = "roomless", "room-from-token", "agent-of-roomless"
+    unexpected = REGISTRY.get_sample_value("bridge_join_token_identity_unexpected_total") or 0.0
+    request = join_request(livekit, user, room_name="", token=token(livekit, identity, room))
+    async with cloud(bridge.address) as client:
+        joined = await client.join(request)
+        assert joined.success and joined.participant_id == identity and joined.metadata == {"room": room}
+        assert await list_participants(livekit, room) == [identity]
+        assert (await client.actor_tree())["front_door"]["unexpected_token_identities"] == 1
+        assert REGISTRY.get_sample_value("bridge_join_token_identity_unexpected_total") == unexpected + 1
+        assert (await client.leave(user)).success
+    about = [record for record in log_records if record["extra"].get("user_id") == user]
+    assert any(f"joining the token's room '{room}'" in record["message"] for record in about)
+    assert any(record["extra"].get("room") == room and "joined room" in record["message"] for record in about)
+    warned = [record for record in about if "not 'cloud-agent:roomless'" in record["message"]]
+    assert warned and warned[0]["level"]["name"] == "WARNING" and identity in warned[0]["message"]
+    assert not [record for record in log_records if request.token in record["message"]]
 
 
 async def test_participant_count_follows_the_room(bridge, livekit) -> None:

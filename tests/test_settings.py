@@ -57,7 +57,7 @@ def test_a_flag_wins_over_its_variable_and_an_empty_variable_is_unset() -> None:
     settings = parse("--port", "7001", "--no-chaos", "--track-idle-grace", "0.25", environ=environ)
     assert settings.port == 7001 and settings.chaos_enabled is False and settings.track_idle_grace == 0.25
     assert settings.max_concurrent_connects == 4 and settings.playback_refuse_private is True
-    assert settings.host == "0.0.0.0"  # empty: unset
+    assert settings.host is None  # empty: unset
     assert settings.log_level == "debug" and settings.log_format == "json"  # the older name is read; any case
     assert parse(environ={"LOG_LEVEL": "error", "BRIDGE_LOG_LEVEL": "debug"}).log_level == "error"
     assert parse("--chaos").chaos_enabled is True
@@ -96,3 +96,36 @@ def test_a_bad_value_stops_start_up_with_a_message_naming_it() -> None:
     assert started.returncode == 2
     assert started.stderr.startswith("bridge: ") and "--max-concurrent-connects='none' is not a whole number" in \
         started.stderr, started.stderr
+
+
+@pytest.mark.parametrize("command, environ, host", [
+    ("serve", {"BRIDGE_AUTH_TOKEN": "t"}, "0.0.0.0"),  # a deployment is reached from other machines
+    ("dev", {}, "127.0.0.1"),  # a server for this machine
+    ("serve", {"BRIDGE_HOST": "127.0.0.1"}, "127.0.0.1"),
+    ("serve", {"BRIDGE_HOST": "127.9.8.7"}, "127.9.8.7"),
+    ("serve", {"BRIDGE_HOST": "::1"}, "::1"),
+    ("serve", {"BRIDGE_HOST": "localhost"}, "localhost"),
+    ("serve", {"LIVEKIT_GRPC_SOCKET": "/run/bridge.sock"}, "0.0.0.0"),  # no TCP listener at all
+    ("serve", {"BRIDGE_INSECURE": "1"}, "0.0.0.0"),
+    ("dev", {"BRIDGE_HOST": "0.0.0.0", "BRIDGE_INSECURE": "1"}, "0.0.0.0"),
+])
+def test_a_listener_starts_on_loopback_a_socket_with_a_token_or_when_told_it_is_insecure(
+        command: str, environ: dict, host: str) -> None:
+    assert parse(environ=environ).for_command(command).listen_host == host
+
+
+@pytest.mark.parametrize("command, environ", [
+    ("serve", {}),
+    ("serve", {"BRIDGE_HOST": "10.0.0.5"}),
+    ("serve", {"BRIDGE_HOST": "bridge.internal"}),  # a name may resolve to anything
+    ("serve", {"BRIDGE_HOST": "::"}),
+    ("dev", {"BRIDGE_HOST": "0.0.0.0"}),
+    ("serve", {"BRIDGE_TLS_CERT": "/etc/hostname", "BRIDGE_TLS_KEY": "/etc/hostname"}),  # TLS says not who calls
+])
+def test_an_open_listener_beyond_loopback_without_a_token_is_refused_naming_the_three_ways_out(
+        command: str, environ: dict) -> None:
+    with pytest.raises(SettingsError) as caught:
+        parse(environ=environ).for_command(command)
+    message = str(caught.value)
+    assert "without BRIDGE_AUTH_TOKEN" in message and "TLS encrypts but does not say who may call" in message
+    assert all(way in message for way in ("set BRIDGE_AUTH_TOKEN", "LIVEKIT_GRPC_SOCKET", "BRIDGE_INSECURE=1"))

@@ -9,11 +9,16 @@ import dataclasses
 import json
 import pathlib
 import subprocess
+from collections.abc import AsyncIterator
 
+import pytest
 import trio
 import trio_asyncio
+from google.protobuf import descriptor_pb2, descriptor_pool
+from grpclib.health.check import ServiceStatus
 
-from actors.bridge import run_bridge
+from actors.bridge import RunningBridge, run_bridge
+from actors.grpc.standard_services import with_standard_services
 from bridge_harness import GRPCURL, grpcurl, running_bridge
 
 
@@ -35,6 +40,73 @@ async def test_grpcurl_lists_describes_and_calls_through_reflection(bridge) -> N
     answer = json.loads(await grpcurl_output(bridge.address, "mentra.livekit.bridge.LiveKitBridge/HealthCheck",
                                              data="{}"))
     assert answer["status"] == "SERVING"
+
+
+#: A symbol of each kind grpc-go's reflection answers, for each service served, and what grpcurl's
+#: describe says of it.
+SYMBOLS = [
+    ("mentra.livekit.bridge.LiveKitBridge", "is a service:"),
+    ("mentra.livekit.bridge.LiveKitBridge.JoinRoom", "rpc JoinRoom ( .mentra.livekit.bridge.JoinRoomRequest )"),
+    ("mentra.livekit.bridge.JoinRoomRequest", "message JoinRoomRequest {"),
+    ("mentra.livekit.bridge.JoinRoomRequest.room_name", "string room_name = 2;"),
+    ("mentra.livekit.bridge.PlayAudioEvent.EventType", "enum EventType {"),
+    ("mentra.livekit.bridge.PlayAudioEvent.EventType.FAILED", "FAILED = 3;"),  # as grpcurl names it
+    ("mentra.livekit.bridge.PlayAudioEvent.FAILED", "FAILED = 3;"),  # as protobuf scopes it
+    ("mentra.livekit.bridge.JoinRoomResponse.MetadataEntry", "map<string, string> metadata = 5;"),  # nested
+    ("mentra.livekit.bridge.debug.BridgeDebug", "is a service:"),
+    ("mentra.livekit.bridge.debug.BridgeDebug.WatchActors", "returns ( stream .mentra.livekit.bridge.debug."),
+    ("mentra.livekit.bridge.debug.InjectFaultRequest", "message InjectFaultRequest {"),
+    ("mentra.livekit.bridge.debug.InjectFaultRequest.kind", "string kind = 2;"),
+    ("grpc.health.v1.Health", "is a service:"),
+    ("grpc.health.v1.Health.Check", "rpc Check ( .grpc.health.v1.HealthCheckRequest )"),
+    ("grpc.health.v1.HealthCheckRequest", "message HealthCheckRequest {"),
+    ("grpc.health.v1.HealthCheckRequest.service", "string service = 1;"),
+    ("grpc.health.v1.HealthCheckResponse.ServingStatus", "enum ServingStatus {"),
+    ("grpc.health.v1.HealthCheckResponse.ServingStatus.NOT_SERVING", "NOT_SERVING = 2;"),
+    ("grpc.reflection.v1.ServerReflection", "is a service:"),
+    ("grpc.reflection.v1.ServerReflection.ServerReflectionInfo", "rpc ServerReflectionInfo ( stream "),
+    ("grpc.reflection.v1.ServerReflectionRequest", "message ServerReflectionRequest {"),
+    ("grpc.reflection.v1.ServerReflectionRequest.file_containing_symbol", "string file_containing_symbol = 4;"),
+    ("grpc.reflection.v1.ServerReflectionRequest.message_request", "oneof message_request {"),
+]
+
+
+@pytest.fixture(params=["tcp", "unix"])
+async def reachable_bridge(request, bridge_settings, tmp_path: pathlib.Path) -> AsyncIterator[RunningBridge]:
+    """The bridge on a loopback TCP port, then on a Unix socket."""
+    if request.param == "unix":
+        bridge_settings = dataclasses.replace(bridge_settings, unix_socket=str(tmp_path / "bridge.sock"))
+    async with running_bridge(bridge_settings) as running:
+        yield running
+
+
+async def test_grpcurl_describes_every_kind_of_symbol_and_lists_each_services_methods(reachable_bridge) -> None:
+    address = reachable_bridge.address
+    for symbol, said in SYMBOLS:
+        described = await grpcurl_output(address, "describe", symbol)
+        assert said in described, (symbol, described)
+    for service, method in [("mentra.livekit.bridge.LiveKitBridge", "GetStatus"),
+                            ("mentra.livekit.bridge.debug.BridgeDebug", "DescribeActors"),
+                            ("grpc.health.v1.Health", "Watch"),
+                            ("grpc.reflection.v1.ServerReflection", "ServerReflectionInfo")]:
+        assert f"{service}.{method}" in (await grpcurl_output(address, "list", service)).split()
+
+
+def test_a_file_is_answered_with_the_files_it_imports() -> None:
+    """None of the files served imports another today; grpc-go sends a file's
+    imports with it, and so does the bridge once one does."""
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(descriptor_pb2.FileDescriptorProto(name="base.proto", package="t", message_type=[{"name": "Base"}]))
+    pool.Add(descriptor_pb2.FileDescriptorProto(
+        name="top.proto", package="t", dependency=["base.proto"],
+        message_type=[{"name": "Top", "field": [{"name": "base", "number": 1, "type": 11, "type_name": ".t.Base",
+                                                 "label": 1}]}]))
+    reflection = with_standard_services([], ServiceStatus())[-2]
+    reflection._pool = pool
+    answer = reflection._file_containing_symbol_response("t.Top.base")
+    files = [descriptor_pb2.FileDescriptorProto.FromString(raw).name
+             for raw in answer.file_descriptor_response.file_descriptor_proto]
+    assert files == ["top.proto", "base.proto"]
 
 
 async def test_health_is_serving_then_not_serving_while_draining(bridge) -> None:

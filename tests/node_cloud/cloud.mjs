@@ -1,11 +1,15 @@
 // The cloud's side of the contract, with the cloud's own gRPC stack.
-// Usage: node cloud.mjs ADDRESS PROTO_PATH   (env USER_ID, ROOM, JOIN_TOKEN, LIVEKIT_URL, AUDIO_URL)
+// Usage: node cloud.mjs ADDRESS PROTO_PATH [contract|refusals]
+//   contract (default): every call of the contract  (env USER_ID, ROOM, JOIN_TOKEN, LIVEKIT_URL, AUDIO_URL)
+//   refusals: a join, then JoinRoom with each of BAD_TOKENS (a JSON object: case -> token), then GetStatus
+//             (env USER_ID, ROOM, JOIN_TOKEN, LIVEKIT_URL, BAD_TOKENS)
 // Prints one JSON object with what each call returned, for tests/test_node_cloud.py.
 import grpc from "@grpc/grpc-js";
 import protoLoader from "@grpc/proto-loader";
 
-const [address, protoPath] = process.argv.slice(2);
-const { USER_ID: userId, ROOM: room, JOIN_TOKEN: token, LIVEKIT_URL: livekitUrl, AUDIO_URL: audioUrl } = process.env;
+const [address, protoPath, scenario = "contract"] = process.argv.slice(2);
+const { USER_ID: userId, ROOM: room, JOIN_TOKEN: token, LIVEKIT_URL: livekitUrl, AUDIO_URL: audioUrl,
+        BAD_TOKENS: badTokens } = process.env;
 
 const definition = protoLoader.loadSync(protoPath, { keepCase: true, longs: Number, enums: String, defaults: true });
 const { LiveKitBridge } = grpc.loadPackageDefinition(definition).mentra.livekit.bridge;
@@ -52,9 +56,22 @@ const playAudio = (request) =>
     call.on("status", (status) => resolve({ code: grpc.status[status.code], details: status.details, events }));
   });
 
+const join = (joinToken) =>
+  unary("JoinRoom", { user_id: userId, room_name: room, token: joinToken, livekit_url: livekitUrl,
+                      target_identity: userId });
+
 const result = {};
+if (scenario === "refusals") {
+  result.join = await join(token);
+  result.refused = {};
+  for (const [name, badToken] of Object.entries(JSON.parse(badTokens))) result.refused[name] = await join(badToken);
+  result.status = await unary("GetStatus", { user_id: userId });
+  client.close();
+  console.log(JSON.stringify(result));
+  process.exit(0);
+}
 result.health = await unary("HealthCheck", {});
-result.join = await unary("JoinRoom", { user_id: userId, room_name: room, token, livekit_url: livekitUrl, target_identity: userId });
+result.join = await join(token);
 result.no_user_stream = await streamAudio([{ user_id: "" }], 0);
 result.unknown_user_stream = await streamAudio([{ user_id: "nobody-" + userId }], 0);
 result.audio_stream = await streamAudio([{ user_id: userId }], 5);
