@@ -16,9 +16,10 @@ from .playback import Playback
 from .runtime import Child
 from .stream_lease import StreamLease
 from .user_line import UserLine
+from .room_link import RoomLink
 from .user_session import UserSession
 
-TRACKED = (UserSession, UserLine, StreamLease, Playback, OutputTrack, Child, rtc.Room, rtc.AudioSource)
+TRACKED = (UserSession, RoomLink, UserLine, StreamLease, Playback, OutputTrack, Child, rtc.Room, rtc.AudioSource)
 
 
 def live_objects() -> dict[str, Any]:

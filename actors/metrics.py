@@ -54,8 +54,9 @@ BUILD = prometheus_client.Info(
 SESSIONS = prometheus_client.Gauge("bridge_sessions", "User sessions (one per user with a JoinRoom in force).")
 STREAMS = prometheus_client.Gauge("bridge_streams", "Open StreamAudio calls.")
 JOINS = prometheus_client.Counter(
-    "bridge_joins", "JoinRoom calls handled, by result: joined, replaced (a session was torn down first), failed, "
-    "refused (at BRIDGE_MAX_SESSIONS).",
+    "bridge_joins", "JoinRoom calls handled, by result: joined, adopted (a session was replaced and its LiveKit "
+    "connection kept), replaced (a session and its LiveKit connection were torn down first), failed, refused (at "
+    "BRIDGE_MAX_SESSIONS).",
     ["result"])
 JOIN_TOKEN_IDENTITY_UNEXPECTED = prometheus_client.Counter(
     "bridge_join_token_identity_unexpected", "JoinRoom tokens admitted whose identity is not cloud-agent:<user_id> "

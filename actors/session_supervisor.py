@@ -1,16 +1,25 @@
 """The session supervisor: the one place that decides which session a user has.
 
+A user's session runs beside the user's RoomLink (the LiveKit connection),
+both children of this supervisor; the link is lent to one session at a time.
+
 It guarantees, by structure rather than by checks:
 - a user has at most one session: a JoinRoom for a user who has one cancels
   the old session and waits for its whole teardown (stream ended, tracks
-  unpublished, room left) before the replacement starts;
+  unpublished) before the replacement starts;
+- a replacement keeps the user's LiveKit link when the link adopts it (it is
+  healthy and the JoinRoom names the same room for the same identity: see
+  RoomLink.adoption_refusal); otherwise the link too is stopped (room left)
+  before a new one joins, so two connections of one user never coexist;
 - one user's JoinRoom and LeaveRoom calls are carried out one at a time, in
   arrival order, so the last join wins;
 - different users never wait for each other: each user's commands run in a
   task of their own, so a slow or unreachable LiveKit URL delays only its user;
-- a crashed session is restarted from its JoinRoom (same token, same
+- a crashed session is restarted from its JoinRoom (same link, same
   StreamAudio consumer) with backoff, and given up on after
-  ``session_max_restarts`` crashes within a minute;
+  ``session_max_restarts`` crashes within a minute (its link is then left);
+- a link that will not rejoin (LiveKit ended the participant, the token
+  expired) ends the user's session;
 - a session that has had no StreamAudio consumer for ``idle_session_ttl``
   seconds (a zombie whose cloud went away) is torn down;
 - for ``ended_session_memory`` seconds after a session ended by itself (given
@@ -33,20 +42,25 @@ from .messages import (AtCapacity, AttachStream, Fault, GetHealth, GetStatus, He
                        SessionStatus, StopPlayback)
 from .runtime import Actor, ActorGone, Child, MailboxFull, Request, Restart, RestartPolicy, Supervisor
 from .settings import BridgeSettings
+from .room_link import RoomLink
 from .user_line import UserLine
 from .user_session import UserSession
 
 
 @dataclasses.dataclass
-class _Reap(Request[None]):
-    """Tear down ``session`` (if it is still the user's) for having no consumer."""
+class _EndUser(Request[None]):
+    """Tear down the user's session and link, if ``incarnation`` (a session or
+    a link) is still theirs: reaped for having no consumer, given up, or
+    ended by its link."""
 
     user_id: str
-    session: Child
+    incarnation: Child
     reason: str
+    #: bridge_sessions_ended_total's label, or None when counted already.
+    counted_as: str | None = None
 
 
-UserCommand = Join | Leave | _Reap
+UserCommand = Join | Leave | _EndUser
 
 
 class SessionSupervisor(Actor):
@@ -56,6 +70,8 @@ class SessionSupervisor(Actor):
         super().__init__(name)
         self._settings = settings
         self._sessions: dict[str, Child] = {}
+        #: user -> the RoomLink their session borrows.
+        self._links: dict[str, Child] = {}
         self._pending: dict[str, collections.deque[UserCommand]] = {}
         self._abandoned_connects: dict[str, AbandonedConnect] = {}
         self._supervisor: Supervisor | None = None
@@ -66,6 +82,7 @@ class SessionSupervisor(Actor):
         #: (a replacement's old session is out of _sessions meanwhile).
         self._joins_in_flight = 0
         self._replacements = 0
+        self._adoptions = 0
         self._failed_joins = 0
         self._refused_joins = 0
         self._skipped = 0
@@ -78,7 +95,7 @@ class SessionSupervisor(Actor):
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             # A session's own teardown is bounded (leave, stream end); this is the backstop.
-            self._supervisor = Supervisor(nursery, on_exit=self._on_session_exit, on_restart=count_restart,
+            self._supervisor = Supervisor(nursery, on_exit=self._on_exit, on_restart=count_restart,
                                           teardown_timeout=self._settings.teardown_timeout * 3)
             SESSIONS.set_function(lambda: len(self._sessions))
             nursery.start_soon(self._reap_unattended_sessions)
@@ -86,6 +103,8 @@ class SessionSupervisor(Actor):
             try:
                 await self.serve()
             finally:
+                self._sessions.clear()  # stopped by us: nothing of theirs to queue on the way out
+                self._links.clear()
                 with trio.CancelScope(shield=True):
                     await self._supervisor.stop_all()
                     with trio.move_on_after(self._settings.teardown_timeout):
@@ -95,7 +114,7 @@ class SessionSupervisor(Actor):
     async def handle(self, message: Any) -> None:
         if isinstance(message, (Join, Leave)):
             self._enqueue(message)
-        elif isinstance(message, GetStatus) and message.user_id not in self._sessions:
+        elif isinstance(message, GetStatus) and not self._serving(message.user_id):
             message.reply.send(self._ended_status(message.user_id))
         elif isinstance(message, (GetStatus, AttachStream, Play, StopPlayback, Fault)):
             self._forward_to_session(message)
@@ -110,6 +129,7 @@ class SessionSupervisor(Actor):
             "users_with_pending_commands": len(self._pending),
             "joins": self._joins,
             "replacements": self._replacements,
+            "adoptions": self._adoptions,
             "failed_joins": self._failed_joins,
             "refused_joins_at_capacity": self._refused_joins,
             "skipped_commands_of_gone_callers": self._skipped,
@@ -163,7 +183,7 @@ class SessionSupervisor(Actor):
                     elif isinstance(command, Leave):
                         command.reply.send(await self._leave(command))
                     else:
-                        command.reply.send(await self._reap(command))
+                        command.reply.send(await self._end_user(command))
                 except AtCapacity as refusal:
                     command.reply.fail(refusal)
                 finally:
@@ -209,41 +229,86 @@ class SessionSupervisor(Actor):
         self._joins += 1
         old = self._sessions.pop(join.user_id, None)
         if old is not None:
-            self._replacements += 1
-            logger.info("Replacing existing bridge session for user {}", join.user_id)
             await self._supervisor.stop(old)
-        line = UserLine(mic_buffer_packets=self._settings.mic_buffer_packets,
-                        publish_buffer_chunks=self._settings.publish_buffer_chunks)
+        link, replacement = await self._link_for(join, replaced=old is not None)
+        if link is None:
+            return Joined(False, error=replacement)
         policy = RestartPolicy(restart=Restart.TRANSIENT, max_restarts=self._settings.session_max_restarts,
                                within_seconds=60)
         try:
-            child = await self._supervisor.start(
-                lambda: UserSession(join, self._settings, line, self._connect_slots), policy=policy)
-        except RoomConnectError as error:
+            child = await self._supervisor.start(lambda: UserSession(join, self._settings, link), policy=policy)
+        except Exception as error:
+            await self._stop_link(join.user_id)
+            return self._failed_join(join, error)
+        if child.done.is_set():  # it ended between reporting started and now
+            await self._stop_link(join.user_id)
             self._count_failed_join()
+            return Joined(False, error=f"the session ended at once: {child.last_error or 'no error recorded'}")
+        JOINS.labels(replacement).inc()
+        self._sessions[join.user_id] = child
+        self._ended.pop(join.user_id, None)
+        joined = child.start_value
+        logger.info("Successfully joined room {} for user {} as {} ({})", join.room_name, join.user_id,
+                    joined.participant_id, replacement)
+        return joined
+
+    async def _link_for(self, join: Join, *, replaced: bool) -> tuple[Child | None, str]:
+        """The user's link for ``join``: theirs if it adopts the join, else a
+        new one (the old one left first); with how the join is counted
+        (joined, adopted or replaced), or None and why the join failed."""
+        assert self._supervisor is not None
+        user_id = join.user_id
+        link = self._links.get(user_id)
+        if link is not None:
+            outcome = link.actor.adopt(join) if self._settings.adopt_links else "adoption is off (BRIDGE_ADOPT_LINKS)"
+            if isinstance(outcome, Joined):
+                self._adoptions += 1
+                self._log_replacement(user_id, replaced, "adopted", "the LiveKit connection is kept")
+                return link, "adopted"
+            self._log_replacement(user_id, replaced, "rejoined", outcome)
+            await self._stop_link(user_id)
+        elif replaced:
+            self._log_replacement(user_id, replaced, "rejoined", "the session had no LiveKit link")
+        line = UserLine(mic_buffer_packets=self._settings.mic_buffer_packets,
+                        publish_buffer_chunks=self._settings.publish_buffer_chunks)
+        try:
+            link = await self._supervisor.start(lambda: RoomLink(join, self._settings, line, self._connect_slots))
+        except Exception as error:
+            line.close()
+            return None, self._failed_join(join, error).error
+        self._links[user_id] = link
+        return link, "replaced" if replaced else "joined"
+
+    def _log_replacement(self, user_id: str, replaced: bool, how: str, why: str) -> None:
+        if not replaced:
+            return
+        self._replacements += 1
+        # The deployment's monitoring counts this line.
+        with logger.contextualize(replacement=how):
+            logger.info("Replacing existing bridge session for user {} ({}: {})", user_id, how, why)
+
+    def _failed_join(self, join: Join, error: Exception) -> Joined:
+        self._count_failed_join()
+        if isinstance(error, RoomConnectError):
             if error.abandoned is not None:
                 self._forget_settled_connects()
                 self._abandoned_connects[join.user_id] = error.abandoned
-            line.close()
             logger.warning("user {}: JoinRoom failed: {}", join.user_id, error)
             return Joined(False, error=str(error))
-        except Exception as error:
-            self._count_failed_join()
-            line.close()
-            logger.opt(exception=error).error("user {}: JoinRoom failed unexpectedly", join.user_id)
-            return Joined(False, error=f"could not join the room: {type(error).__name__}: {error}")
-        if child.done.is_set():  # it ended between reporting started and now
-            self._count_failed_join()
-            return Joined(False, error=f"the session ended at once: {child.last_error or 'no error recorded'}")
-        JOINS.labels("joined" if old is None else "replaced").inc()
-        self._sessions[join.user_id] = child
-        self._ended.pop(join.user_id, None)
-        return child.start_value
+        logger.opt(exception=error).error("user {}: JoinRoom failed unexpectedly", join.user_id)
+        return Joined(False, error=f"could not join the room: {type(error).__name__}: {error}")
 
     def _count_failed_join(self) -> None:
         """In the tree and in bridge_joins_total alike."""
         self._failed_joins += 1
         JOINS.labels("failed").inc()
+
+    async def _stop_link(self, user_id: str) -> None:
+        """Leave the user's LiveKit room: stop their link, and close its line."""
+        assert self._supervisor is not None
+        link = self._links.pop(user_id, None)
+        if link is not None:
+            await self._supervisor.stop(link)
 
     async def _leave(self, leave: Leave) -> str | None:
         assert self._supervisor is not None
@@ -252,21 +317,27 @@ class SessionSupervisor(Actor):
             return "session not found"
         logger.info("user {} leaves ({})", leave.user_id, leave.reason or "no reason given")
         await self._supervisor.stop(session)
+        await self._stop_link(leave.user_id)
         return None
 
-    async def _reap(self, reap: _Reap) -> None:
+    async def _end_user(self, end: _EndUser) -> None:
         assert self._supervisor is not None
-        if self._sessions.get(reap.user_id) is not reap.session:
+        user_id = end.user_id
+        if end.incarnation not in (self._sessions.get(user_id), self._links.get(user_id)):
             return  # replaced or left meanwhile
-        del self._sessions[reap.user_id]
-        self._reaped += 1
-        SESSIONS_ENDED.labels("reaped").inc()
-        logger.warning("user {}: {}", reap.user_id, reap.reason)
-        self._remember_end(reap.user_id, reap.reason)
-        await self._supervisor.stop(reap.session)
+        session = self._sessions.pop(user_id, None)
+        if end.counted_as is not None:
+            SESSIONS_ENDED.labels(end.counted_as).inc()
+        if end.counted_as == "reaped":
+            self._reaped += 1
+            logger.warning("user {}: {}", user_id, end.reason)
+        self._remember_end(user_id, end.reason)
+        if session is not None:
+            await self._supervisor.stop(session)
+        await self._stop_link(user_id)
 
     async def _reap_unattended_sessions(self) -> None:
-        """Run until cancelled: queue a _Reap for each session that has had no
+        """Run until cancelled: queue the end of each session that has had no
         StreamAudio consumer for idle_session_ttl seconds."""
         ttl = self._settings.idle_session_ttl
         while True:
@@ -286,24 +357,30 @@ class SessionSupervisor(Actor):
                 line.unattended_since = now
             elif now - line.unattended_since >= ttl and not line.reap_queued:
                 line.reap_queued = True
-                self._enqueue(_Reap(user_id, session, f"reaped: no StreamAudio consumer for {ttl:g} s "
-                                                      f"(the cloud went away without LeaveRoom?)"))
+                self._enqueue(_EndUser(user_id, session, f"reaped: no StreamAudio consumer for {ttl:g} s "
+                                                          f"(the cloud went away without LeaveRoom?)", "reaped"))
 
-    def _on_session_exit(self, child: Child, crash: BaseException | None) -> None:
-        """A session is gone for good: stopped, given up on, or ended by itself."""
-        user_id = child.actor.user_id
-        child.actor.line.close()
-        if self._sessions.get(user_id) is not child:
-            return  # stopped by us (left, replaced, reaped): already accounted for
-        del self._sessions[user_id]
-        if crash is not None:
+    def _on_exit(self, child: Child, crash: BaseException | None) -> None:
+        """A session or a link is gone for good: stopped (by us: no longer in
+        _sessions or _links), given up on, or ended by itself. What ended by
+        itself takes the rest of the user's incarnation with it, in the
+        user's command order; GetStatus says why at once."""
+        actor = child.actor
+        user_id = actor.user_id
+        if isinstance(actor, RoomLink):
+            actor.line.close()
+            if self._links.get(user_id) is not child:
+                return
+            why = (f"the LiveKit link crashed: {child.last_error}" if crash is not None
+                   else actor.line.last_disconnect_reason or "the LiveKit link ended; no reason was recorded")
+        elif self._sessions.get(user_id) is child and crash is not None:
             self._given_up += 1
-            SESSIONS_ENDED.labels("given_up").inc()
             why = f"the session crashed and was given up on after {child.restarts} restarts: {child.last_error}"
             logger.error("user {}: {}", user_id, why)
         else:
-            why = child.actor.line.last_disconnect_reason or "the session ended; no reason was recorded"
+            return  # stopped by us, or ended by its link, whose end is queued
         self._remember_end(user_id, why)
+        self._enqueue(_EndUser(user_id, child, why, "given_up" if crash is not None else None))
 
     # -- what GetStatus says of a session that ended ---------------------------
 
@@ -321,6 +398,10 @@ class SessionSupervisor(Actor):
         return SessionStatus.disconnected(at_ms=ended[1], reason=ended[2])
 
     # -- questions for one session -------------------------------------------
+
+    def _serving(self, user_id: str) -> bool:
+        session = self._sessions.get(user_id)
+        return session is not None and not session.done.is_set()
 
     def _forward_to_session(self, message: GetStatus | AttachStream | Play | StopPlayback | Fault) -> None:
         session = self._sessions.get(message.user_id)

@@ -98,6 +98,15 @@ class BridgeSettings:
         "the one running; more are refused RESOURCE_EXHAUSTED", group=SESSIONS, minimum=1)
     teardown_timeout: float = setting(5.0, "BRIDGE_TEARDOWN_TIMEOUT", "longest a session's teardown (leave the "
                                       "room, unpublish, end the stream) may take", group=SESSIONS, minimum=0.1)
+    adopt_links: bool = setting(True, "BRIDGE_ADOPT_LINKS", "a JoinRoom that replaces a session whose LiveKit "
+                                "connection is healthy, for the same room and identity, keeps that connection "
+                                "(no reconnect after a cloud restart)", group=SESSIONS)
+    adoption_silence: float = setting(5.0, "BRIDGE_ADOPTION_SILENCE", "after an adoption, rejoin the room if the "
+                                      "phone is in it but none of its packets arrives within this many seconds",
+                                      group=SESSIONS, minimum=0.1)
+    adoption_rejoin_window: float = setting(30.0, "BRIDGE_ADOPTION_REJOIN_WINDOW", "a JoinRoom within this many "
+                                            "seconds of an adoption of the same user rejoins in full",
+                                            group=SESSIONS, minimum=0)
     chaos_enabled: bool = setting(False, "BRIDGE_CHAOS", "allow BridgeDebug/InjectFault (tests and chaos runs "
                                   "only)", group=SESSIONS)
 

@@ -19,7 +19,7 @@ from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 from proto.mentra.livekit.bridge.debug import BridgeDebugStub, DescribeActorsRequest, WatchActorsRequest
 
 from .settings import BridgeSettings
-from .tree_view import render, walk
+from .tree_view import render, user_nodes
 
 
 class TreeUnavailable(Exception):
@@ -38,8 +38,7 @@ def print_tree(settings: BridgeSettings, *, as_json: bool = False, watch: float 
         snapshot = json.loads(tree_json)
         if as_json:
             if user is not None:
-                snapshot = next((node for node in walk(snapshot["children"]) if node["name"] == f"session:{user}"),
-                                None)
+                snapshot = {"user": user, "children": user_nodes(snapshot, user)}
             text = json.dumps(snapshot, indent=2) + "\n"
         else:
             text = render(snapshot, user=user, colour=sys.stdout.isatty())

@@ -15,23 +15,25 @@ _KEY_COUNTERS = {
     "UserSession": [("connected", "connected"), ("stream_attached", "stream"), ("mic_packets_received", "in"),
                     ("cloud_chunks_published", "out"), ("mic_packets_lost", "lost"),
                     ("mic_buffer_dropped", "dropped"), ("playbacks_active", "playing")],
+    "RoomLink": [("connected", "connected"), ("rejoins", "rejoins"), ("adoptions", "adopted")],
     "SessionSupervisor": [("sessions", "sessions"), ("joins", "joins"), ("replacements", "replaced"),
-                          ("failed_joins", "failed"), ("sessions_reaped", "reaped")],
+                          ("adoptions", "adopted"), ("failed_joins", "failed"), ("sessions_reaped", "reaped")],
     "Playback": [("position_ms", "played_ms")],
 }
 _KEY_DETAILS = {
     "UserSession": ["link"],
+    "RoomLink": ["link", "room"],
     "Playback": ["request_id", "state", "format", "track_id"],
 }
 
 
 def render(tree: dict[str, Any], *, user: str | None = None, colour: bool = False, now: float | None = None) -> str:
-    """The tree as text; with ``user``, only that user's session and what is
-    under it (a line saying so when the user has none)."""
+    """The tree as text; with ``user``, only that user's session and link and
+    what is under them (a line saying so when the user has none)."""
     now = time.time() if now is None else now
     roots = tree.get("children", [])
     if user is not None:
-        roots = [node for node in walk(roots) if node.get("name") == f"session:{user}"]
+        roots = user_nodes(tree, user)
         if not roots:
             return f"no session for user {user!r}\n"
     header = f"bridge  ({tree.get('front_door', {}).get('active_streams', 0)} StreamAudio calls open)"
@@ -39,6 +41,11 @@ def render(tree: dict[str, Any], *, user: str | None = None, colour: bool = Fals
     for node in roots:
         _render_node(node, 0 if user is not None else 1, lines, colour, now)
     return "\n".join(lines) + "\n"
+
+
+def user_nodes(tree: dict[str, Any], user: str) -> list[dict[str, Any]]:
+    """The user's link and session nodes (and what is under them), in the tree's order."""
+    return [node for node in walk(tree.get("children", [])) if node.get("name") in (f"link:{user}", f"session:{user}")]
 
 
 def walk(nodes: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:

@@ -1,48 +1,31 @@
-"""One user's bridge session: a LiveKit room joined on the user's behalf.
+"""One JoinRoom's session: what the cloud asked of the user's room.
 
-The session is an actor. It owns the room connection and the tracks it
-publishes the cloud's audio on, feeds the user's UserLine (the microphone
-buffer the cloud's StreamAudio reads), and supervises the user's playbacks
-(PlayAudio). When its scope is cancelled it stops its playbacks, ends the
-stream, unpublishes its tracks and leaves the room before it reports itself
-stopped, so its supervisor can start a replacement knowing nothing of the old
-one remains.
+The session is an actor. It borrows the user's RoomLink (the LiveKit room,
+kept joined by the link), publishes the cloud's audio on tracks of its own,
+serves the user's StreamAudio from the link's UserLine, and supervises the
+user's playbacks (PlayAudio). When its scope is cancelled it stops its
+playbacks, ends the stream and unpublishes its tracks before it reports
+itself stopped, so its supervisor can lend the link to a replacement (or
+leave the room) knowing nothing of the old session remains.
 """
 
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import trio
-from livekit import rtc
 from loguru import logger
-from trio_asyncio import aio_as_trio
 
 from .livekit.output_tracks import OutputTracks, TrackFormatMismatch
-from .livekit.room import RoomConnectError, in_background, joined_room
-from .livekit.token import token_expiry
-from .messages import (AttachStream, Fault, GetStatus, Join, Joined, NotPlayable, Play, SessionStatus,
-                       StopPlayback)
-from .metrics import MIC_DROPPED, MIC_FFI_TO_TRIO, MIC_LOST, MIC_RECEIVED
-from .mic_audio import pcm_from_packet
+from .livekit.room import RoomConnectError
+from .messages import AttachStream, Fault, GetStatus, Join, Joined, NotPlayable, Play, StopPlayback
 from .playback import Playback, PlaybackEvents
+from .room_link import LentRoom, LinkEnded, RoomLink
 from .runtime import Actor, Child, Supervisor, only_cancelled
 from .settings import BridgeSettings
-from .stream_lease import MicChunk
 from .user_line import UserLine
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-#: Disconnect reasons after which the session does not come back on its own:
-#: LiveKit or an operator wants this participant gone, or another session took
-#: over its identity.
-FINAL_DISCONNECTS = frozenset({"DUPLICATE_IDENTITY", "PARTICIPANT_REMOVED", "ROOM_DELETED", "ROOM_CLOSED"})
 
 
 class InjectedCrash(Exception):
@@ -50,40 +33,29 @@ class InjectedCrash(Exception):
 
 
 class UserSession(Actor):
-    """One incarnation of a user's session: it joins the room, serves the
-    session's messages, and rejoins with backoff when LiveKit drops the room
-    for a reason that is not final, while the token is valid.
+    """One incarnation of a JoinRoom's session: it serves the session's
+    messages on the rooms its link lends it, until cancelled or until the
+    link ends (then so does the session).
 
     It crashes only on a bug (or an injected fault); its supervisor then starts
-    a new incarnation from the same JoinRoom and the same UserLine, so the
-    cloud's StreamAudio carries on. Cancelled, it stops its playbacks, ends the
-    stream, unpublishes its tracks and leaves the room before it returns.
+    a new incarnation from the same JoinRoom, link and UserLine, so the
+    cloud's StreamAudio carries on. Cancelled, it stops its playbacks, ends
+    the stream and unpublishes its tracks before it returns; the room stays
+    with the link.
     """
 
-    def __init__(self, join: Join, settings: BridgeSettings, line: UserLine,
-                 connect_slots: trio.CapacityLimiter | None = None) -> None:
+    def __init__(self, join: Join, settings: BridgeSettings, link: Child) -> None:
         super().__init__(f"session:{join.user_id}")
         self.user_id = join.user_id
-        self.line = line
+        self._link: RoomLink = link.actor
+        self.line: UserLine = self._link.line
         self._join = join
         self._settings = settings
-        #: Shared by the sessions of the process: connects in flight at once.
-        self._connect_slots = connect_slots
-        self._room: rtc.Room | None = None
-        self._room_lost = trio.Event()
-        #: The tasks that live as long as the current room (None between rooms).
-        self._room_tasks: trio.Nursery | None = None
-        #: Connection interruptions the SDK reported, numbered so a grace knows its own.
-        self._interruptions = 0
-        #: connecting, connected, reconnecting (the SDK), disconnected, leaving, rejoining
-        self._link = "connecting"
-        self._rejoins = 0
         self._tracks: OutputTracks | None = None
         self._playback_supervisor: Supervisor | None = None
         self._playbacks: set[Child] = set()
         self._playbacks_started = 0
         self._playbacks_stopped = 0
-        self._token_expires_at = token_expiry(join.token)
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -91,149 +63,62 @@ class UserSession(Actor):
         return {"user_id": self.user_id, "room": self._join.room_name}
 
     async def run(self, task_status: trio.TaskStatus[Joined] = trio.TASK_STATUS_IGNORED) -> None:
-        join_failure: RoomConnectError | None = None
         try:
-            async with trio.open_nursery() as nursery:
-                try:
-                    joined = await nursery.start(self._stay_in_room_then_end, nursery.cancel_scope)
-                except RoomConnectError as error:
-                    join_failure = error  # raised below, alone: the JoinRoom failed
-                else:
-                    task_status.started(joined)
-                    await self.serve()
-                    nursery.cancel_scope.cancel()
+            async with self._link.borrow(), trio.open_nursery() as nursery:
+                await nursery.start(self._use_rooms_then_end, nursery.cancel_scope)
+                task_status.started(self._link.joined())
+                await self.serve()
+                nursery.cancel_scope.cancel()
         except BaseException as raised:
             if only_cancelled(raised):  # stopped: the stream ends with the session
                 await self.line.end_stream(self._settings.teardown_timeout)
             raise  # a crash keeps the line for the next incarnation
-        if join_failure is not None:
-            raise join_failure
 
-    async def _stay_in_room_then_end(self, session_scope: trio.CancelScope,
-                                     task_status: trio.TaskStatus[Joined]) -> None:
-        await self._stay_in_room(task_status)
-        session_scope.cancel()  # LiveKit ended it for good: so ends the session
-
-    async def _stay_in_room(self, task_status: trio.TaskStatus[Joined]) -> None:
-        """Join, and rejoin whenever LiveKit drops the room for a reason that
-        is not final. Returns once it will not rejoin, which ends the session."""
-        rejoin_backoff = self._settings.rejoin_backoff
-        failures = 0
+    async def _use_rooms_then_end(self, session_scope: trio.CancelScope, task_status: trio.TaskStatus[None]) -> None:
+        """Serve on each room the link lends, until the link ends; then end the session."""
         while True:
             try:
-                async with self._joined_room() as room:
-                    failures = 0
-                    if task_status is not trio.TASK_STATUS_IGNORED:
-                        task_status.started(Joined(True, participant_id=room.local_participant.identity,
-                                                   participant_count=self._participant_count()))
-                        task_status = trio.TASK_STATUS_IGNORED
-                    await self._room_lost.wait()
-            except RoomConnectError as error:
+                lent = await self._link.next_room()
+            except LinkEnded as ended:
                 if task_status is not trio.TASK_STATUS_IGNORED:
-                    raise  # the JoinRoom itself failed
-                failures += 1
-                self.line.record_disconnect(now_ms(), f"rejoining failed: {error}")
-            reason = self.line.last_disconnect_reason
-            if reason in FINAL_DISCONNECTS:
-                logger.warning("user {}: LiveKit ended the session ({}); not rejoining", self.user_id, reason)
+                    raise RoomConnectError(f"the LiveKit link ended before the session started: {ended}") from None
+                session_scope.cancel()
                 return
-            if self._token_expires_at is not None and time.time() >= self._token_expires_at:
-                self.line.record_disconnect(now_ms(), f"{reason}; the token has expired, so the session ends")
-                logger.warning("user {}: token expired; not rejoining", self.user_id)
-                return
-            self._link = "rejoining"
-            delay = rejoin_backoff.delay(failures + 1)
-            logger.info("user {}: rejoining LiveKit in {:.2f} s ({})", self.user_id, delay, reason)
-            await trio.sleep(delay)
-            self._rejoins += 1
+            async with self._room_resources(lent):
+                task_status.started()
+                task_status = trio.TASK_STATUS_IGNORED
+                await lent.lost.wait()
 
     @contextlib.asynccontextmanager
-    async def _joined_room(self) -> AsyncIterator[rtc.Room]:
-        """The room, with the tracks, the cloud-audio publisher and the
-        playbacks that live only as long as it does."""
-        join = self._join
-        self._room_lost = trio.Event()
-        self._link = "connecting"
+    async def _room_resources(self, lent: LentRoom) -> AsyncIterator[None]:
+        """The tracks, the cloud-audio publisher and the playbacks, for as
+        long as the session uses ``lent``; on the way out its tracks are
+        unpublished if the room is still there."""
+        self._tracks = tracks = OutputTracks(
+            lent.room, user_id=self.user_id, idle_grace=self._settings.track_idle_grace,
+            subscribe_wait=self._settings.subscribe_wait, queue_ms=self._settings.track_queue_ms)
         try:
-            async with joined_room(
-                join.livekit_url,
-                join.token,
-                connect_timeout=self._settings.connect_timeout,
-                teardown_timeout=self._settings.teardown_timeout,
-                on_data=self._on_data,
-                subscribe={"disconnected": self._on_disconnected, "reconnecting": self._on_reconnecting,
-                           "reconnected": self._on_reconnected},
-                connect_slots=self._connect_slots,
-            ) as room:
-                self._room = room
-                self._link = "connected"
-                self._tracks = OutputTracks(
-                    room, user_id=join.user_id, idle_grace=self._settings.track_idle_grace,
-                    subscribe_wait=self._settings.subscribe_wait, queue_ms=self._settings.track_queue_ms)
-                async with trio.open_nursery() as nursery:
-                    self._room_tasks = nursery
-                    self._playback_supervisor = Supervisor(nursery, on_exit=self._on_playback_exit)
-                    nursery.start_soon(self._publish_cloud_audio, self._tracks)
-                    nursery.start_soon(self._tracks.unpublish_idle_tracks)
-                    logger.info("user {} joined room {} as {}", join.user_id, join.room_name,
-                                room.local_participant.identity)
-                    try:
-                        yield room
-                    finally:
-                        self._link = "leaving"  # our own leave follows: its 'disconnected' is no loss
-                    for child in self._playbacks:  # the room is gone; so is their sound
-                        child.actor.stop_reason = f"the LiveKit room was lost ({self.line.last_disconnect_reason})"
+            async with trio.open_nursery() as nursery:
+                self._playback_supervisor = Supervisor(nursery, on_exit=self._on_playback_exit)
+                nursery.start_soon(self._publish_cloud_audio, tracks)
+                nursery.start_soon(tracks.unpublish_idle_tracks)
+                try:
+                    yield
+                finally:
+                    for child in self._playbacks:
+                        child.actor.stop_reason = (f"the LiveKit room was lost ({self.line.last_disconnect_reason})"
+                                                   if lent.lost.is_set() else "the session ended")
                     nursery.cancel_scope.cancel()
-                self._room_tasks = None
         finally:
-            self._room = None
-            if self._tracks is not None:  # only now: leaving the room unpublished the tracks they feed
-                await self._tracks.close()
-                self._tracks = None
-
-    # -- LiveKit's events (run in the Trio thread) -----------------------------
-
-    def _on_disconnected(self, reason: Any) -> None:
-        if self._link != "leaving":
-            self._room_gone(_reason_name(reason))
-
-    def _room_gone(self, name: str) -> None:
-        self.line.record_disconnect(now_ms(), name)
-        self._link = "disconnected"
-        logger.warning("user {}: LiveKit room disconnected ({})", self.user_id, name)
-        self._room_lost.set()
-
-    def _on_reconnecting(self) -> None:
-        self._link = "reconnecting"
-        self.line.record_disconnect(now_ms(), "RECONNECTING (the SDK is restoring the connection)")
-        logger.info("user {}: LiveKit connection interrupted; the SDK is reconnecting", self.user_id)
-        self._interruptions += 1
-        if self._room_tasks is not None:
-            self._room_tasks.start_soon(self._rejoin_unless_back, self._interruptions)
-
-    def _on_reconnected(self) -> None:
-        self._link = "connected"
-        logger.info("user {}: LiveKit connection back", self.user_id)
-
-    async def _rejoin_unless_back(self, interruption: int) -> None:
-        """Give the SDK sdk_reconnect_grace to restore the connection after
-        ``interruption``; if it is still reconnecting from that same
-        interruption then, give up on it and rejoin as after a drop.
-
-        The SDK resumes a brief interruption quickly, but between attempts
-        at a full reconnect it waits up to 7 s (growing with each), so after
-        a LiveKit server comes back its rooms return up to 7 s late; ours
-        rejoin within rejoin_backoff_max."""
-        grace = self._settings.sdk_reconnect_grace
-        await trio.sleep(grace)
-        if self._link == "reconnecting" and self._interruptions == interruption:
-            self._room_gone(f"SDK_RECONNECT_SLOW (not back within {grace:g} s; rejoining)")
+            self._playback_supervisor = None
+            self._tracks = None
+            await tracks.close(self._settings.teardown_timeout)
 
     # -- messages ----------------------------------------------------------
 
     async def handle(self, message: Any) -> None:
         if isinstance(message, GetStatus):
-            message.reply.send(self.status())
+            message.reply.send(self._link.status())
         elif isinstance(message, AttachStream):
             if self.line.lease is not None:
                 logger.info("user {}: a newer StreamAudio replaces the current one", self.user_id)
@@ -247,18 +132,6 @@ class UserSession(Actor):
         else:
             raise TypeError(f"a user session does not handle {type(message).__name__}")
 
-    def status(self) -> SessionStatus:
-        room = self._room
-        if room is None:
-            return self.line.disconnected_status()
-        return SessionStatus(
-            connected=self._connected(),
-            participant_id=room.local_participant.identity,
-            participant_count=self._participant_count(),
-            last_disconnect_at_ms=self.line.last_disconnect_at_ms,
-            last_disconnect_reason=self.line.last_disconnect_reason,
-        )
-
     async def _inject(self, fault: Fault) -> None:
         """Chaos testing: the fault, as if it had happened by itself."""
         fault.reply.send(f"{fault.kind} injected into {self.name}")
@@ -266,58 +139,13 @@ class UserSession(Actor):
             raise InjectedCrash(f"crash injected into {self.name}")
         if fault.kind == "hang":
             await trio.sleep_forever()  # stops draining the mailbox; stopping still works
-        elif fault.kind == "drop-room" and self._room is not None:
-            # As when LiveKit's 'disconnected' arrives: the session leaves the
-            # room and rejoins. (The SDK's own losses are tested by killing
-            # livekit-server; a local disconnect does not always report one.)
-            self._room_gone("DROPPED_BY_FAULT_INJECTION")
+        elif fault.kind == "drop-room":
+            self._link.drop_room()
         elif fault.kind == "slow-consumer" and self.line.lease is not None:
             self.line.lease.stall(fault.seconds)
-        elif fault.kind.startswith("simulate:") and self._room is not None:
-            scenario = rtc.SimulateScenarioKind.Value("SIMULATE_" + fault.kind.removeprefix("simulate:"))
+        elif fault.kind.startswith("simulate:"):
             # In the background: the session goes on serving while the SDK plays it out.
-            await aio_as_trio(in_background)(self._room.simulate_scenario(scenario))
-
-    # The room keeps these current itself (the SDK updates it before emitting
-    # events), so they are read, never copied.
-
-    def _connected(self) -> bool:
-        return self._room is not None and self._room.connection_state == rtc.ConnectionState.CONN_CONNECTED
-
-    def _participant_count(self) -> int:
-        return len(self._room.remote_participants) + 1 if self._room is not None else 0
-
-    # -- microphone: LiveKit -> cloud ----------------------------------------
-
-    def _on_data(self, sender: str, payload: bytes, received_at: float) -> None:
-        """Runs for every data packet of this room: keep it cheap.
-
-        Packets of a named participant other than the target phone are
-        ignored. Packets whose sender the SDK cannot name ("") are kept and
-        counted: the SDK names only participants LiveKit has announced, and
-        LiveKit announces a participant that publishes no tracks (the phone,
-        which sends its audio as data) in batches every 3 s, so a reconnected
-        phone's first seconds of audio arrive unnamed.
-        """
-        line = self.line
-        target = self._join.target_identity
-        if sender and target and sender != target:
-            line.packets_ignored += 1
-            return
-        if not sender:
-            line.packets_unnamed += 1
-        line.packets_received += 1
-        MIC_RECEIVED.inc()
-        sequence, pcm = pcm_from_packet(payload)
-        if sequence is not None and (lost := line.sequence.observe(sequence)):
-            MIC_LOST.inc(lost)
-        if not pcm:
-            line.packets_empty += 1
-            return
-        queued_at = time.monotonic()
-        MIC_FFI_TO_TRIO.observe(queued_at - received_at)
-        if line.mic.push(MicChunk(pcm, now_ms(), queued_at)):
-            MIC_DROPPED.inc()
+            await self._link.simulate(fault.kind.removeprefix("simulate:"))
 
     # -- cloud audio: cloud -> LiveKit ---------------------------------------
 
@@ -344,7 +172,7 @@ class UserSession(Actor):
         """Start a playback once those it replaces have stopped: all of them
         with stop_other, else the one on the same track."""
         request = message.request
-        if not self._connected() or self._playback_supervisor is None or self._tracks is None:
+        if not self._link.connected() or self._playback_supervisor is None or self._tracks is None:
             return NotPlayable(f"the LiveKit room of user {self.user_id!r} is not connected "
                                f"({self.line.last_disconnect_reason or 'no disconnect recorded'}); "
                                f"it rejoins by itself unless that reason is final, else call JoinRoom")
@@ -383,13 +211,14 @@ class UserSession(Actor):
     # -- observability -----------------------------------------------------
 
     def details(self) -> dict[str, Any]:
-        return {"link": self._link, "last_disconnect_reason": self.line.last_disconnect_reason}
+        return {"link": self._link.state, "room": self._join.room_name,
+                "last_disconnect_reason": self.line.last_disconnect_reason}
 
     def counters(self) -> dict[str, int]:
         line = self.line
         return {
-            "connected": int(self._connected()),
-            "participant_count": self._participant_count(),
+            "connected": int(self._link.connected()),
+            "participant_count": self._link.participant_count(),
             "stream_attached": int(line.stream_attached),
             "mic_packets_received": line.packets_received,
             "mic_packets_lost": line.sequence.lost,
@@ -402,7 +231,7 @@ class UserSession(Actor):
             "mic_buffer_dropped": line.mic.dropped,
             "cloud_chunks_published": line.chunks_published,
             "cloud_chunks_failed": line.chunks_failed,
-            "rejoins": self._rejoins,
+            "rejoins": self._link.rejoins,
             **self._track_counters(),
             "playbacks_active": len(self._playbacks),
             "playbacks_started": self._playbacks_started,
@@ -418,10 +247,3 @@ class UserSession(Actor):
 
     def children(self) -> list[dict[str, Any]]:
         return self._playback_supervisor.describe() if self._playback_supervisor is not None else []
-
-
-def _reason_name(reason: Any) -> str:
-    try:
-        return rtc.DisconnectReason.Name(reason)
-    except (ValueError, TypeError, AttributeError):
-        return str(reason)

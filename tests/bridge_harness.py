@@ -13,6 +13,7 @@ import itertools
 import json
 import os
 import pathlib
+import struct
 import subprocess
 import sys
 import time
@@ -109,6 +110,15 @@ def join_request(livekit: DevLiveKit, user_id: str, room: str | None = None, **o
                   livekit_url=livekit.url, target_identity=user_id)
     fields.update(overrides)
     return pb.JoinRoomRequest(**fields)
+
+
+def numbered_pcm(counter: int) -> bytes:
+    """100 ms of PCM that starts with its counter (read back by ``counter_of``)."""
+    return struct.pack("<Q", counter) + bytes(PACKET_PCM_BYTES - 8)
+
+
+def counter_of(chunk: pb.AudioChunk) -> int:
+    return struct.unpack_from("<Q", chunk.pcm_data)[0]
 
 
 def pcm_packet(index: int) -> bytes:
@@ -392,6 +402,16 @@ async def list_participants(livekit: DevLiveKit, room: str) -> list[str]:
     async def call(rooms: Any) -> list[str]:
         reply = await rooms.list_participants(api.ListParticipantsRequest(room=room))
         return [p.identity for p in reply.participants]
+
+    return await _room_service(livekit, call)
+
+
+async def participant_sids(livekit: DevLiveKit, room: str) -> dict[str, str]:
+    """Identity -> participant sid in ``room``, as the LiveKit server reports
+    them: a sid that stays the same is the same connection."""
+    async def call(rooms: Any) -> dict[str, str]:
+        reply = await rooms.list_participants(api.ListParticipantsRequest(room=room))
+        return {p.identity: p.sid for p in reply.participants}
 
     return await _room_service(livekit, call)
 

@@ -38,12 +38,15 @@ async def test_tree_shows_each_actor_on_a_line_and_one_user_on_request(bridge, l
             assert "connected 1  stream 1  in 0  out 0  lost 0  dropped 0" in ann and "link connected" in ann
             assert any(line.startswith("  sessions  SessionSupervisor  running") and "sessions 2" in line
                        for line in lines)
-            only_bob = await tree_output(bridge, "--user", "bob")
-            assert only_bob.startswith("session:bob  UserSession  running") and "ann" not in only_bob
+            only_bob = (await tree_output(bridge, "--user", "bob")).splitlines()
+            assert only_bob[0].startswith("link:bob  RoomLink  running") and "connected 1  rejoins 0" in only_bob[0]
+            assert "link connected  room room-bob" in only_bob[0]
+            assert only_bob[1].startswith("session:bob  UserSession  running") and len(only_bob) == 2
             assert (await tree_output(bridge, "--user", "nobody")) == "no session for user 'nobody'\n"
             snapshot = json.loads(await tree_output(bridge, "--json"))
             assert snapshot["front_door"]["active_streams"] == 1
-            assert json.loads(await tree_output(bridge, "--json", "--user", "bob"))["name"] == "session:bob"
+            bob = json.loads(await tree_output(bridge, "--json", "--user", "bob"))
+            assert [node["name"] for node in bob["children"]] == ["link:bob", "session:bob"]
 
 
 def test_tree_says_what_to_check_when_no_bridge_answers(tmp_path: pathlib.Path) -> None:

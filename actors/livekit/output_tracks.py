@@ -146,10 +146,16 @@ class OutputTracks:
                     self.unpublished_idle += 1
                     await self._unpublish(track)
 
-    async def close(self) -> None:
-        """Release every source; call after the room is left (which unpublished the tracks)."""
+    async def close(self, timeout: float) -> None:
+        """Unpublish every track (when the room is still connected: a room
+        left or lost has unpublished them already), waiting at most
+        ``timeout`` s, then release their sources; shielded."""
         tracks, self._tracks = self.all(), {}
         with trio.CancelScope(shield=True):
+            with trio.move_on_after(timeout):
+                for track in tracks:
+                    if self._room.isconnected():
+                        await self._unpublish_track(track)
             for track in tracks:
                 await aio_as_trio(track.source.aclose)()
 
@@ -186,8 +192,11 @@ class OutputTracks:
     async def _unpublish(self, track: OutputTrack) -> None:
         logger.info("user {}: unpublishing silent track {}", self._user_id, track.name)
         with trio.CancelScope(shield=True):
-            try:
-                await aio_as_trio(self._room.local_participant.unpublish_track)(track.sid)
-            except Exception as error:
-                logger.warning("user {}: unpublishing track {} failed: {}", self._user_id, track.name, error)
+            await self._unpublish_track(track)
             await aio_as_trio(track.source.aclose)()
+
+    async def _unpublish_track(self, track: OutputTrack) -> None:
+        try:
+            await aio_as_trio(self._room.local_participant.unpublish_track)(track.sid)
+        except Exception as error:
+            logger.warning("user {}: unpublishing track {} failed: {}", self._user_id, track.name, error)
