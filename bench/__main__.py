@@ -21,7 +21,11 @@ bench/results/. Then the single-session benchmarks, printed as a table:
   one (bench/playback.py);
 - healing after a LiveKit server restart: 50 sessions, the server down 10 s,
   the time until each session is back (bench/heal.py; `python -m bench.heal`
-  compares BRIDGE_MAX_CONCURRENT_CONNECTS values).
+  compares BRIDGE_MAX_CONCURRENT_CONNECTS values);
+- a cloud restart: 20 and 50 users streaming, the cloud killed, a new one
+  joining every user at once 2 s later, with adoption on and off: each
+  user's first chunk on the new stream, the bridge's CPU, packets lost in
+  the gap (bench/cloud_restart.py; `python -m bench.cloud_restart`).
 Numbers depend on the machine; compare runs on the same one.
 """
 
@@ -51,7 +55,7 @@ from bench.ladder import RESULTS, RungPlan, ladder, percentile as nearest_rank  
 from bench.profile_summary import perf_summary, summarize  # noqa: E402
 from bench.stamps import STAMP  # noqa: E402
 from bench.playback import playback_latency  # noqa: E402
-from bench import heal  # noqa: E402
+from bench import cloud_restart, heal  # noqa: E402
 
 JOINS = 30
 PACKETS = 300
@@ -179,6 +183,7 @@ def main() -> None:
     if not args.ladder_only:
         trio.run(single_session_benchmarks)
         heal.main(["--users", "50", "--connects", "2", "--outage", "10"])
+        cloud_restart.main(["--users", "20", "50", "--gap", "2"])
 
 
 if __name__ == "__main__":

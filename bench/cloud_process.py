@@ -7,6 +7,7 @@ Commands (bench/receiver_commands.py):
   {"op": "replace", "users": [...]}  JoinRoom again, one user after the other
   {"op": "leave", "users": [...]}    one after the other
   {"op": "counters"}                 the bridge's session counters, summed (DescribeActors)
+  {"op": "supervisor"}               the bridge's session supervisor's counters (joins, adoptions, ...)
   {"op": "arrivals"}                 the stamped packets received since the last time
 The audio path uses the protobuf runtime's AudioChunk, so the client's own
 decoding adds about a microsecond to what is measured.
@@ -106,6 +107,10 @@ class Cloud:
                     sums[key] = sums.get(key, 0) + value
         return sums
 
+    async def supervisor(self, command: dict[str, Any]) -> dict[str, Any]:
+        tree = json.loads((await self.debug.describe_actors(debug_pb.DescribeActorsRequest())).tree_json)
+        return next(node["counters"] for node in walk(tree["children"]) if node["name"] == "sessions")
+
     async def take_arrivals(self, command: dict[str, Any]) -> dict[str, Any]:
         return self.arrivals.take()
 
@@ -114,7 +119,8 @@ async def main(address: str) -> None:
     host, port = address.rsplit(":", 1)
     cloud = Cloud(Channel(host, int(port)))
     await serve_commands({"join": cloud.join, "replace": cloud.replace, "leave": cloud.leave,
-                          "counters": cloud.counters, "arrivals": cloud.take_arrivals})
+                          "counters": cloud.counters, "supervisor": cloud.supervisor,
+                          "arrivals": cloud.take_arrivals})
     cloud.channel.close()
 
 

@@ -10,7 +10,9 @@ agent that joins, holds the user's StreamAudio, watches GetStatus and rejoins
 when the stream ends or the status says the session is unwell, as the cloud
 does. For the given seconds, faults are injected at random: crash, hang,
 drop-room, slow consumer, JoinRoom storms for one user, cloud agents killed
-without LeaveRoom, and livekit-server restarts. The seed is printed; the same
+without LeaveRoom, cloud restarts (every agent killed, then every user joined
+again at once: the bridge adopts their LiveKit connections), and
+livekit-server restarts. The seed is printed; the same
 seed replays the same faults in the same order.
 
 Invariants, checked during and after, printed as a table:
@@ -64,7 +66,8 @@ from proto.mentra.livekit.bridge import debug as debug_pb  # noqa: E402
 
 DEBUG = "/mentra.livekit.bridge.debug.BridgeDebug/"
 RPC_DEADLINE = 20.0
-FAULTS = ("crash", "hang", "drop-room", "slow-consumer", "join-storm", "kill-cloud", "livekit-restart")
+FAULTS = ("crash", "hang", "drop-room", "slow-consumer", "join-storm", "kill-cloud", "cloud-restart",
+          "livekit-restart")
 
 
 @dataclasses.dataclass
@@ -217,6 +220,13 @@ async def inject_faults(chaos: Chaos, seconds: float, agents: dict[str, trio.Can
             agents[user].cancel()  # the cloud process dies: no LeaveRoom
             await trio.sleep(chaos.rng.uniform(0.5, 2.0))
             agents[user] = await nursery.start(_agent_scope, chaos, user)
+        elif kind == "cloud-restart":
+            # The whole cloud dies (no LeaveRoom), comes back, and joins every user at once.
+            for scope in agents.values():
+                scope.cancel()
+            await trio.sleep(chaos.rng.uniform(0.5, 2.0))
+            for each in chaos.users:
+                agents[each] = await nursery.start(_agent_scope, chaos, each)
         elif kind == "livekit-restart":
             chaos.livekit.process.kill()
             chaos.livekit.process.wait()
@@ -301,6 +311,13 @@ async def _connected(chaos: Chaos, user: str) -> bool:
     return isinstance(status, pb.BridgeStatusResponse) and status.connected
 
 
+async def join_counters(chaos: Chaos) -> dict[str, int]:
+    """How the bridge's session supervisor handled the JoinRooms so far."""
+    tree = await chaos.rpc(chaos.client.actor_tree())
+    counters = tree["children"][0]["counters"] if isinstance(tree, dict) else {}
+    return {name: counters.get(name, 0) for name in ("joins", "adoptions", "replacements", "failed_joins")}
+
+
 async def check_baseline(chaos: Chaos) -> None:
     baseline = chaos.invariant("actor tree back to its baseline")
     for user in chaos.users:
@@ -311,7 +328,7 @@ async def check_baseline(chaos: Chaos) -> None:
     if supervisor is None or supervisor["children"] or supervisor["counters"]["sessions"]:
         baseline.fail(f"sessions left: {supervisor and [c['name'] for c in supervisor['children']]}")
     counts = await leak_check(chaos)
-    if counts is None or any(counts[kind] for kind in ("UserSession", "UserLine", "Playback", "StreamLease")):
+    if counts is None or any(counts[kind] for kind in ("UserSession", "RoomLink", "UserLine", "Playback", "StreamLease")):
         baseline.fail(f"live objects after everyone left: {counts}")
 
 
@@ -520,13 +537,14 @@ async def _run_chaos_in(workdir: pathlib.Path, seed: int, users: int, seconds: f
                     await inject_faults(chaos, seconds, agents, nursery)
                     await check_after_healing(chaos)
                     nursery.cancel_scope.cancel()
+                joins = await join_counters(chaos)
                 await check_baseline(chaos)
                 await check_memory_over_rounds(chaos, rounds)
             finally:
                 await client.close()
             chaos.invariant("every RPC answered").detail = f"{chaos.rpcs} RPCs"
             faults = {kind: chaos.faults.count(kind) for kind in FAULTS}
-            print(f"faults injected: {faults}")
+            print(f"faults injected: {faults}; JoinRoom outcomes: {joins}")
             return chaos.invariants
     finally:
         for server in servers:

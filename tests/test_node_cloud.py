@@ -3,9 +3,11 @@ proto/livekit_bridge.proto) against the bridge and a real livekit-server."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import subprocess
 from typing import Any
 
 import pytest
@@ -14,7 +16,8 @@ import trio
 from audio_fixtures import tone, wav
 from prometheus_client import REGISTRY
 
-from bridge_harness import bridge_identity, cloud, join_request, list_participants, phone_in_room, token
+from bridge_harness import (bridge_identity, cloud, join_request, list_participants, numbered_pcm, participant_sids,
+                            phone_in_room, token)
 from http_audio import audio_http_server
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -103,3 +106,59 @@ async def run_node_cloud(bridge, livekit, user: str, room: str, env: dict[str, s
                                           env=env, capture_stdout=True, check=False)
         nursery.cancel_scope.cancel()
     return done
+
+
+async def test_a_node_cloud_that_dies_and_comes_back_has_every_user_adopted_and_loses_no_packet(
+        bridge, livekit) -> None:
+    """The incident this bridge exists for: the cloud process dies without
+    LeaveRoom, comes back and joins every user at once. Each user keeps the
+    bridge's LiveKit connection, and what each phone said from the moment the
+    cloud died reaches the new StreamAudio first, in order, each packet once."""
+    users = [f"restart-{index}" for index in range(4)]
+    requests = [join_request(livekit, user) for user in users]
+    cloud_users = json.dumps([{"user_id": r.user_id, "room": r.room_name, "token": r.token} for r in requests])
+    env = dict(os.environ, USERS=cloud_users, LIVEKIT_URL=livekit.url, WANT="30")
+    adopted_before = REGISTRY.get_sample_value("bridge_joins_total", {"result": "adopted"}) or 0.0
+    sent = dict.fromkeys(users, 0)
+
+    async def talk(phone, user: str) -> None:
+        while True:
+            await phone.send_mic(sent[user], numbered_pcm(sent[user]))
+            sent[user] += 1
+            await trio.sleep(0.05)
+
+    async with contextlib.AsyncExitStack() as stack:
+        phones = [await stack.enter_async_context(phone_in_room(livekit, user)) for user in users]
+        nursery = await stack.enter_async_context(trio.open_nursery())
+        for phone, user in zip(phones, users):
+            nursery.start_soon(talk, phone, user)
+        first_cloud = await trio.lowlevel.open_process(
+            ["node", "cloud.mjs", bridge.address, PROTO, "hold"], cwd=NODE_CLIENT, env=env,
+            stdout=subprocess.PIPE)
+        with trio.fail_after(60):
+            lines = b""
+            while b'{"ready":true}' not in lines:
+                lines += await first_cloud.stdout.receive_some()
+        sids = {user: await participant_sids(livekit, f"room-{user}") for user in users}
+        first_cloud.kill()  # no LeaveRoom: the cloud is gone
+        sent_when_killed = dict(sent)
+        await first_cloud.wait()
+        await trio.sleep(1.0)  # the phones talk on while no cloud listens
+        with trio.fail_after(60):
+            done = await trio.run_process(["node", "cloud.mjs", bridge.address, PROTO, "rejoin"], cwd=NODE_CLIENT,
+                                          env=env, capture_stdout=True, check=False)
+        for user in users:  # the same connection: the same participants
+            assert await participant_sids(livekit, f"room-{user}") == sids[user], user
+        nursery.cancel_scope.cancel()  # (the rest of this block is cancelled: nothing more in it)
+    assert done.returncode == 0, done
+    result = json.loads(done.stdout)
+    assert all(join["success"] and join["participant_id"] == bridge_identity(r.user_id)
+               for join, r in zip(result["joins"], requests)), result["joins"]
+    assert (REGISTRY.get_sample_value("bridge_joins_total", {"result": "adopted"}) or 0.0) == adopted_before + 4
+    for user in users:
+        counters = result["received"][user]
+        first = counters[0]
+        # Packets the bridge had already written to the dead cloud's connection died with it;
+        # everything the phone sent from the moment the cloud died arrives, in order, once.
+        assert first <= sent_when_killed[user], (user, first, sent_when_killed[user])
+        assert counters == list(range(first, first + len(counters))), (user, counters)

@@ -19,9 +19,9 @@ PACKETS = 50
 
 
 def bridge_rooms(bridge) -> dict[str, object]:
-    """user id -> the livekit Room of that user's session (white-box, for counting)."""
-    sessions = bridge.sessions.actor._sessions
-    return {user: child.actor._room for user, child in sessions.items()}
+    """user id -> the livekit Room of that user's link (white-box, for counting)."""
+    links = bridge.sessions.actor._links
+    return {user: child.actor._room for user, child in links.items()}
 
 
 async def test_a_packet_reaches_only_its_own_rooms_queue(bridge, livekit) -> None:
@@ -68,7 +68,8 @@ async def test_a_packet_reaches_only_its_own_rooms_queue(bridge, livekit) -> Non
         # its own included, and no other session saw the talker's packets.
         assert delivered == {}, f"rooms were handed data packets through their queues: {dict(delivered)}"
         [supervisor] = tree["children"]
-        heard = {node["name"]: node["counters"]["mic_packets_received"] for node in supervisor["children"]}
+        heard = {node["name"]: node["counters"]["mic_packets_received"] for node in supervisor["children"]
+                 if node["kind"] == "UserSession"}
         assert heard.pop(f"session:{talker}") >= PACKETS
         assert set(heard.values()) == {0}
         # A room that left is no longer routed (once its listener has seen its last event).

@@ -1,9 +1,14 @@
 // The cloud's side of the contract, with the cloud's own gRPC stack.
-// Usage: node cloud.mjs ADDRESS PROTO_PATH [contract|refusals]
+// Usage: node cloud.mjs ADDRESS PROTO_PATH [contract|refusals|hold|rejoin]
 //   contract (default): every call of the contract  (env USER_ID, ROOM, JOIN_TOKEN, LIVEKIT_URL, AUDIO_URL)
 //   refusals: a join, then JoinRoom with each of BAD_TOKENS (a JSON object: case -> token), then GetStatus
 //             (env USER_ID, ROOM, JOIN_TOKEN, LIVEKIT_URL, BAD_TOKENS)
-// Prints one JSON object with what each call returned, for tests/test_node_cloud.py.
+//   hold: JoinRoom for every one of USERS (a JSON list of {user_id, room, token}) at once, then a StreamAudio
+//         each, printing a JSON line {user, counter} per chunk (the counter: the PCM's first 8 bytes) and
+//         {ready: true} once every stream has brought one; runs until killed, as a cloud that dies
+//   rejoin: as a cloud that came back: JoinRoom for every one of USERS at once, a StreamAudio each, until
+//           WANT chunks each; prints {joins, received: {user: [counters]}, first_chunk_ms: {user: ms}}
+// Prints one JSON object with what each call returned (hold: JSON lines), for tests/test_node_cloud.py.
 import grpc from "@grpc/grpc-js";
 import protoLoader from "@grpc/proto-loader";
 
@@ -59,6 +64,49 @@ const playAudio = (request) =>
 const join = (joinToken) =>
   unary("JoinRoom", { user_id: userId, room_name: room, token: joinToken, livekit_url: livekitUrl,
                       target_identity: userId });
+
+// One StreamAudio per user, calling onChunk(user, counter) for each chunk it brings.
+const streamEach = (users, onChunk) =>
+  users.map(({ user_id }) => {
+    const call = client.StreamAudio();
+    call.on("data", (chunk) => onChunk(user_id, Number(chunk.pcm_data.readBigUInt64LE(0))));
+    call.on("error", () => {});
+    call.write({ user_id });
+    return call;
+  });
+
+const joinAll = (users) =>
+  Promise.all(users.map(({ user_id, room: userRoom, token: userToken }) =>
+    unary("JoinRoom", { user_id, room_name: userRoom, token: userToken, livekit_url: livekitUrl,
+                        target_identity: user_id })));
+
+if (scenario === "hold" || scenario === "rejoin") {
+  const users = JSON.parse(process.env.USERS);
+  const started = Date.now();
+  const joins = await joinAll(users);
+  const received = Object.fromEntries(users.map(({ user_id }) => [user_id, []]));
+  const firstChunkMs = {};
+  const want = Number(process.env.WANT || 0);
+  await new Promise((resolve) => {
+    const calls = streamEach(users, (user, counter) => {
+      const first = !(user in firstChunkMs);
+      if (first) firstChunkMs[user] = Date.now() - started;
+      if (scenario === "hold") {
+        console.log(JSON.stringify({ user, counter }));
+        if (first && Object.keys(firstChunkMs).length === users.length) console.log(JSON.stringify({ ready: true }));
+        return;
+      }
+      received[user].push(counter);
+      if (Object.values(received).every((counters) => counters.length >= want)) {
+        for (const call of calls) call.cancel();
+        resolve();
+      }
+    });
+  });
+  console.log(JSON.stringify({ joins, received, first_chunk_ms: firstChunkMs }));
+  client.close();
+  process.exit(0);
+}
 
 const result = {};
 if (scenario === "refusals") {
