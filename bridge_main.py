@@ -27,13 +27,13 @@ import trio
 from loguru import logger
 
 from actors.bridge import RunningBridge, run_bridge
-from actors.configuration import add_flags
+from actors.operations.configuration import add_flags
 from actors.grpc.transport import SocketPathError
 from actors.livekit.dev_server import start_dev_livekit
-from actors.log_setup import LogSettingError, configure_logging
-from actors.metrics import versions
-from actors.settings import BridgeSettings, SettingsError
-from actors.tree_command import TreeUnavailable, dial_address, print_tree
+from actors.operations.log_setup import LogSettingError, configure_logging
+from actors.operations.metrics import versions
+from actors.operations.settings import BridgeSettings, SettingsError
+from actors.operations.tree_command import TreeUnavailable, dial_address, print_tree
 
 
 def serve(settings: BridgeSettings) -> None:

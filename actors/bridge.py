@@ -8,12 +8,12 @@ import trio
 import trio_asyncio
 
 from . import asyncio_compat
-from .front_door import FrontDoor, serve_front_door
+from .grpc.front_door import FrontDoor, serve_front_door
 from .livekit.sdk_core import configure_sdk_core
-from .metrics import count_restart, serve_metrics
+from .operations.metrics import count_restart, serve_metrics
+from .operations.settings import BridgeSettings
 from .runtime import Child, RestartPolicy, Supervisor
-from .session_supervisor import SessionSupervisor
-from .settings import BridgeSettings
+from .session.supervisor import SessionSupervisor
 
 
 @dataclasses.dataclass(frozen=True)

@@ -48,8 +48,8 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 
 from actors.bridge import run_bridge  # noqa: E402
 from actors.livekit.dev_server import start_dev_livekit  # noqa: E402
-from actors.log_setup import configure_logging  # noqa: E402
-from actors.settings import BridgeSettings  # noqa: E402
+from actors.operations.log_setup import configure_logging  # noqa: E402
+from actors.operations.settings import BridgeSettings  # noqa: E402
 from bridge_harness import cloud, join_request  # noqa: E402
 from bench.ladder import RESULTS, RungPlan, ladder, percentile as nearest_rank  # noqa: E402
 from bench.profile_summary import perf_summary, summarize  # noqa: E402

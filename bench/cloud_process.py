@@ -29,7 +29,7 @@ from livekit import api
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from actors.tree_view import walk  # noqa: E402
+from actors.operations.tree_view import walk  # noqa: E402
 from proto.mentra.livekit import bridge as pb  # noqa: E402
 from proto.mentra.livekit.bridge import debug as debug_pb  # noqa: E402
 from proto.runtime_messages import AudioChunk  # noqa: E402

@@ -35,7 +35,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 from actors.livekit.dev_server import DevLiveKit, free_port, start_dev_livekit  # noqa: E402
-from actors.tree_view import walk  # noqa: E402
+from actors.operations.tree_view import walk  # noqa: E402
 from bench.ladder import RESULTS, bridge_process, percentile  # noqa: E402
 from bridge_harness import cloud, join_request  # noqa: E402
 

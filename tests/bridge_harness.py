@@ -36,7 +36,7 @@ from actors.livekit.dev_server import DevLiveKit
 from actors.livekit.room import joined_room
 from listener_process import RECORD
 from proto.mentra.livekit import bridge as pb
-from actors.settings import BridgeSettings
+from actors.operations.settings import BridgeSettings
 from proto.mentra.livekit.bridge import debug as debug_pb
 
 SERVICE = "/mentra.livekit.bridge.LiveKitBridge/"

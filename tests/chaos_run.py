@@ -59,7 +59,7 @@ sys.path.insert(0, str(HERE))
 
 from actors.livekit.dev_server import DevLiveKit, LiveKitServerError, free_port, start_dev_livekit  # noqa: E402
 from actors.livekit.room import joined_room  # noqa: E402
-from actors.log_setup import configure_logging  # noqa: E402
+from actors.operations.log_setup import configure_logging  # noqa: E402
 from bridge_harness import Cloud, bridge_identity, join_request, list_participants, token  # noqa: E402
 from proto.mentra.livekit import bridge as pb  # noqa: E402
 from proto.mentra.livekit.bridge import debug as debug_pb  # noqa: E402
@@ -328,7 +328,8 @@ async def check_baseline(chaos: Chaos) -> None:
     if supervisor is None or supervisor["children"] or supervisor["counters"]["sessions"]:
         baseline.fail(f"sessions left: {supervisor and [c['name'] for c in supervisor['children']]}")
     counts = await leak_check(chaos)
-    if counts is None or any(counts[kind] for kind in ("UserSession", "RoomLink", "UserLine", "Playback", "StreamLease")):
+    session_kinds = ("UserSession", "RoomLink", "UserLine", "Playback", "StreamLease")
+    if counts is None or any(counts[kind] for kind in session_kinds):
         baseline.fail(f"live objects after everyone left: {counts}")
 
 

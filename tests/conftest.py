@@ -10,8 +10,8 @@ from loguru import logger
 
 from actors.bridge import RunningBridge
 from actors.livekit.dev_server import DevLiveKit, start_dev_livekit
-from actors.log_setup import configure_logging
-from actors.settings import BridgeSettings
+from actors.operations.log_setup import configure_logging
+from actors.operations.settings import BridgeSettings
 from bridge_harness import running_bridge
 
 

@@ -41,7 +41,7 @@ import trio
 import trio_asyncio
 
 from actors.livekit.dev_server import DevLiveKit, free_port, start_dev_livekit
-from actors.mic_audio import MIC_SAMPLE_RATE
+from actors.session.mic_audio import MIC_SAMPLE_RATE
 from bridge_harness import (LISTEN_RATE, Heard, PlayCall, bridge_identity, cloud, join_request, listener_in_room,
                             phone_in_room)
 from http_audio import audio_http_server

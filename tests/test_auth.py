@@ -13,7 +13,7 @@ import pytest
 from grpclib.const import Status
 from prometheus_client import REGISTRY
 
-from actors.settings import BridgeSettings, SettingsError
+from actors.operations.settings import BridgeSettings, SettingsError
 from bridge_harness import cloud, expect_status, grpcurl, join_request, running_bridge, tree_command
 
 TOKEN = "s3cret-bridge-token-7f2c"

@@ -25,7 +25,7 @@ ROUNDS = 5
 #: The bridge, changed to keep a list for every session it starts.
 LEAKING_BRIDGE = (sys.executable, "-c", """
 import sys
-from actors import user_session
+from actors.session import user_session
 kept = []
 start = user_session.UserSession.__init__
 def leaking_init(self, join, *args, **kwargs):

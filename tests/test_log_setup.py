@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 from loguru import logger
 
-from actors.log_setup import LogSettingError, configure_logging
+from actors.operations.log_setup import LogSettingError, configure_logging
 from bridge_harness import about_user, cloud, join_request, running_bridge
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import trio
 
-from actors.mic_audio import SequenceTracker, pcm_from_packet
+from actors.session.mic_audio import SequenceTracker, pcm_from_packet
 from actors.runtime import DropOldestBuffer
 
 

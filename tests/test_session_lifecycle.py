@@ -13,7 +13,7 @@ import pytest
 import trio
 from prometheus_client import REGISTRY
 
-from actors.settings import BridgeSettings
+from actors.operations.settings import BridgeSettings
 from bridge_harness import (
     bridge_identity, cloud, join_request, list_participants, phone_in_room, remove_participant, token,
 )

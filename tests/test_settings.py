@@ -12,8 +12,8 @@ import sys
 
 import pytest
 
-from actors.configuration import add_flags, declared
-from actors.settings import BridgeSettings, SettingsError
+from actors.operations.configuration import add_flags, declared
+from actors.operations.settings import BridgeSettings, SettingsError
 from bridge_harness import REPO
 
 

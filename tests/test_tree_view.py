@@ -13,7 +13,7 @@ import trio
 from grpclib.const import Status
 from trio_asyncio import aio_as_trio
 
-from actors.tree_view import render
+from actors.operations.tree_view import render
 from bridge_harness import REPO, cloud, expect_status, join_request, tree_command
 from proto.mentra.livekit.bridge import debug as debug_pb
 

@@ -22,7 +22,7 @@ from livekit import rtc
 from loguru import logger
 from trio_asyncio import aio_as_trio
 
-from ..metrics import ROOM_CONNECT, ROOM_CONNECT_WAIT
+from ..operations.metrics import ROOM_CONNECT, ROOM_CONNECT_WAIT
 from .event_filter import DataCallback, receive_only_own_events
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from .livekit.token import UnreadableToken, read_claims
+from ..livekit.token import UnreadableToken, read_claims
 
 
 class TokenRefused(Exception):

@@ -18,13 +18,13 @@ from typing import Any
 import trio
 from loguru import logger
 
-from .livekit.output_tracks import OutputTracks, TrackFormatMismatch
-from .livekit.room import RoomConnectError
+from ..livekit.output_tracks import OutputTracks, TrackFormatMismatch
+from ..livekit.room import RoomConnectError
+from ..operations.settings import BridgeSettings
+from ..runtime import Actor, Child, Supervisor, only_cancelled
 from .messages import AttachStream, Fault, GetStatus, Join, Joined, NotPlayable, Play, StopPlayback
 from .playback import Playback, PlaybackEvents
 from .room_link import LentRoom, LinkEnded, RoomLink
-from .runtime import Actor, Child, Supervisor, only_cancelled
-from .settings import BridgeSettings
 from .user_line import UserLine
 
 

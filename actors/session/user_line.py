@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import trio
 
+from ..runtime import DropOldestBuffer
 from .messages import SessionStatus
 from .mic_audio import SequenceTracker
-from .runtime import DropOldestBuffer
 from .stream_lease import CloudChunk, MicChunk, StreamLease
 
 

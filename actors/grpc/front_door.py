@@ -27,19 +27,20 @@ from proto.mentra.livekit import bridge as pb
 from proto.mentra.livekit.bridge import debug as debug_pb
 from proto.runtime_messages import AudioChunk
 
-from .grpc.standard_services import with_standard_services
-from .grpc.transport import read_message, serve_grpc
-from .audio.fetch import FetchError, check_url
+from ..audio.fetch import FetchError, check_url
+from ..operations.live_objects import live_objects
+from ..operations.metrics import (JOIN_TOKEN_IDENTITY_UNEXPECTED, MIC_FORWARDED, MIC_GRPC_WRITE, MIC_QUEUED,
+                                  RPC_SECONDS, STREAMS)
+from ..operations.settings import BridgeSettings
+from ..runtime import ActorGone, Child, MailboxFull
+from ..session.messages import (FAULT_KINDS, SIMULATED_SCENARIOS, AtCapacity, AttachStream, Fault, GetHealth,
+                                GetStatus, Join, Leave, NotPlayable, Play, StopPlayback, is_fault_kind)
+from ..session.mic_audio import MIC_CHANNELS, MIC_SAMPLE_RATE
+from ..session.playback import PlaybackEvent, PlaybackRequest
+from ..session.stream_lease import CloudChunk, StreamLease
 from .join_token import TokenRefused, admit_join_token, expected_identity
-from .live_objects import live_objects
-from .messages import (FAULT_KINDS, AtCapacity, SIMULATED_SCENARIOS, AttachStream, Fault, GetHealth, GetStatus, Join, Leave, NotPlayable, Play,
-                       StopPlayback, is_fault_kind)
-from .playback import PlaybackEvent, PlaybackRequest
-from .metrics import JOIN_TOKEN_IDENTITY_UNEXPECTED, MIC_FORWARDED, MIC_GRPC_WRITE, MIC_QUEUED, RPC_SECONDS, STREAMS
-from .mic_audio import MIC_CHANNELS, MIC_SAMPLE_RATE
-from .runtime import ActorGone, Child, MailboxFull
-from .settings import BridgeSettings
-from .stream_lease import CloudChunk, StreamLease
+from .standard_services import with_standard_services
+from .transport import read_message, serve_grpc
 
 SERVICE = "/mentra.livekit.bridge.LiveKitBridge/"
 DEBUG_SERVICE = "/mentra.livekit.bridge.debug.BridgeDebug/"
@@ -192,7 +193,7 @@ class FrontDoor:
         Logs only the token's room and identity.
 
         Raises:
-            GRPCError(INVALID_ARGUMENT): the token cannot be the right one (actors/join_token.py).
+            GRPCError(INVALID_ARGUMENT): the token cannot be the right one (actors/grpc/join_token.py).
         """
         user_id = request.user_id
         with logger.contextualize(user_id=user_id):

@@ -10,14 +10,14 @@ import grpclib.server
 from livekit import rtc
 from trio_asyncio._base import BaseTrioEventLoop
 
-from .asyncio_compat import drop_cancelled_timers
-from .livekit.output_tracks import OutputTrack
-from .playback import Playback
-from .runtime import Child
-from .stream_lease import StreamLease
-from .user_line import UserLine
-from .room_link import RoomLink
-from .user_session import UserSession
+from ..asyncio_compat import drop_cancelled_timers
+from ..livekit.output_tracks import OutputTrack
+from ..runtime import Child
+from ..session.playback import Playback
+from ..session.room_link import RoomLink
+from ..session.stream_lease import StreamLease
+from ..session.user_line import UserLine
+from ..session.user_session import UserSession
 
 TRACKED = (UserSession, RoomLink, UserLine, StreamLease, Playback, OutputTrack, Child, rtc.Room, rtc.AudioSource)
 

@@ -14,10 +14,10 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from .audio.fetch import FetchLimits
+from ..audio.fetch import FetchLimits
+from ..runtime import Backoff
+from ..session.playback import PlaybackLimits
 from .configuration import SettingsError, load, setting
-from .playback import PlaybackLimits
-from .runtime import Backoff
 
 __all__ = ["BridgeSettings", "SettingsError"]
 

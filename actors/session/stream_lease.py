@@ -6,7 +6,7 @@ import dataclasses
 
 import trio
 
-from .runtime import DropOldestBuffer
+from ..runtime import DropOldestBuffer
 
 
 @dataclasses.dataclass(frozen=True)

@@ -36,12 +36,12 @@ from typing import Any
 import trio
 from loguru import logger
 
-from .livekit.room import AbandonedConnect, RoomConnectError
-from .metrics import JOINS, SESSIONS, SESSIONS_ENDED, count_restart
+from ..livekit.room import AbandonedConnect, RoomConnectError
+from ..operations.metrics import JOINS, SESSIONS, SESSIONS_ENDED, count_restart
+from ..operations.settings import BridgeSettings
+from ..runtime import Actor, ActorGone, Child, MailboxFull, Request, Restart, RestartPolicy, Supervisor
 from .messages import (AtCapacity, AttachStream, Fault, GetHealth, GetStatus, Health, Join, Joined, Leave, Play,
                        SessionStatus, StopPlayback)
-from .runtime import Actor, ActorGone, Child, MailboxFull, Request, Restart, RestartPolicy, Supervisor
-from .settings import BridgeSettings
 from .room_link import RoomLink
 from .user_line import UserLine
 from .user_session import UserSession

@@ -36,13 +36,13 @@ from livekit import rtc
 from loguru import logger
 from trio_asyncio import aio_as_trio
 
-from .livekit.room import in_background, joined_room
-from .livekit.token import read_claims, UnreadableToken
+from ..livekit.room import in_background, joined_room
+from ..livekit.token import read_claims, UnreadableToken
+from ..operations.metrics import MIC_DROPPED, MIC_FFI_TO_TRIO, MIC_LOST, MIC_RECEIVED
+from ..operations.settings import BridgeSettings
+from ..runtime import Actor
 from .messages import Join, Joined, SessionStatus
-from .metrics import MIC_DROPPED, MIC_FFI_TO_TRIO, MIC_LOST, MIC_RECEIVED
 from .mic_audio import pcm_from_packet
-from .runtime import Actor
-from .settings import BridgeSettings
 from .stream_lease import MicChunk
 from .user_line import UserLine
 

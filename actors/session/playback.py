@@ -21,12 +21,12 @@ from typing import Any
 import trio
 from loguru import logger
 
-from .audio.decoder import DecodeError, OutputFormat, SourceFormat, decode_frames
-from .audio.fetch import FetchError, FetchLimits, open_audio_url, redacted
-from .audio.formats import HEAD_BYTES, UnsupportedAudio, detect_container, wav_layout
-from .livekit.output_tracks import OutputTrack, OutputTracks, TrackFormatMismatch
-from .metrics import PLAYBACKS
-from .runtime import Actor, DropOldestBuffer, only_cancelled
+from ..audio.decoder import DecodeError, OutputFormat, SourceFormat, decode_frames
+from ..audio.fetch import FetchError, FetchLimits, open_audio_url, redacted
+from ..audio.formats import HEAD_BYTES, UnsupportedAudio, detect_container, wav_layout
+from ..livekit.output_tracks import OutputTrack, OutputTracks, TrackFormatMismatch
+from ..operations.metrics import PLAYBACKS
+from ..runtime import Actor, DropOldestBuffer, only_cancelled
 
 #: Rate and channels of a track a playback publishes itself (Opus's own rate).
 NEW_TRACK_FORMAT = OutputFormat(sample_rate=48_000, channels=1)

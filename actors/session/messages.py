@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from .runtime import Request
+from ..runtime import Request
 
 
 @dataclasses.dataclass(repr=False)
