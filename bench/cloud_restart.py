@@ -31,23 +31,27 @@ import statistics
 import sys
 import tempfile
 import time
+import urllib.request
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from actors.livekit.dev_server import DevLiveKit, start_dev_livekit
-from bench.ladder import Commanded, bridge_process, percentile, phones, start_phones_sending
-from bench.proc_stats import cpu_seconds
+from bench.ladder import Commanded, bridge_process, percentile, phones, profiled, start_phones_sending
+from bench.proc_stats import cpu_seconds, machine_idle
 
 INTERVAL = 0.1
 SETTLE = 2.0
 
 
-def restart_once(livekit: DevLiveKit, users: int, gap: float, adopt: bool, tag: str) -> dict[str, Any]:
+def restart_once(livekit: DevLiveKit, users: int, gap: float, adopt: bool, tag: str,
+                 profile: pathlib.Path | None = None) -> dict[str, Any]:
     names = [f"{tag}-{'adopt' if adopt else 'rejoin'}-u{i}" for i in range(users)]
     env = dict(os.environ, LIVEKIT_URL=livekit.url, LIVEKIT_API_KEY=livekit.api_key,
                LIVEKIT_API_SECRET=livekit.api_secret, PYTHONPATH=str(pathlib.Path(__file__).parent.parent))
     bridge_env = {"BRIDGE_ADOPT_LINKS": "1" if adopt else "0"}
     with contextlib.ExitStack() as stack:
-        bridge, address, _ = stack.enter_context(bridge_process(livekit, env, bridge_env))
+        bridge, address, metrics_port = stack.enter_context(bridge_process(livekit, env, bridge_env))
         phone_processes = stack.enter_context(phones(livekit, names, INTERVAL, env))
         start_phones_sending(phone_processes)
         first = Commanded([sys.executable, "cloud_process.py", address], env)
@@ -68,9 +72,12 @@ def restart_once(livekit: DevLiveKit, users: int, gap: float, adopt: bool, tag: 
         second = Commanded([sys.executable, "cloud_process.py", address], env)
         stack.callback(second.stop)
         cpu_start, started = cpu_seconds(bridge.pid), time.monotonic()
+        idle_start = machine_idle()
+        joins_before = join_buckets(metrics_port)
         rejoin_ns = time.monotonic_ns()
-        rejoined = second.ask("join", users=names)
-        time.sleep(SETTLE)
+        with profiled(bridge.pid, profile, SETTLE + 2):
+            rejoined = second.ask("join", users=names)
+            time.sleep(SETTLE)
         arrivals: dict[str, list] = second.ask("arrivals")
         first_chunks = {user: min(received for _, received, _ in got) for user, got in arrivals.items() if got}
         last_first = max(first_chunks.values(), default=rejoin_ns)
@@ -78,12 +85,17 @@ def restart_once(livekit: DevLiveKit, users: int, gap: float, adopt: bool, tag: 
         time.sleep(max(0.0, (last_first / 1e9 + SETTLE) - time.monotonic()))
         window = time.monotonic() - started
         restart_cpu = cpu_seconds(bridge.pid) - cpu_start - streaming_cpu_rate * window
+        idle_end = machine_idle()
+        server_joins = bucket_quantiles(joins_before, join_buckets(metrics_port))
         supervisor = second.ask("supervisor")
         lost = sum(_lost_after(arrivals.get(user, []), killed_ns) for user in names)
     waits = [(first_chunks[user] - rejoin_ns) / 1e6 for user in names if user in first_chunks]
     return {
         "users": users, "gap_s": gap, "adopt": adopt,
         "joins_failed": len(rejoined["failed"]),
+        "join_ms": {"p50": statistics.median(rejoined["ms"]), "max": max(rejoined["ms"]), "all": rejoined["all_ms"]},
+        "server_join_ms": server_joins,
+        "machine_idle": (idle_end[0] - idle_start[0]) / max(1e-9, idle_end[1] - idle_start[1]),
         "first_chunk_ms": {"n": len(waits), "p50": statistics.median(waits) if waits else None,
                            "p95": percentile(waits, 0.95) if waits else None, "max": max(waits, default=None)},
         "users_without_audio": users - len(waits),
@@ -92,6 +104,30 @@ def restart_once(livekit: DevLiveKit, users: int, gap: float, adopt: bool, tag: 
         "adopted": supervisor.get("adoptions", 0),
         "rejoined": supervisor.get("replacements", 0) - supervisor.get("adoptions", 0),
     }
+
+
+def join_buckets(metrics_port: int) -> list[tuple[float, float]]:
+    """The bridge's JoinRoom duration histogram: [(upper bound s, cumulative count)]."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+    buckets: dict[float, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name == "bridge_rpc_seconds":
+            for sample in family.samples:
+                if sample.name.endswith("_bucket") and sample.labels["method"] == "JoinRoom":
+                    bound = float(sample.labels["le"])
+                    buckets[bound] = buckets.get(bound, 0.0) + sample.value
+    return sorted(buckets.items())
+
+
+def bucket_quantiles(before: list[tuple[float, float]], after: list[tuple[float, float]]) -> dict[str, float]:
+    """p50 and max (upper bucket bounds, ms) of the calls between two scrapes."""
+    earlier = dict(before)
+    deltas = [(bound, count - earlier.get(bound, 0.0)) for bound, count in after]
+    total = deltas[-1][1] if deltas else 0
+    if not total:
+        return {}
+    return {name: next(bound for bound, count in deltas if count >= q * total) * 1000
+            for name, q in (("p50", 0.5), ("max", 1.0))}
 
 
 def _lost_after(got: list[tuple[int, int, int]], killed_ns: int) -> int:
@@ -111,13 +147,17 @@ def _lost_after(got: list[tuple[int, int, int]], killed_ns: int) -> int:
 
 
 def table(results: list[dict[str, Any]]) -> str:
-    lines = ["| users | gap | adoption | first chunk p50 / max (ms) | restart CPU (s) | gap packets lost "
-             "| adopted / rejoined | joins failed |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| users | gap | adoption | JoinRoom p50 / max at the cloud (ms) | in the bridge, bucket bounds (ms) "
+             "| first chunk p50 / max (ms) | restart CPU (s) | gap packets lost | adopted / rejoined | joins failed "
+             "| machine idle |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         chunk = r["first_chunk_ms"]
         lines.append(f"| {r['users']} | {r['gap_s']:g} s | {'on' if r['adopt'] else 'off'} | "
+                     f"{_ms(r['join_ms']['p50'])} / {_ms(r['join_ms']['max'])} | "
+                     f"≤{_ms(r['server_join_ms'].get('p50'))} / ≤{_ms(r['server_join_ms'].get('max'))} | "
                      f"{_ms(chunk['p50'])} / {_ms(chunk['max'])} | {r['restart_cpu_s']:.2f} | "
-                     f"{r['gap_packets_lost']} | {r['adopted']} / {r['rejoined']} | {r['joins_failed']} |")
+                     f"{r['gap_packets_lost']} | {r['adopted']} / {r['rejoined']} | {r['joins_failed']} | "
+                     f"{r['machine_idle']:.0%} |")
     return "\n".join(lines)
 
 
@@ -125,15 +165,17 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}"
 
 
-def run(users: list[int], gap: float) -> list[dict[str, Any]]:
+def run(users: list[int], gap: float, adoption: tuple[bool, ...] = (True, False),
+        profile: pathlib.Path | None = None) -> list[dict[str, Any]]:
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="bridge-cloud-restart-"))
     livekit = start_dev_livekit(workdir, udp_ports=(46000, 46999))
     results = []
     try:
         for index, n in enumerate(users):
-            for adopt in (True, False):
+            for adopt in adoption:
                 print(f"cloud restart: N={n}, adoption {'on' if adopt else 'off'}", flush=True)
-                results.append(restart_once(livekit, n, gap, adopt, f"r{index}"))
+                output = profile and profile.with_name(f"{profile.name}-{n}-{'on' if adopt else 'off'}.speedscope.json")
+                results.append(restart_once(livekit, n, gap, adopt, f"r{index}", output))
     finally:
         livekit.stop()
     return results
@@ -143,8 +185,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--users", type=int, nargs="+", default=[20, 50])
     parser.add_argument("--gap", type=float, default=2.0, help="seconds between the kill and the new cloud")
+    parser.add_argument("--adoption", choices=["on", "off", "both"], default="both")
+    parser.add_argument("--profile", type=pathlib.Path, metavar="PREFIX",
+                        help="py-spy (and perf, where installed) on the bridge while the new cloud joins")
     args = parser.parse_args(argv)
-    results = run(args.users, args.gap)
+    adoption = {"on": (True,), "off": (False,), "both": (True, False)}[args.adoption]
+    results = run(args.users, args.gap, adoption, args.profile)
     out = pathlib.Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
     path = out / f"cloud-restart-{time.strftime('%Y%m%d-%H%M%S')}.json"

@@ -43,3 +43,12 @@ def rss_bytes(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise ProcessLookupError(pid)
+
+
+def machine_idle() -> tuple[float, float]:
+    """(idle, total) CPU seconds of the whole machine so far (/proc/stat);
+    the idle share between two reads says whether the load generator left
+    the machine room to measure."""
+    fields = [int(value) for value in pathlib.Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return idle / _TICK, sum(fields[:8]) / _TICK
