@@ -17,38 +17,49 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 import pathlib
 import signal
 import sys
 import tempfile
 
+import socket
+from typing import TYPE_CHECKING, Any
+
 import trio
 from loguru import logger
 
-from actors.bridge import RunningBridge, run_bridge
-from actors.operations.configuration import add_flags
-from actors.grpc.transport import SocketPathError
+# Only what reading the settings and opening the listener need is imported up
+# front: a restarted bridge listens before it imports the livekit SDK and the
+# audio stack (most of a second), so the cloud's retry is queued, not refused.
+from actors.grpc.listener import SocketPathError, open_listener
 from actors.livekit.dev_server import start_dev_livekit
+from actors.operations.configuration import add_flags
 from actors.operations.log_setup import LogSettingError, configure_logging
-from actors.operations.metrics import versions
 from actors.operations.settings import BridgeSettings, SettingsError
-from actors.operations.tree_command import TreeUnavailable, dial_address, print_tree
+
+if TYPE_CHECKING:
+    from actors.bridge import RunningBridge
 
 
 def serve(settings: BridgeSettings) -> None:
-    trio.run(_serve_until_signalled, settings)
+    listener = open_listener(host=settings.listen_host, port=settings.port, unix_socket=settings.unix_socket)
+    trio.run(_serve_until_signalled, settings, listener)
 
 
-async def _serve_until_signalled(settings: BridgeSettings) -> None:
-    """Run the bridge until SIGTERM or SIGINT, then drain it and stop it the
-    structured way: HealthCheck answers NOT_SERVING, new calls are refused and
-    open StreamAudio and PlayAudio calls end with UNAVAILABLE (the cloud
-    rejoins elsewhere), then every session leaves its room before the process
-    exits. A second signal exits at once."""
+async def _serve_until_signalled(settings: BridgeSettings, listener: socket.socket) -> None:
+    """Run the bridge on ``listener`` until SIGTERM or SIGINT, then drain it
+    and stop it the structured way: HealthCheck answers NOT_SERVING, new calls
+    are refused, open PlayAudio calls end with UNAVAILABLE; then every
+    session leaves its room and its StreamAudio ends with UNAVAILABLE (the
+    cloud rejoins), as late as that, before the process exits. A second
+    signal exits at once."""
+    from actors.bridge import run_bridge
+
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
-            running = await nursery.start(run_bridge, settings)
+            running = await nursery.start(functools.partial(run_bridge, listener=listener), settings)
             async for signum in signals:
                 name = signal.Signals(signum).name
                 if running.front_door.draining:
@@ -72,6 +83,8 @@ def dev(settings: BridgeSettings) -> None:
         return
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="bridge-dev-livekit-"))
     livekit = start_dev_livekit(workdir, port=7880)
+    from actors.operations.tree_command import dial_address
+
     try:
         where = dial_address(settings)
         reach = (f" --livekit-grpc-socket {settings.unix_socket}" if settings.unix_socket
@@ -98,9 +111,8 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["serve", "dev", "tree"], nargs="?", default="serve",
                         help="what to run (default serve)")
-    built_on = versions()
-    parser.add_argument("--version", action="version", version=f"livekit-bridge {built_on.pop('version')} ("
-                        + ", ".join(f"{name} {value}" for name, value in built_on.items()) + ")")
+    parser.add_argument("--version", action=_Version, nargs=0, help="show the bridge's version and those of "
+                        "what it is built on, and exit")
     tree_flags = parser.add_argument_group("tree")
     tree_flags.add_argument("--json", action="store_true", help="the machine-readable JSON snapshot")
     tree_flags.add_argument("--watch", type=float, nargs="?", const=1.0, metavar="SECONDS",
@@ -120,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         logger.warning("serving TCP on {}:{} without BRIDGE_AUTH_TOKEN (BRIDGE_INSECURE is set): anyone who "
                        "reaches the port may call", settings.listen_host, settings.port)
     if args.command == "tree":
+        from actors.operations.tree_command import TreeUnavailable, print_tree
+
         try:
             print_tree(settings, as_json=args.json, watch=args.watch, user=args.user)
         except TreeUnavailable as error:
@@ -128,6 +142,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         {"serve": serve, "dev": dev}[args.command](settings)
+    except OSError as error:  # the listener's address: in use, or not this machine's
+        where = settings.unix_socket or f"{settings.listen_host}:{settings.port}"
+        print(f"bridge: cannot listen on {where}: {error.strerror or error}; stop what uses it or choose another "
+              f"PORT, BRIDGE_HOST or LIVEKIT_GRPC_SOCKET", file=sys.stderr)
+        return 2
     except BaseException as error:
         refused = SocketPathError.found_in(error)
         if refused is None:
@@ -135,6 +154,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bridge: {refused}", file=sys.stderr)
         return 2
     return 0
+
+
+class _Version(argparse.Action):
+    """--version, reading the versions only when asked."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: Any, values: Any, option: Any = None) -> None:
+        from actors.operations.metrics import versions
+
+        built_on = versions()
+        parser.exit(message=f"livekit-bridge {built_on.pop('version')} ("
+                    + ", ".join(f"{name} {value}" for name, value in built_on.items()) + ")\n")
 
 
 if __name__ == "__main__":

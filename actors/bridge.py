@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import socket
 
 import trio
 import trio_asyncio
@@ -25,9 +26,13 @@ class RunningBridge:
 
 
 async def run_bridge(
-    settings: BridgeSettings, *, task_status: trio.TaskStatus[RunningBridge] = trio.TASK_STATUS_IGNORED
+    settings: BridgeSettings, *, listener: socket.socket | None = None,
+    task_status: trio.TaskStatus[RunningBridge] = trio.TASK_STATUS_IGNORED
 ) -> None:
     """Run the bridge until cancelled; reports a RunningBridge once it serves.
+
+    The front door serves on ``listener`` when given (actors/grpc/listener.py:
+    bound before the process imported the rest), else where the settings say.
 
     Opens the process's one asyncio loop (trio-asyncio) unless the caller
     already runs inside one. On cancellation the front door stops listening
@@ -38,17 +43,19 @@ async def run_bridge(
     configure_sdk_core()
     if trio_asyncio.current_loop.get() is None:
         async with trio_asyncio.open_loop():
-            await _run(settings, task_status)
+            await _run(settings, listener, task_status)
     else:
-        await _run(settings, task_status)
+        await _run(settings, listener, task_status)
 
 
-async def _run(settings: BridgeSettings, task_status: trio.TaskStatus[RunningBridge]) -> None:
+async def _run(settings: BridgeSettings, listener: socket.socket | None,
+               task_status: trio.TaskStatus[RunningBridge]) -> None:
     with serve_metrics(settings.metrics_port, settings.listen_host):
-        await _run_actors(settings, task_status)
+        await _run_actors(settings, listener, task_status)
 
 
-async def _run_actors(settings: BridgeSettings, task_status: trio.TaskStatus[RunningBridge]) -> None:
+async def _run_actors(settings: BridgeSettings, listener: socket.socket | None,
+                      task_status: trio.TaskStatus[RunningBridge]) -> None:
     async with trio.open_nursery() as nursery:
         root = Supervisor(nursery, on_restart=count_restart)
         # A crashed session supervisor loses its sessions (they live in its
@@ -57,5 +64,21 @@ async def _run_actors(settings: BridgeSettings, task_status: trio.TaskStatus[Run
             lambda: SessionSupervisor(settings), policy=RestartPolicy(max_restarts=3, within_seconds=60)
         )
         front_door = FrontDoor(sessions, settings, root.describe)
-        address = await nursery.start(serve_front_door, front_door, settings)
+        # The front door closes last: when the bridge stops, the sessions stop
+        # first (rooms left, then their audio streams end) while it still
+        # carries the streams' last words (UNAVAILABLE when draining).
+        door = trio.CancelScope(shield=True)
+        address = await nursery.start(_serve_front_door_in, door, front_door, settings, listener)
         task_status.started(RunningBridge(address, sessions, front_door))
+        try:
+            await trio.sleep_forever()
+        finally:
+            with trio.CancelScope(shield=True):
+                await root.stop(sessions)
+            door.cancel()
+
+
+async def _serve_front_door_in(door: trio.CancelScope, front_door: FrontDoor, settings: BridgeSettings,
+                               listener: socket.socket | None, task_status: trio.TaskStatus[str]) -> None:
+    with door:
+        await serve_front_door(front_door, settings, listener=listener, task_status=task_status)

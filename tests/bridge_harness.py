@@ -371,13 +371,25 @@ class AudioStream:
             raise
 
     async def status(self) -> grpclib.const.Status:
-        """Wait for the call to end and return its status."""
+        """Wait for the call to end and return its status (from its trailers
+        too, when the server had sent messages before it)."""
         try:
             while await self.recv() is not None:
                 pass
+            await aio_as_trio(self._trailing_status)()
         except grpclib.exceptions.GRPCError as error:
             return error.status
         return grpclib.const.Status.OK
+
+    async def _trailing_status(self) -> None:
+        """Raises GRPCError for a status other than OK in the call's trailers."""
+        stream = self.stream
+        if stream._recv_trailing_metadata_done:  # a trailers-only answer: recv already raised for it
+            return
+        if not stream._end_done:
+            with contextlib.suppress(grpclib.exceptions.StreamTerminatedError, grpclib.exceptions.ProtocolError):
+                await stream.end()
+        await stream.recv_trailing_metadata()
 
 
 @contextlib.asynccontextmanager

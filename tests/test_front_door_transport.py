@@ -13,7 +13,7 @@ import trio
 import trio_asyncio
 
 from actors.bridge import run_bridge
-from actors.grpc.transport import SocketPathError
+from actors.grpc.listener import SocketPathError
 from bridge_harness import cloud, join_request, pcm_packet, phone_in_room, running_bridge
 
 

@@ -75,7 +75,6 @@ async def test_sigterm_drains_streams_end_unavailable_health_says_not_serving_an
                     signalled_at = trio.current_time()
                     process.send_signal(signal.SIGTERM)
                     with trio.fail_after(5):
-                        assert await stream.status() == Status.UNAVAILABLE
                         await playing.done.wait()
                     assert playing.status == Status.UNAVAILABLE and "shutting down" in playing.message
                     health = await client.health()
@@ -83,6 +82,9 @@ async def test_sigterm_drains_streams_end_unavailable_health_says_not_serving_an
                     with pytest.raises(GRPCError) as refused:
                         await client.status("drained")
                     assert refused.value.status == Status.UNAVAILABLE
+                    # The audio stream ends last, once the room is left.
+                    with trio.fail_after(10):
+                        assert await stream.status() == Status.UNAVAILABLE
                 exit_code = await trio.to_thread.run_sync(lambda: process.wait(timeout=30))
                 assert exit_code == 0 and trio.current_time() - signalled_at < 5
                 with trio.fail_after(10):
@@ -91,6 +93,57 @@ async def test_sigterm_drains_streams_end_unavailable_health_says_not_serving_an
     finally:
         if process.poll() is None:
             process.kill()
+
+
+async def test_a_bridge_restarted_at_once_serves_the_clouds_one_retry(livekit) -> None:
+    """The cloud's client retries a failed audio stream once, 2 s after it
+    fails (JoinRoom, then a new StreamAudio), and gives up for good if that
+    fails. A deployment restarts the bridge (SIGTERM, then the same command
+    as soon as the old process exits): the retry must find it listening."""
+    from actors.livekit.dev_server import free_port
+    from bridge_harness import Cloud, phone_in_room
+
+    port = free_port()
+    command = [sys.executable, os.path.join(REPO, "bridge_main.py"), "serve"]
+    env = dict(os.environ, PORT=str(port), BRIDGE_HOST="127.0.0.1", LIVEKIT_URL=livekit.url)
+    address, user = f"127.0.0.1:{port}", "restarted"
+    old = subprocess.Popen(command, env=env, cwd=REPO)
+    new: subprocess.Popen | None = None
+    try:
+        async with trio_asyncio.open_loop(), phone_in_room(livekit, user) as phone, trio.open_nursery() as nursery:
+            nursery.start_soon(phone.keep_talking)
+            async with cloud(address) as before:
+                with trio.fail_after(30):
+                    while True:
+                        try:
+                            assert (await before.join(join_request(livekit, user))).success
+                            break
+                        except OSError:  # not listening yet
+                            await trio.sleep(0.2)
+                async with before.audio_stream(user) as stream:
+                    with trio.fail_after(20):
+                        assert await stream.recv() is not None
+                    old.send_signal(signal.SIGTERM)
+                    with trio.fail_after(20):
+                        assert await stream.status() == Status.UNAVAILABLE
+                    failed_at = trio.current_time()
+            assert await trio.to_thread.run_sync(lambda: old.wait(timeout=30)) == 0
+            new = subprocess.Popen(command, env=env, cwd=REPO)
+            await trio.sleep_until(failed_at + 2.0)
+            retry = Cloud(address)  # one attempt, on a new connection, as the cloud's client makes it
+            try:
+                assert (await retry.join(join_request(livekit, user))).success
+                async with retry.audio_stream(user) as stream:
+                    with trio.fail_after(20):
+                        assert await stream.recv() is not None
+            finally:
+                await retry.close()
+            nursery.cancel_scope.cancel()
+        assert stop(new) == 0
+    finally:
+        for process in (old, new):
+            if process is not None and process.poll() is None:
+                process.kill()
 
 
 def start(command: str, env: dict[str, str]) -> subprocess.Popen:

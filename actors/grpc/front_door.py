@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -77,12 +78,15 @@ class FrontDoor:
         self.readiness = ServiceStatus()
         STREAMS.set_function(lambda: self.active_streams)
         self._open_calls: set[trio.CancelScope] = set()
+        #: The scopes of open StreamAudio calls (a subset of _open_calls).
+        self._open_streams: set[trio.CancelScope] = set()
 
     def __mapping__(self) -> dict[str, grpclib.const.Handler]:
         return {
             SERVICE + "StreamAudio": self._handler(
                 # The audio path's message on the protobuf runtime: ~1 us a chunk, not ~70 (proto/runtime_messages.py).
-                self._stream_audio, grpclib.const.Cardinality.STREAM_STREAM, AudioChunk, AudioChunk),
+                self._stream_audio, grpclib.const.Cardinality.STREAM_STREAM, AudioChunk, AudioChunk,
+                ends_with_session=True),
             SERVICE + "JoinRoom": self._unary(self._join_room, pb.JoinRoomRequest, pb.JoinRoomResponse),
             SERVICE + "LeaveRoom": self._unary(self._leave_room, pb.LeaveRoomRequest, pb.LeaveRoomResponse),
             SERVICE + "PlayAudio": self._handler(
@@ -105,17 +109,23 @@ class FrontDoor:
     # -- plumbing ------------------------------------------------------------
 
     def _handler(self, body: Callable[[Any], Awaitable[None]], cardinality: grpclib.const.Cardinality,
-                 request_type: type, reply_type: type, *, while_draining: bool = False) -> grpclib.const.Handler:
+                 request_type: type, reply_type: type, *, while_draining: bool = False,
+                 ends_with_session: bool = False) -> grpclib.const.Handler:
+        """``ends_with_session``: the call lasts until its session ends, also
+        while draining (see drain)."""
         async def call(stream: grpclib.server.Stream) -> None:
             if self.draining and not while_draining:
                 raise GRPCError(Status.UNAVAILABLE, SHUTTING_DOWN)
             with trio.CancelScope() as scope:
                 self._open_calls.add(scope)
+                if ends_with_session:
+                    self._open_streams.add(scope)
                 try:
                     await body(stream)
                 finally:
                     self._open_calls.discard(scope)
-            if scope.cancelled_caught:  # only drain() cancels it
+                    self._open_streams.discard(scope)
+            if scope.cancelled_caught or (ends_with_session and self.draining):  # only drain() cancels it
                 raise GRPCError(Status.UNAVAILABLE, SHUTTING_DOWN)
 
         async def asyncio_handler(stream: grpclib.server.Stream) -> None:
@@ -124,15 +134,22 @@ class FrontDoor:
         return grpclib.const.Handler(asyncio_handler, cardinality, request_type, reply_type)
 
     async def drain(self, timeout: float) -> None:
-        """Refuse new calls and end every open one with UNAVAILABLE, so clients
-        go to another bridge instance; HealthCheck answers NOT_SERVING from now
-        on. Returns once the open calls have ended (at most ``timeout`` s)."""
+        """Refuse new calls and end every open one but StreamAudio with
+        UNAVAILABLE, so clients go to another bridge instance; HealthCheck
+        answers NOT_SERVING from now on. Returns once those calls have ended
+        (at most ``timeout`` s).
+
+        StreamAudio calls carry the phone's audio until their session ends,
+        then end UNAVAILABLE too: as late as they can, because the cloud
+        retries a failed stream once, two seconds after it fails, and by
+        then a restarted bridge must be listening."""
         self.draining = True
         self.readiness.set(False)
         for scope in list(self._open_calls):
-            scope.cancel()
+            if scope not in self._open_streams:
+                scope.cancel()
         with trio.move_on_after(timeout):
-            while self._open_calls:
+            while self._open_calls - self._open_streams:
                 await trio.sleep(0.01)
 
     def _unary(self, body: Callable[[Any], Awaitable[Any]], request_type: type,
@@ -434,14 +451,16 @@ def _require(value: str, what: str) -> None:
 
 
 async def serve_front_door(
-    front_door: FrontDoor, settings: BridgeSettings, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+    front_door: FrontDoor, settings: BridgeSettings, *, listener: socket.socket | None = None,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the bridge's gRPC services, with grpc.health.v1 and server
-    reflection beside them, until cancelled; reports the address it listens
-    on once ready."""
+    reflection beside them, until cancelled, on ``listener`` or else where the
+    settings say; reports the address it listens on once ready."""
     front_door.readiness.set(True)
     tls = (settings.tls_cert, settings.tls_key) if settings.tls_cert and settings.tls_key else None
     await serve_grpc(with_standard_services([front_door], front_door.readiness), host=settings.listen_host,
                      port=settings.port, unix_socket=settings.unix_socket,
                      max_concurrent_streams=settings.max_concurrent_streams, close_timeout=settings.teardown_timeout,
-                     auth_token=settings.auth_token, tls=tls, rpc_histogram=RPC_SECONDS, task_status=task_status)
+                     auth_token=settings.auth_token, tls=tls, rpc_histogram=RPC_SECONDS, listener=listener,
+                     task_status=task_status)

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import os
-import pathlib
 import socket
 import ssl
 import struct
@@ -23,6 +21,8 @@ from grpclib.protocol import H2Protocol
 from h2.settings import SettingCodes
 from loguru import logger
 from trio_asyncio import aio_as_trio
+
+from .listener import listener_address, open_listener
 
 
 async def read_message(stream: grpclib.server.Stream, limit: int) -> Any:
@@ -202,44 +202,6 @@ class FrontDoorServer(grpclib.server.Server):
             connection.close()
 
 
-class SocketPathError(Exception):
-    """The Unix socket path cannot be served; the message says why and what to do."""
-
-    @classmethod
-    def found_in(cls, error: BaseException) -> SocketPathError | None:
-        """The SocketPathError in ``error``, wherever nurseries have grouped it; None if there is none."""
-        if isinstance(error, cls):
-            return error
-        if isinstance(error, BaseExceptionGroup):
-            for inner in error.exceptions:
-                if (found := cls.found_in(inner)) is not None:
-                    return found
-        return None
-
-
-#: The socket's mode: the bridge's user and group may connect, nobody else.
-SOCKET_MODE = 0o660
-
-
-def _claim_socket_path(path: pathlib.Path) -> None:
-    """Make ``path`` free for a new socket: create its folder when missing,
-    remove a stale socket file (nobody accepts on it), refuse a live one or
-    anything that is not a socket."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not path.exists() and not path.is_symlink():
-        return
-    if not path.is_socket():
-        raise SocketPathError(f"{path} exists and is not a socket; remove it or choose another LIVEKIT_GRPC_SOCKET")
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        try:
-            probe.connect(str(path))
-        except (ConnectionRefusedError, FileNotFoundError):
-            logger.info("removing stale socket file {}", path)
-            path.unlink(missing_ok=True)
-            return
-    raise SocketPathError(f"another process is serving on {path}; stop it or choose another LIVEKIT_GRPC_SOCKET")
-
-
 def _tls_context(tls: tuple[str, str]) -> ssl.SSLContext:
     certificate, key = tls
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -251,12 +213,14 @@ def _tls_context(tls: tuple[str, str]) -> ssl.SSLContext:
 async def serve_grpc(
     handlers: list[Any], *, host: str, port: int, unix_socket: str | None, max_concurrent_streams: int,
     close_timeout: float, auth_token: str | None = None, tls: tuple[str, str] | None = None,
-    rpc_histogram: Any = None, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+    rpc_histogram: Any = None, listener: socket.socket | None = None,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``handlers`` until cancelled; reports "host:port" or "unix:/path" once listening.
 
-    A Unix socket is created with mode 0660 (its folder when missing); a
-    stale socket file left by a dead process is replaced. With
+    It serves on ``listener`` when given (open_listener's, bound before the
+    process imported the rest), else on a listener it opens for ``host``,
+    ``port`` or ``unix_socket`` (see open_listener). With
     ``auth_token``, every call over TCP must carry
     ``authorization: Bearer <auth_token>`` or ends UNAUTHENTICATED; over the
     Unix socket the file mode decides who may call. With ``tls`` (PEM
@@ -265,8 +229,7 @@ async def serve_grpc(
     code), every call's duration is observed in it.
 
     Raises:
-        SocketPathError: the socket path is served by a live process, or is
-            something other than a socket.
+        SocketPathError: as open_listener.
 
     On cancellation it stops listening and waits up to ``close_timeout`` s for
     open calls to close.
@@ -276,15 +239,11 @@ async def serve_grpc(
     if rpc_histogram is not None:
         handlers = [_Timed(handler, rpc_histogram) for handler in handlers]
     server = FrontDoorServer(handlers, max_concurrent_streams=max_concurrent_streams)
-    if unix_socket:
-        _claim_socket_path(pathlib.Path(unix_socket))
-        await aio_as_trio(server.start)(path=unix_socket)
-        os.chmod(unix_socket, SOCKET_MODE)
-        address = f"unix:{unix_socket}"
-    else:
-        await aio_as_trio(server.start)(host, port, ssl=_tls_context(tls) if tls else None)
-        bound_host, bound_port = server._server.sockets[0].getsockname()[:2]
-        address = f"{bound_host}:{bound_port}"
+    if listener is None:
+        listener = open_listener(host=host, port=port, unix_socket=unix_socket)
+    address = listener_address(listener)
+    over_tls = tls is not None and listener.family != socket.AF_UNIX
+    await aio_as_trio(server.start)(sock=listener, ssl=_tls_context(tls) if over_tls else None)
     logger.info("gRPC front door listening on {}", address)
     try:
         task_status.started(address)

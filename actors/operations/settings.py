@@ -12,12 +12,13 @@ import dataclasses
 import ipaddress
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..audio.fetch import FetchLimits
 from ..runtime import Backoff
-from ..session.playback import PlaybackLimits
 from .configuration import SettingsError, load, setting
+
+if TYPE_CHECKING:
+    from ..session.playback import PlaybackLimits
 
 __all__ = ["BridgeSettings", "SettingsError"]
 
@@ -213,6 +214,10 @@ class BridgeSettings:
 
     @property
     def playback_limits(self) -> PlaybackLimits:
+        # Imported here: the playback stack (httpx, PyAV) is not needed to read settings, nor to start listening.
+        from ..audio.fetch import FetchLimits
+        from ..session.playback import PlaybackLimits
+
         return PlaybackLimits(
             fetch=FetchLimits(connect_timeout=self.playback_connect_timeout,
                               idle_read_timeout=self.playback_read_timeout,

@@ -192,7 +192,11 @@ class Supervisor:
 
     async def stop_all(self) -> None:
         """Cancel every child at once, then wait for all their teardowns."""
-        children = list(self._children)
+        await self.stop_each(list(self._children))
+
+    async def stop_each(self, children: list[Child]) -> None:
+        """Cancel ``children`` at once, then wait for all their teardowns (at
+        most ``teardown_timeout``)."""
         for child in children:
             _cancel(child)
         await self._await_teardown(children)

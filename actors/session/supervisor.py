@@ -103,9 +103,15 @@ class SessionSupervisor(Actor):
             try:
                 await self.serve()
             finally:
-                self._sessions.clear()  # stopped by us: nothing of theirs to queue on the way out
+                # Stopped by us: nothing of theirs to queue on the way out.
+                links = list(self._links.values())
+                self._sessions.clear()
                 self._links.clear()
                 with trio.CancelScope(shield=True):
+                    # The links first: each leaves its room, then ends its
+                    # line's stream, so the cloud's audio streams end only
+                    # once there is no more audio (see FrontDoor.drain).
+                    await self._supervisor.stop_each(links)
                     await self._supervisor.stop_all()
                     with trio.move_on_after(self._settings.teardown_timeout):
                         for abandoned in self._abandoned_connects.values():
