@@ -52,3 +52,25 @@ async def test_a_waiting_consumer_is_woken_and_a_closed_buffer_drains_then_ends(
         buffer.close()
         buffer.push("ignored after close")
     assert got == ["a", "b"]
+
+
+async def test_a_batch_takes_what_waits_in_order_up_to_its_size_and_waits_for_one() -> None:
+    buffer = DropOldestBuffer[int](10)
+    for item in range(5):
+        buffer.push(item)
+    assert await buffer.get_batch(3) == [0, 1, 2]
+    assert await buffer.get_batch(3) == [3, 4]
+    async with trio.open_nursery() as nursery:
+        got: list[list[int]] = []
+
+        async def take() -> None:
+            got.append(await buffer.get_batch(3))
+
+        nursery.start_soon(take)
+        await trio.sleep(0.01)
+        assert got == []  # nothing waits: it waits too
+        buffer.push(5)
+    assert got == [[5]]
+    buffer.close()
+    with pytest.raises(trio.EndOfChannel):
+        await buffer.get_batch(3)

@@ -48,8 +48,10 @@ DEBUG_SERVICE = "/mentra.livekit.bridge.debug.BridgeDebug/"
 SUPPORTED_SAMPLE_RATES = (8_000, 16_000, 22_050, 24_000, 32_000, 44_100, 48_000)
 #: WatchActors' snapshot interval bounds, in seconds.
 MIN_WATCH_INTERVAL, MAX_WATCH_INTERVAL = 0.1, 3600.0
-#: How long one outgoing audio message may take before the client counts as stuck.
+#: How long one batch of outgoing audio messages may take before the client counts as stuck.
 SEND_GRACE_SECONDS = 2.0
+#: Microphone packets sent in one go at most (3.2 KB each).
+MIC_BATCH = 16
 SHUTTING_DOWN = "the bridge is shutting down; connect to another instance and call JoinRoom again"
 
 try:
@@ -373,28 +375,33 @@ class FrontDoor:
             raise GRPCError(Status.INVALID_ARGUMENT, lease.refusal)
 
     async def _send_mic_audio(self, stream: grpclib.server.Stream, lease: StreamLease, user_id: str) -> None:
+        # What waits is sent together: one crossing into asyncio for a
+        # backlog (a stream that took over a line with the gap's audio, a
+        # moment of load) instead of one per packet.
         while True:
             try:
-                chunk = await lease.mic.get()
+                chunks = await lease.mic.get_batch(MIC_BATCH)
             except trio.EndOfChannel:
                 return
             if lease.stalled_until > trio.current_time():  # an injected slow consumer
                 await trio.sleep_until(lease.stalled_until)
             sending_at = time.monotonic()
-            MIC_QUEUED.observe(sending_at - chunk.queued_at)
-            message = AudioChunk(
-                pcm_data=chunk.pcm, sample_rate=MIC_SAMPLE_RATE, channels=MIC_CHANNELS,
-                timestamp_ms=chunk.timestamp_ms, user_id=user_id,
-            )
+            messages = []
+            for chunk in chunks:
+                MIC_QUEUED.observe(sending_at - chunk.queued_at)
+                messages.append(AudioChunk(pcm_data=chunk.pcm, sample_rate=MIC_SAMPLE_RATE, channels=MIC_CHANNELS,
+                                           timestamp_ms=chunk.timestamp_ms, user_id=user_id))
             # A message cut in half would corrupt the stream, so a send is not
             # cancelled midway; a client that stops reading for longer is dropped.
             with trio.CancelScope(shield=True) as sending:
                 sending.deadline = trio.current_time() + SEND_GRACE_SECONDS
-                await aio_as_trio(stream.send_message)(message)
+                await aio_as_trio(_send_each)(stream, messages)
             if sending.cancelled_caught:
                 raise GRPCError(Status.UNAVAILABLE, f"client of user {user_id!r} stopped reading audio")
-            MIC_GRPC_WRITE.observe(time.monotonic() - sending_at)
-            MIC_FORWARDED.inc()
+            written = time.monotonic() - sending_at
+            for _ in chunks:
+                MIC_GRPC_WRITE.observe(written)
+            MIC_FORWARDED.inc(len(chunks))
 
     async def _publish_client_audio(self, stream: grpclib.server.Stream, lease: StreamLease,
                                     first: AudioChunk) -> None:
@@ -410,6 +417,11 @@ class FrontDoor:
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     return  # the session is ending; it ends this stream too
             chunk = await self._read(stream)
+
+
+async def _send_each(stream: grpclib.server.Stream, messages: list[AudioChunk]) -> None:
+    for message in messages:
+        await stream.send_message(message)
 
 
 def _play_event(event: PlaybackEvent) -> pb.PlayAudioEvent:

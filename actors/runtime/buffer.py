@@ -51,6 +51,14 @@ class DropOldestBuffer(Generic[T]):
             await self._waiting.park()
         return self._items.popleft()
 
+    async def get_batch(self, most: int) -> list[T]:
+        """Wait for at least one item; take up to ``most``, oldest first."""
+        first = await self.get()
+        batch = [first]
+        while self._items and len(batch) < most:
+            batch.append(self._items.popleft())
+        return batch
+
     def close(self) -> None:
         self._closed = True
         self._waiting.unpark_all()
