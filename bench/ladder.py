@@ -7,7 +7,8 @@ joining the same rooms and only receiving). Phones run in processes of their
 own (bench/phones_process.py, at most PHONES_PER_PROCESS each), one for each
 of the N streaming users, all sending from the start. One rung:
 
-1. N users join at once (the "A" users): how long until all are joined;
+1. N users join at once (the "A" users): the deploy, every user new to an idle
+   bridge: how long until all are joined, joins per second, CPU per join;
 2. a warm-up, then the steady window: latency of A's packets, CPU of the
    bridge (or floor) process from its /proc, per thread, and its RSS;
 3. the storm: the other N users ("B") join at once while A stream; A's
@@ -262,8 +263,12 @@ def run_rung(livekit: DevLiveKit, target: str, plan: RungPlan, tag: str) -> dict
         phone_processes = stack.enter_context(phones(livekit, group_a, plan.interval, env))
         start_phones_sending(phone_processes)
 
+        cpu_before_joins = cpu_seconds(pid)
         joined = receiver.ask("join", users=group_a)
         result["join_all_ms"] = joined["all_ms"]
+        # The deploy: every user new to an idle bridge at once.
+        result["deploy_joins_per_second"] = n / max(1e-9, joined["all_ms"] / 1000)
+        result["deploy_cpu_ms_per_join"] = (cpu_seconds(pid) - cpu_before_joins) * 1000 / n
         result["join_ms"] = latency_summary(joined["ms"])
         result["join_failed"] = len(joined["failed"])
         time.sleep(plan.warmup)
@@ -286,8 +291,12 @@ def run_rung(livekit: DevLiveKit, target: str, plan: RungPlan, tag: str) -> dict
         result["rss_mib"] = rss / 2**20
         result["rss_mib_per_session"] = (rss - rss_idle) / 2**20 / n
 
-        storm_start = time.monotonic_ns()
+        storm_start, cpu_before_storm = time.monotonic_ns(), cpu_seconds(pid)
         stormed = receiver.ask("join", users=group_b)
+        # Less what streaming the N users costs meanwhile, as measured in the steady window.
+        streaming_rate = (cpu_after - cpu_before) / ((steady_end - steady_start) / 1e9)
+        streaming = streaming_rate * (time.monotonic_ns() - storm_start) / 1e9
+        result["storm_cpu_ms_per_join"] = (cpu_seconds(pid) - cpu_before_storm - streaming) * 1000 / n
         result["storm_all_ms"] = stormed["all_ms"]
         result["storm_join_ms"] = latency_summary(stormed["ms"])
         result["storm_failed"] = len(stormed["failed"])

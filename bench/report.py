@@ -29,8 +29,11 @@ def markdown(results: list[dict[str, Any]], title: str) -> str:
         ("storm: streaming users' p50 ms", "storm_latency_ms", "p50", "{:.1f}"),
         ("storm: streaming users' p99 ms", "storm_latency_ms", "p99", "{:.0f}"),
         ("storm: streaming users' max ms", "storm_latency_ms", "max", "{:.0f}"),
-        ("N joins at once, all done ms", "join_all_ms", None, "{:.0f}"),
-        ("storm (N more join), all done ms", "storm_all_ms", None, "{:.0f}"),
+        ("deploy (N join an idle bridge at once): all done ms", "join_all_ms", None, "{:.0f}"),
+        ("deploy: joins per second", "deploy_joins_per_second", None, "{:.1f}"),
+        ("deploy: CPU ms per join", "deploy_cpu_ms_per_join", None, "{:.0f}"),
+        ("storm (N more join while N stream): all done ms", "storm_all_ms", None, "{:.0f}"),
+        ("storm: CPU ms per join", "storm_cpu_ms_per_join", None, "{:.0f}"),
         ("packets missing / expected", "packets_missing", None, "{:d}"),
     ]
     ns = sorted(by_n)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -50,6 +51,8 @@ from .user_line import UserLine
 #: operator wants this participant gone, or another connection took over its
 #: identity.
 FINAL_DISCONNECTS = frozenset({"DUPLICATE_IDENTITY", "PARTICIPANT_REMOVED", "ROOM_DELETED", "ROOM_CLOSED"})
+#: A link whose last packet came longer ago than this (s) does not stream.
+STREAMING_WITHIN = 2.0
 
 
 def now_ms() -> int:
@@ -81,6 +84,9 @@ class RoomLink(Actor):
 
     def __init__(self, join: Join, settings: BridgeSettings, line: UserLine,
                  connect_slots: trio.CapacityLimiter | None = None) -> None:
+        """``connect_slots`` bounds the connects in flight in the process (see
+        connect_admission.py); ``take_delay`` tells how late this link's
+        packets come, which sets them."""
         super().__init__(f"link:{join.user_id}")
         self.user_id = join.user_id
         self.line = line
@@ -108,6 +114,12 @@ class RoomLink(Actor):
         #: trio.current_time() of the last adoption (None before any).
         self._adopted_at: float | None = None
         self._token_expires_at = _expiry(join.token)
+        #: time.monotonic() of the last microphone packet, the usual spacing
+        #: of packets (a moving average), and the worst wait from the SDK's
+        #: thread to Trio since take_delay last asked.
+        self._last_packet_at = -math.inf
+        self._spacing = 0.1
+        self._worst_lag = 0.0
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -290,6 +302,16 @@ class RoomLink(Actor):
         return Joined(True, participant_id=room.local_participant.identity if room is not None else "",
                       participant_count=self.participant_count())
 
+    def take_delay(self, now: float) -> float | None:
+        """How late this link's packets came since the last call, in seconds
+        (the longer of: past their usual spacing, the oldest now; and the
+        SDK-to-Trio wait); None when none came within STREAMING_WITHIN."""
+        since = now - self._last_packet_at
+        if since > STREAMING_WITHIN:
+            return None
+        delay, self._worst_lag = max(self._worst_lag, since - self._spacing), 0.0
+        return delay
+
     def connected(self) -> bool:
         return self._room is not None and self._room.connection_state == rtc.ConnectionState.CONN_CONNECTED
 
@@ -386,10 +408,14 @@ class RoomLink(Actor):
         sequence, pcm = pcm_from_packet(payload)
         if sequence is not None and (lost := line.sequence.observe(sequence)):
             MIC_LOST.inc(lost)
+        queued_at = time.monotonic()
+        self._spacing += (min(queued_at - self._last_packet_at, STREAMING_WITHIN) - self._spacing) * 0.1
+        self._last_packet_at = queued_at
+        if queued_at - received_at > self._worst_lag:
+            self._worst_lag = queued_at - received_at
         if not pcm:
             line.packets_empty += 1
             return
-        queued_at = time.monotonic()
         MIC_FFI_TO_TRIO.observe(queued_at - received_at)
         if line.mic.push(MicChunk(pcm, now_ms(), queued_at)):
             MIC_DROPPED.inc()

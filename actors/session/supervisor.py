@@ -40,6 +40,7 @@ from ..livekit.room import AbandonedConnect, RoomConnectError
 from ..operations.metrics import JOINS, SESSIONS, SESSIONS_ENDED, count_restart
 from ..operations.settings import BridgeSettings
 from ..runtime import Actor, ActorGone, Child, MailboxFull, Request, Restart, RestartPolicy, Supervisor
+from .connect_admission import AdmissionRule, ConnectAdmission
 from .messages import (AtCapacity, AttachStream, Fault, GetHealth, GetStatus, Health, Join, Joined, Leave, Play,
                        SessionStatus, StopPlayback)
 from .room_link import RoomLink
@@ -76,7 +77,7 @@ class SessionSupervisor(Actor):
         self._abandoned_connects: dict[str, AbandonedConnect] = {}
         self._supervisor: Supervisor | None = None
         self._nursery: trio.Nursery | None = None
-        self._connect_slots = trio.CapacityLimiter(settings.max_concurrent_connects)
+        self._admission = ConnectAdmission(AdmissionRule(ceiling=settings.max_concurrent_connects))
         self._joins = 0
         #: Joins between their start and their session's entry in _sessions
         #: (a replacement's old session is out of _sessions meanwhile).
@@ -99,6 +100,7 @@ class SessionSupervisor(Actor):
                                           teardown_timeout=self._settings.teardown_timeout * 3)
             SESSIONS.set_function(lambda: len(self._sessions))
             nursery.start_soon(self._reap_unattended_sessions)
+            nursery.start_soon(self._admission.run, self._link_delays)
             task_status.started()
             try:
                 await self.serve()
@@ -142,6 +144,7 @@ class SessionSupervisor(Actor):
             "sessions_reaped": self._reaped,
             "sessions_given_up": self._given_up,
             "teardown_overruns": self._supervisor.teardown_overruns if self._supervisor is not None else 0,
+            **self._admission.counters(),
         }
 
     def children(self) -> list[dict[str, Any]]:
@@ -278,7 +281,7 @@ class SessionSupervisor(Actor):
         line = UserLine(mic_buffer_packets=self._settings.mic_buffer_packets,
                         publish_buffer_chunks=self._settings.publish_buffer_chunks)
         try:
-            link = await self._supervisor.start(lambda: RoomLink(join, self._settings, line, self._connect_slots))
+            link = await self._supervisor.start(lambda: RoomLink(join, self._settings, line, self._admission.slots))
         except Exception as error:
             line.close()
             return None, self._failed_join(join, error).error
@@ -404,6 +407,9 @@ class SessionSupervisor(Actor):
         return SessionStatus.disconnected(at_ms=ended[1], reason=ended[2])
 
     # -- questions for one session -------------------------------------------
+
+    def _link_delays(self, now: float) -> list[float | None]:
+        return [link.actor.take_delay(now) for link in self._links.values()]
 
     def _serving(self, user_id: str) -> bool:
         session = self._sessions.get(user_id)

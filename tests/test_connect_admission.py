@@ -1,0 +1,53 @@
+"""The connect window: wide open while nobody streams, halved when streaming
+users' packets come late, grown by one when it was full and they came on time."""
+
+from __future__ import annotations
+
+import trio
+
+from actors.session.connect_admission import AdmissionRule, ConnectAdmission, next_window
+
+RULE = AdmissionRule(ceiling=8, late=0.1, on_time=0.03)
+
+
+def test_nobody_streaming_opens_the_window_to_the_ceiling() -> None:
+    assert next_window(1, RULE, worst_delay=None, was_full=False) == 8
+
+
+def test_late_packets_halve_the_window_down_to_one() -> None:
+    windows = [8]
+    for _ in range(4):
+        windows.append(next_window(windows[-1], RULE, worst_delay=0.25, was_full=True))
+    assert windows == [8, 4, 2, 1, 1]
+
+
+def test_a_full_window_with_packets_on_time_grows_by_one_up_to_the_ceiling() -> None:
+    assert next_window(2, RULE, worst_delay=0.01, was_full=True) == 3
+    assert next_window(8, RULE, worst_delay=0.01, was_full=True) == 8
+    assert next_window(2, RULE, worst_delay=0.01, was_full=False) == 2  # no demand: no growth
+    assert next_window(2, RULE, worst_delay=0.05, was_full=True) == 2  # neither late nor on time: hold
+
+
+async def test_the_admission_follows_the_links_delays_and_counts_halvings() -> None:
+    admission = ConnectAdmission(AdmissionRule(ceiling=8, interval=0.05))
+    delays: list[float | None] = [None]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(admission.run, lambda now: delays)
+        await trio.sleep(0.12)
+        assert admission.window == 8  # nobody streams
+        delays[:] = [0.01, 0.5]  # one streaming link's packets come half a second late
+        await trio.sleep(0.12)
+        assert admission.window <= 4 and admission.halvings >= 1
+        delays[:] = [0.01]
+        narrowed = admission.window
+        connects = [object() for _ in range(narrowed)]
+        for connect in connects:  # demand: the window is full
+            admission.slots.acquire_on_behalf_of_nowait(connect)
+        with trio.fail_after(5):
+            while admission.window == narrowed:
+                await trio.sleep(0.01)
+        assert admission.window == narrowed + 1
+        for connect in connects:
+            admission.slots.release_on_behalf_of(connect)
+        assert admission.counters()["connect_window"] == admission.window
+        nursery.cancel_scope.cancel()
