@@ -7,7 +7,7 @@ import trio
 
 from actors.session.connect_admission import AdmissionRule, ConnectAdmission, next_window
 
-RULE = AdmissionRule(ceiling=8, late=0.1, on_time=0.03)
+RULE = AdmissionRule(ceiling=8, start=2, late=0.1, on_time=0.03)
 
 
 def test_nobody_streaming_opens_the_window_to_the_ceiling() -> None:
@@ -24,8 +24,13 @@ def test_late_packets_halve_the_window_down_to_one() -> None:
 def test_a_full_window_with_packets_on_time_grows_by_one_up_to_the_ceiling() -> None:
     assert next_window(2, RULE, worst_delay=0.01, was_full=True) == 3
     assert next_window(8, RULE, worst_delay=0.01, was_full=True) == 8
-    assert next_window(2, RULE, worst_delay=0.01, was_full=False) == 2  # no demand: no growth
-    assert next_window(2, RULE, worst_delay=0.05, was_full=True) == 2  # neither late nor on time: hold
+    assert next_window(3, RULE, worst_delay=0.05, was_full=True) == 3  # neither late nor on time: hold
+
+
+def test_a_window_nobody_fills_while_users_stream_goes_back_to_the_start() -> None:
+    # A deploy opened it to the ceiling; users stream now: the next storm meets the cautious start.
+    assert next_window(8, RULE, worst_delay=0.01, was_full=False) == 2
+    assert next_window(1, RULE, worst_delay=0.01, was_full=False) == 1
 
 
 async def test_the_admission_follows_the_links_delays_and_counts_halvings() -> None:
@@ -51,3 +56,27 @@ async def test_the_admission_follows_the_links_delays_and_counts_halvings() -> N
             admission.slots.release_on_behalf_of(connect)
         assert admission.counters()["connect_window"] == admission.window
         nursery.cancel_scope.cancel()
+
+
+async def test_the_bridges_window_is_the_ceiling_until_a_user_streams_then_its_start(bridge_settings, livekit) -> None:
+    """End to end: the window follows the real links' packets."""
+    import dataclasses
+
+    from bridge_harness import cloud, join_request, phone_in_room, running_bridge
+
+    async def window(client) -> int:
+        return (await client.actor_tree())["children"][0]["counters"]["connect_window"]
+
+    settings = dataclasses.replace(bridge_settings, max_concurrent_connects=4)
+    async with running_bridge(settings) as bridge, cloud(bridge.address) as client:
+        async with trio.open_nursery() as nursery:
+            for index in range(3):
+                nursery.start_soon(client.join, join_request(livekit, f"window-{index}"))
+        await trio.sleep(0.3)
+        assert await window(client) == 4  # joined, but no phone talks: nobody streams
+        async with phone_in_room(livekit, "window-0") as phone, trio.open_nursery() as nursery:
+            nursery.start_soon(phone.keep_talking)
+            with trio.fail_after(10):
+                while await window(client) != 2:  # a user streams, on time, and nobody connects
+                    await trio.sleep(0.1)
+            nursery.cancel_scope.cancel()

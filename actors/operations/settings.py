@@ -69,7 +69,8 @@ class BridgeSettings:
     connect_timeout: float = setting(10.0, "BRIDGE_CONNECT_TIMEOUT", "how long a JoinRoom waits for LiveKit",
                                      group=LIVEKIT, minimum=0.1)
     max_concurrent_connects: int = setting(
-        2, "BRIDGE_MAX_CONCURRENT_CONNECTS", "LiveKit connects in flight at once: while rooms connect the SDK "
+        2, "BRIDGE_MAX_CONCURRENT_CONNECTS", "most LiveKit connects in flight at once (fewer while streaming users' "
+        "packets come late): while rooms connect the SDK "
         "delays every other room's packets, so join storms go through a few at a time", group=LIVEKIT, minimum=1)
     join_timeout: float = setting(120.0, "BRIDGE_JOIN_TIMEOUT", "longest a JoinRoom may wait, queued behind "
                                   "other joins included", group=LIVEKIT, minimum=1)

@@ -8,10 +8,12 @@ was 4.6 s with every connect in flight and 252 ms with two. But a deploy,
 where every user is new and nobody streams yet, only waits for the slots.
 
 So connects are admitted like a congestion window (additive increase,
-multiplicative decrease), by :func:`next_window`:
+multiplicative decrease, slow start), by :func:`next_window`:
 - while no user streams, up to the ceiling (BRIDGE_MAX_CONCURRENT_CONNECTS);
 - while users stream, the window halves (at least one) when their packets
-  came late, and grows by one when it was full and they came on time.
+  came late, grows by one when it was full and they came on time, and goes
+  back to ``start`` when it was not full: a storm is let in cautiously, and
+  widened only while nobody suffers.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ class AdmissionRule:
 
     #: Connects in flight at most (BRIDGE_MAX_CONCURRENT_CONNECTS).
     ceiling: int
+    #: The window a storm meets while users stream (at most the ceiling).
+    start: int = 2
     #: Seconds past a streaming link's usual packet spacing that count as late.
     late: float = 0.1
     #: Seconds under which packets count as on time (between the two: hold).
@@ -45,7 +49,9 @@ def next_window(window: int, rule: AdmissionRule, *, worst_delay: float | None, 
         return rule.ceiling
     if worst_delay > rule.late:
         return max(1, window // 2)
-    if worst_delay < rule.on_time and was_full:
+    if not was_full:
+        return min(window, rule.start, rule.ceiling)
+    if worst_delay < rule.on_time:
         return min(rule.ceiling, window + 1)
     return min(window, rule.ceiling)
 

@@ -239,7 +239,7 @@ class SessionSupervisor(Actor):
         old = self._sessions.pop(join.user_id, None)
         if old is not None:
             await self._supervisor.stop(old)
-        link, replacement = await self._link_for(join, replaced=old is not None)
+        link, replacement = await self._link_for(join, old)
         if link is None:
             return Joined(False, error=replacement)
         policy = RestartPolicy(restart=Restart.TRANSIENT, max_restarts=self._settings.session_max_restarts,
@@ -261,15 +261,22 @@ class SessionSupervisor(Actor):
                     joined.participant_id, replacement)
         return joined
 
-    async def _link_for(self, join: Join, *, replaced: bool) -> tuple[Child | None, str]:
-        """The user's link for ``join``: theirs if it adopts the join, else a
-        new one (the old one left first); with how the join is counted
-        (joined, adopted or replaced), or None and why the join failed."""
+    async def _link_for(self, join: Join, old: Child | None) -> tuple[Child | None, str]:
+        """The user's link for ``join``, which replaces the session ``old``
+        (stopped) if any: theirs if it adopts the join, else a new one (the
+        old one left first); with how the join is counted (joined, adopted or
+        replaced), or None and why the join failed."""
         assert self._supervisor is not None
         user_id = join.user_id
+        replaced = old is not None
         link = self._links.get(user_id)
         if link is not None:
-            outcome = link.actor.adopt(join) if self._settings.adopt_links else "adoption is off (BRIDGE_ADOPT_LINKS)"
+            if not self._settings.adopt_links:
+                outcome: Joined | str = "adoption is off (BRIDGE_ADOPT_LINKS)"
+            elif old is not None and not old.done.is_set():
+                outcome = "the old session's teardown overran; the link is not lent twice"
+            else:
+                outcome = link.actor.adopt(join)
             if isinstance(outcome, Joined):
                 self._adoptions += 1
                 self._log_replacement(user_id, replaced, "adopted", "the LiveKit connection is kept")

@@ -60,12 +60,19 @@ class UserLine:
         return self.lease is not None and self.lease.active
 
     async def end_stream(self, timeout: float) -> None:
-        """End the current StreamAudio call and wait (at most ``timeout`` s,
-        shielded) until it no longer touches the line."""
+        """End the current StreamAudio call, drop the cloud audio it sent that
+        is not published yet (a session that adopts the line plays only its
+        own stream's), and wait (at most ``timeout`` s, shielded) until the
+        call no longer touches the line."""
         lease, self.lease = self.lease, None
         if lease is None:
             return
         lease.end()
+        while True:
+            try:
+                self.publish_receive.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
         if not lease.claimed:
             return
         with trio.move_on_after(timeout) as waited:
