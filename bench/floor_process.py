@@ -1,6 +1,9 @@
 """The floor: a bare livekit rtc process that joins the users' rooms and only
-receives their phones' packets, through the SDK's own data path. What it
-costs is what the SDK costs; the bridge is measured beside it.
+receives their phones' packets. It runs the SDK exactly as the bridge does
+(actors/livekit/sdk_core.py: log forwarding off, 4 tokio workers;
+actors/livekit/event_filter.py: each room hears only its own events, data
+packets taken at the source), so what it costs is what the SDK costs at its
+best; the bridge is measured beside it.
 
 Usage: python bench/floor_process.py   (env LIVEKIT_URL, LIVEKIT_API_KEY, LIVEKIT_API_SECRET)
 Commands (bench/receiver_commands.py): {"op": "join", "users": [...]} (all at
@@ -16,6 +19,8 @@ from typing import Any
 
 from livekit import api, rtc
 
+from actors.livekit.event_filter import receive_only_own_events
+from actors.livekit.sdk_core import configure_sdk_core
 from receiver_commands import join_all_at_once, serve_commands
 from stamps import Arrivals
 
@@ -40,6 +45,8 @@ class Floor:
         except rtc.ConnectError as error:
             return (time.perf_counter() - started) * 1000, str(error)
         self.rooms.append(room)
+        receive_only_own_events(room, lambda sender, payload, received_at: self.arrivals.record(user, payload[1:]),
+                                call_soon=asyncio.get_running_loop().call_soon_threadsafe)
         return (time.perf_counter() - started) * 1000, ""
 
     async def join(self, command: dict[str, Any]) -> dict[str, Any]:
@@ -50,6 +57,7 @@ class Floor:
 
 
 async def main() -> None:
+    configure_sdk_core()
     floor = Floor()
     await serve_commands({"join": floor.join, "arrivals": floor.take_arrivals})
 

@@ -24,9 +24,13 @@ from livekit.rtc._ffi_client import FfiClient, FfiHandle, FfiQueue
 DataCallback = Callable[[str, bytes, float], None]
 
 
-def receive_only_own_events(room: rtc.Room, on_data: DataCallback) -> None:
+def receive_only_own_events(room: rtc.Room, on_data: DataCallback,
+                            call_soon: Callable[..., Any] | None = None) -> None:
     """Deliver to the connected ``room`` only the FFI events meant for it, and
-    hand its data packets straight to ``on_data(sender_identity, payload, received_at)``,
+    hand its data packets straight to ``on_data(sender_identity, payload, received_at)``
+    (scheduled with ``call_soon(on_data, ...)`` from the SDK's thread: by
+    default in the calling Trio run; a bare asyncio process passes its loop's
+    call_soon_threadsafe),
     for as long as the room's event listener runs (it ends at the room's last
     event, however the room was left: the SDK drops its own subscription then too).
 
@@ -44,7 +48,7 @@ def receive_only_own_events(room: rtc.Room, on_data: DataCallback) -> None:
     passed to Trio: one copy and one wake-up per packet instead of the SDK's
     queue, listener task and event emitter.
     """
-    _router().add(room, on_data, trio.lowlevel.current_trio_token())
+    _router().add(room, on_data, call_soon or trio.lowlevel.current_trio_token().run_sync_soon)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +57,8 @@ class _Route:
     participant_handle: int
     queue: Any  # the room's own livekit.rtc._utils.Queue
     loop: asyncio.AbstractEventLoop
-    trio_token: trio.lowlevel.TrioToken
+    #: Thread-safe: schedules on_data where it runs.
+    call_soon: Callable[..., Any]
     on_data: DataCallback
 
     def deliver(self, event: Any) -> None:
@@ -78,9 +83,9 @@ class _Router:
 
         queue.put = put
 
-    def add(self, room: rtc.Room, on_data: DataCallback, trio_token: trio.lowlevel.TrioToken) -> None:
+    def add(self, room: rtc.Room, on_data: DataCallback, call_soon: Callable[..., Any]) -> None:
         route = _Route(room._ffi_handle.handle, room.local_participant._ffi_handle.handle, room._ffi_queue,
-                       room._loop, trio_token, on_data)
+                       room._loop, call_soon, on_data)
         with self._queue._lock:
             self._by_room[route.room_handle] = route
             self._by_participant[route.participant_handle] = route
@@ -106,7 +111,7 @@ class _Router:
             if route is None:
                 return False
             if room_event.WhichOneof("message") == "data_packet_received" and _take_user_data(
-                    room_event.data_packet_received, route.trio_token, route.on_data):
+                    room_event.data_packet_received, route.call_soon, route.on_data):
                 return True
             route.deliver(event)
             return True
@@ -132,7 +137,7 @@ def _router() -> _Router:
     return _the_router
 
 
-def _take_user_data(packet: Any, trio_token: trio.lowlevel.TrioToken, on_data: DataCallback) -> bool:
+def _take_user_data(packet: Any, call_soon: Callable[..., Any], on_data: DataCallback) -> bool:
     """Copy a user data packet out of the FFI and schedule ``on_data`` for it;
     False for other kinds of packet (SIP DTMF), which the SDK handles."""
     if packet.WhichOneof("value") != "user":
@@ -141,5 +146,5 @@ def _take_user_data(packet: Any, trio_token: trio.lowlevel.TrioToken, on_data: D
     owned = packet.user.data
     payload = ctypes.string_at(owned.data.data_ptr, owned.data.data_len)
     FfiHandle(owned.handle.id).dispose()
-    trio_token.run_sync_soon(on_data, packet.participant_identity, payload, received_at)
+    call_soon(on_data, packet.participant_identity, payload, received_at)
     return True

@@ -254,6 +254,9 @@ class SessionSupervisor(Actor):
             self._count_failed_join()
             return Joined(False, error=f"the session ended at once: {child.last_error or 'no error recorded'}")
         JOINS.labels(replacement).inc()
+        # An adopted line may carry the old session's reaping marks: the new session starts its own clock.
+        child.actor.line.unattended_since = None
+        child.actor.line.reap_queued = False
         self._sessions[join.user_id] = child
         self._ended.pop(join.user_id, None)
         joined = child.start_value
