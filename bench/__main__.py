@@ -25,7 +25,9 @@ bench/results/. Then the single-session benchmarks, printed as a table:
 - a cloud restart: 20 and 50 users streaming, the cloud killed, a new one
   joining every user at once 2 s later, with adoption on and off: each
   user's first chunk on the new stream, the bridge's CPU, packets lost in
-  the gap (bench/cloud_restart.py; `python -m bench.cloud_restart`).
+  the gap (bench/cloud_restart.py; `python -m bench.cloud_restart`);
+- one SDK process or two: a deploy's joins, a storm's effect on the users
+  of the other process, the hop's cost (bench/processes.py).
 Numbers depend on the machine; compare runs on the same one.
 """
 
@@ -55,7 +57,7 @@ from bench.ladder import RESULTS, RungPlan, ladder, percentile as nearest_rank  
 from bench.profile_summary import perf_summary, summarize  # noqa: E402
 from bench.stamps import STAMP  # noqa: E402
 from bench.playback import playback_latency  # noqa: E402
-from bench import cloud_restart, heal  # noqa: E402
+from bench import cloud_restart, heal, processes  # noqa: E402
 
 JOINS = 30
 PACKETS = 300
@@ -184,6 +186,7 @@ def main() -> None:
         trio.run(single_session_benchmarks)
         heal.main(["--users", "50", "--connects", "2", "--outage", "10"])
         cloud_restart.main(["--users", "20", "50", "--gap", "2"])
+        processes.main(["--users", "20", "50"])
 
 
 if __name__ == "__main__":
