@@ -60,9 +60,11 @@ def restart_once(livekit: DevLiveKit, users: int, gap: float, adopt: bool, tag: 
         if joined["failed"]:
             raise RuntimeError(f"the first cloud's joins failed: {joined['failed'][:3]}")
         time.sleep(3.0)  # every stream flowing
-        cpu_before, steady_from = cpu_seconds(bridge.pid), time.monotonic()
+        cpu_before, steady_from, idle_before = cpu_seconds(bridge.pid), time.monotonic(), machine_idle()
         time.sleep(2.0)
         streaming_cpu_rate = (cpu_seconds(bridge.pid) - cpu_before) / (time.monotonic() - steady_from)
+        idle_after = machine_idle()
+        streaming_idle = (idle_after[0] - idle_before[0]) / max(1e-9, idle_after[1] - idle_before[1])
 
         first.process.send_signal(signal.SIGKILL)  # the cloud dies: no LeaveRoom
         first.process.wait()
@@ -96,6 +98,7 @@ def restart_once(livekit: DevLiveKit, users: int, gap: float, adopt: bool, tag: 
         "join_ms": {"p50": statistics.median(rejoined["ms"]), "max": max(rejoined["ms"]), "all": rejoined["all_ms"]},
         "server_join_ms": server_joins,
         "machine_idle": (idle_end[0] - idle_start[0]) / max(1e-9, idle_end[1] - idle_start[1]),
+        "machine_idle_streaming": streaming_idle,
         "first_chunk_ms": {"n": len(waits), "p50": statistics.median(waits) if waits else None,
                            "p95": percentile(waits, 0.95) if waits else None, "max": max(waits, default=None)},
         "users_without_audio": users - len(waits),
@@ -157,7 +160,7 @@ def table(results: list[dict[str, Any]]) -> str:
                      f"≤{_ms(r['server_join_ms'].get('p50'))} / ≤{_ms(r['server_join_ms'].get('max'))} | "
                      f"{_ms(chunk['p50'])} / {_ms(chunk['max'])} | {r['restart_cpu_s']:.2f} | "
                      f"{r['gap_packets_lost']} | {r['adopted']} / {r['rejoined']} | {r['joins_failed']} | "
-                     f"{r['machine_idle']:.0%} |")
+                     f"{r['machine_idle_streaming']:.0%} / {r['machine_idle']:.0%} |")
     return "\n".join(lines)
 
 
