@@ -196,10 +196,16 @@ async def _leave(room: rtc.Room, timeout: float) -> None:
 
 
 async def _unpublish_and_disconnect(room: rtc.Room) -> None:
-    try:
-        if room.isconnected():
-            for publication in list(room.local_participant.track_publications.values()):
+    """Unpublish what is still published, then disconnect, whatever the
+    unpublishing met (a track its session unpublished meanwhile is "not
+    found"): a room not disconnected would stay joined for good."""
+    if room.isconnected():
+        for publication in list(room.local_participant.track_publications.values()):
+            try:
                 await room.local_participant.unpublish_track(publication.sid)
+            except Exception as error:
+                logger.debug("track {} of room {} not unpublished on leaving: {}", publication.sid, room.name, error)
+    try:
         await room.disconnect()
     except Exception as error:
         logger.warning("leaving LiveKit room {} failed: {}", room.name, error)
