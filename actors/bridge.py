@@ -35,9 +35,10 @@ async def run_bridge(
     bound before the process imported the rest), else where the settings say.
 
     Opens the process's one asyncio loop (trio-asyncio) unless the caller
-    already runs inside one. On cancellation the front door stops listening
-    and every session is torn down (stream ended, room left) before it returns.
-    For a graceful stop, ``drain`` the front door first (see bridge_main).
+    already runs inside one. On cancellation every user's room is left and
+    then their sessions end (streams ended), and then the front door stops
+    listening, before it returns. For a graceful stop, ``drain`` the front
+    door first (see bridge_main).
     """
     asyncio_compat.match_asyncio()
     configure_sdk_core()
