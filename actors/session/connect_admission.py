@@ -43,8 +43,9 @@ class AdmissionRule:
 
 def next_window(window: int, rule: AdmissionRule, *, worst_delay: float | None, was_full: bool) -> int:
     """The window after an interval in which the streaming users' packets
-    came at most ``worst_delay`` seconds late (None: nobody streamed) and
-    the window was full (``was_full``) or not."""
+    came at most ``worst_delay`` seconds late (None: nobody streamed), the
+    window being full at its end (``was_full``: every slot taken, or a
+    connect waiting) or not."""
     if worst_delay is None:
         return rule.ceiling
     if worst_delay > rule.late:
@@ -64,7 +65,6 @@ class ConnectAdmission:
         self.rule = rule
         self.slots = trio.CapacityLimiter(rule.ceiling)
         self.halvings = 0
-        self._was_full = False
 
     @property
     def window(self) -> int:
@@ -75,23 +75,14 @@ class ConnectAdmission:
         (``now``: time.monotonic()) gives each link's lateness since it was
         last asked (None for a link that does not stream)."""
         while True:
-            await self._watch_fullness(self.rule.interval)
+            await trio.sleep(self.rule.interval)
             late = [delay for delay in delays(time.monotonic()) if delay is not None]
-            window = next_window(self.window, self.rule, worst_delay=max(late) if late else None,
-                                 was_full=self._was_full)
+            statistics = self.slots.statistics()
+            full = statistics.borrowed_tokens >= statistics.total_tokens or statistics.tasks_waiting > 0
+            window = next_window(self.window, self.rule, worst_delay=max(late) if late else None, was_full=full)
             if window < self.window:
                 self.halvings += 1
             self.slots.total_tokens = window
-
-    async def _watch_fullness(self, seconds: float) -> None:
-        """Sleep ``seconds``, noting whether the window was full meanwhile."""
-        self._was_full = False
-        deadline = trio.current_time() + seconds
-        while trio.current_time() < deadline:
-            statistics = self.slots.statistics()
-            if statistics.borrowed_tokens >= statistics.total_tokens or statistics.tasks_waiting:
-                self._was_full = True
-            await trio.sleep(min(0.02, max(0.0, deadline - trio.current_time())))
 
     def counters(self) -> dict[str, int]:
         statistics = self.slots.statistics()
