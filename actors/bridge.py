@@ -74,7 +74,8 @@ async def _run_actors(settings: BridgeSettings, listener: socket.socket | None,
         try:
             await trio.sleep_forever()
         finally:
-            with trio.CancelScope(shield=True):
+            # Each teardown is bounded on its own; this bounds them all (sessions, then links).
+            with trio.CancelScope(shield=True), trio.move_on_after(settings.teardown_timeout * 8):
                 await root.stop(sessions)
             door.cancel()
 

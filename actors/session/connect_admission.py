@@ -79,9 +79,10 @@ class ConnectAdmission:
             late = [delay for delay in delays(time.monotonic()) if delay is not None]
             statistics = self.slots.statistics()
             full = statistics.borrowed_tokens >= statistics.total_tokens or statistics.tasks_waiting > 0
-            window = next_window(self.window, self.rule, worst_delay=max(late) if late else None, was_full=full)
-            if window < self.window:
+            worst = max(late) if late else None
+            if worst is not None and worst > self.rule.late:
                 self.halvings += 1
+            window = next_window(self.window, self.rule, worst_delay=worst, was_full=full)
             self.slots.total_tokens = window
 
     def counters(self) -> dict[str, int]:

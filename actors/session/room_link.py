@@ -29,7 +29,7 @@ import contextlib
 import dataclasses
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import trio
@@ -110,6 +110,8 @@ class RoomLink(Actor):
         self.state = "connecting"
         #: Rooms joined again after a loss.
         self.rejoins = 0
+        #: Joins begun, numbering the rooms so that a room's late events are told apart.
+        self._rooms_joined = 0
         self._adoptions = 0
         #: trio.current_time() of the last adoption (None before any).
         self._adopted_at: float | None = None
@@ -172,14 +174,23 @@ class RoomLink(Actor):
         join = self._join
         self._room_lost = trio.Event()
         self.state = "connecting"
+        # A room left in the background may report its end later, while the
+        # next room connects: only the current room's events count.
+        self._rooms_joined += 1
+        this_room = self._rooms_joined
+
+        def current(handler: Callable[..., None]) -> Callable[..., None]:
+            return lambda *args: handler(*args) if this_room == self._rooms_joined else None
+
         async with joined_room(
             join.livekit_url,
             join.token,
             connect_timeout=self._settings.connect_timeout,
             teardown_timeout=self._settings.teardown_timeout,
             on_data=self._on_data,
-            subscribe={"disconnected": self._on_disconnected, "reconnecting": self._on_reconnecting,
-                       "reconnected": self._on_reconnected},
+            subscribe={"disconnected": current(self._on_disconnected),
+                       "reconnecting": current(self._on_reconnecting),
+                       "reconnected": current(self._on_reconnected)},
             connect_slots=self._connect_slots,
         ) as room:
             self.state = "connected"
@@ -352,6 +363,8 @@ class RoomLink(Actor):
             self._room_tasks.start_soon(self._rejoin_unless_back, self._interruptions)
 
     def _on_reconnected(self) -> None:
+        if self.state == "leaving":  # our own leave is under way: it stays a leave
+            return
         self.state = "connected"
         logger.info("user {}: LiveKit connection back", self.user_id)
 

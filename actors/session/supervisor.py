@@ -158,7 +158,8 @@ class SessionSupervisor(Actor):
             queue = self._pending[command.user_id] = collections.deque()
             assert self._nursery is not None
             self._nursery.start_soon(self._run_user_commands, command.user_id, queue)
-        elif len(queue) >= self._settings.max_pending_commands_per_user:
+        elif len(queue) >= self._settings.max_pending_commands_per_user and not isinstance(command, _EndUser):
+            # (The bridge's own _EndUser always goes in: dropped, it would leave a dead session registered.)
             command.reply.fail(MailboxFull(
                 f"{len(queue)} JoinRoom/LeaveRoom calls of user {command.user_id!r} are already waiting"))
             return
