@@ -31,13 +31,11 @@ import statistics
 import sys
 import tempfile
 import time
-import urllib.request
 from typing import Any
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from actors.livekit.dev_server import DevLiveKit, start_dev_livekit
-from bench.ladder import Commanded, bridge_process, percentile, phones, profiled, start_phones_sending
+from bench.ladder import (Commanded, bridge_process, histogram_buckets, percentile, phones, profiled,
+                          stage_quantiles, start_phones_sending)
 from bench.proc_stats import cpu_seconds, machine_idle
 
 INTERVAL = 0.1
@@ -75,7 +73,7 @@ def restart_once(livekit: DevLiveKit, users: int, gap: float, adopt: bool, tag: 
         stack.callback(second.stop)
         cpu_start, started = cpu_seconds(bridge.pid), time.monotonic()
         idle_start = machine_idle()
-        joins_before = join_buckets(metrics_port)
+        joins_before = rpc_buckets(metrics_port)
         rejoin_ns = time.monotonic_ns()
         with profiled(bridge.pid, profile, SETTLE + 2):
             rejoined = second.ask("join", users=names)
@@ -88,7 +86,8 @@ def restart_once(livekit: DevLiveKit, users: int, gap: float, adopt: bool, tag: 
         window = time.monotonic() - started
         restart_cpu = cpu_seconds(bridge.pid) - cpu_start - streaming_cpu_rate * window
         idle_end = machine_idle()
-        server_joins = bucket_quantiles(joins_before, join_buckets(metrics_port))
+        server_joins = stage_quantiles(joins_before, rpc_buckets(metrics_port),
+                                       (("p50", 0.5), ("max", 1.0))).get("JoinRoom", {})
         supervisor = second.ask("supervisor")
         lost = sum(_lost_after(arrivals.get(user, []), killed_ns) for user in names)
     waits = [(first_chunks[user] - rejoin_ns) / 1e6 for user in names if user in first_chunks]
@@ -109,28 +108,9 @@ def restart_once(livekit: DevLiveKit, users: int, gap: float, adopt: bool, tag: 
     }
 
 
-def join_buckets(metrics_port: int) -> list[tuple[float, float]]:
-    """The bridge's JoinRoom duration histogram: [(upper bound s, cumulative count)]."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
-    buckets: dict[float, float] = {}
-    for family in text_string_to_metric_families(text):
-        if family.name == "bridge_rpc_seconds":
-            for sample in family.samples:
-                if sample.name.endswith("_bucket") and sample.labels["method"] == "JoinRoom":
-                    bound = float(sample.labels["le"])
-                    buckets[bound] = buckets.get(bound, 0.0) + sample.value
-    return sorted(buckets.items())
-
-
-def bucket_quantiles(before: list[tuple[float, float]], after: list[tuple[float, float]]) -> dict[str, float]:
-    """p50 and max (upper bucket bounds, ms) of the calls between two scrapes."""
-    earlier = dict(before)
-    deltas = [(bound, count - earlier.get(bound, 0.0)) for bound, count in after]
-    total = deltas[-1][1] if deltas else 0
-    if not total:
-        return {}
-    return {name: next(bound for bound, count in deltas if count >= q * total) * 1000
-            for name, q in (("p50", 0.5), ("max", 1.0))}
+def rpc_buckets(metrics_port: int) -> dict[str, list[tuple[float, float]]]:
+    """The bridge's RPC duration histogram, by method (all codes)."""
+    return histogram_buckets(metrics_port, "bridge_rpc_seconds", "method")
 
 
 def _lost_after(got: list[tuple[int, int, int]], killed_ns: int) -> int:

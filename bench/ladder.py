@@ -177,21 +177,34 @@ def profiled(pid: int, output: pathlib.Path | None, seconds: float) -> Iterator[
             profiler.wait(timeout=seconds + 60)
 
 
-def stage_buckets(metrics_port: int) -> dict[str, list[tuple[float, float]]]:
-    """The bridge's mic stage histograms: stage -> [(upper bound s, cumulative count)]."""
+def histogram_buckets(metrics_port: int, family_name: str = "bridge_mic_stage_seconds",
+                      by: str = "stage") -> dict[str, list[tuple[float, float]]]:
+    """One of the bridge's Prometheus histograms, scraped from /metrics: the
+    value of label ``by`` -> [(upper bound s, cumulative count)], summed over
+    its other labels (e.g. bridge_rpc_seconds by method, over codes)."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
-    stages: dict[str, list[tuple[float, float]]] = {}
+    series: dict[str, dict[float, float]] = {}
     for family in text_string_to_metric_families(text):
-        if family.name != "bridge_mic_stage_seconds":
+        if family.name != family_name:
             continue
         for sample in family.samples:
             if sample.name.endswith("_bucket"):
-                stages.setdefault(sample.labels["stage"], []).append((float(sample.labels["le"]), sample.value))
-    return stages
+                buckets = series.setdefault(sample.labels[by], {})
+                bound = float(sample.labels["le"])
+                buckets[bound] = buckets.get(bound, 0.0) + sample.value
+    return {name: sorted(buckets.items()) for name, buckets in series.items()}
 
 
-def stage_quantiles(before: dict, after: dict) -> dict[str, dict[str, float]]:
-    """p50/p99 upper bounds (ms) of each stage between two scrapes."""
+def stage_buckets(metrics_port: int) -> dict[str, list[tuple[float, float]]]:
+    """The bridge's mic stage histograms: stage -> [(upper bound s, cumulative count)]."""
+    return histogram_buckets(metrics_port)
+
+
+def stage_quantiles(before: dict, after: dict,
+                    quantiles: tuple[tuple[str, float], ...] = (("p50", 0.5), ("p99", 0.99)),
+                    ) -> dict[str, dict[str, float]]:
+    """Upper bounds (ms) of each series' ``quantiles`` between two scrapes
+    (histogram_buckets); series without observations are left out."""
     result = {}
     for stage, buckets in after.items():
         earlier = dict(before.get(stage, []))
@@ -199,12 +212,12 @@ def stage_quantiles(before: dict, after: dict) -> dict[str, dict[str, float]]:
         total = deltas[-1][1] if deltas else 0
         if not total:
             continue
-        quantiles = {}
-        for name, q in (("p50", 0.5), ("p99", 0.99)):
+        bounds = {}
+        for name, q in quantiles:
             bound = next(b for b, c in deltas if c >= q * total)
-            quantiles[name] = bound * 1000 if math.isfinite(bound) else float("inf")
-        quantiles["n"] = total
-        result[stage] = quantiles
+            bounds[name] = bound * 1000 if math.isfinite(bound) else float("inf")
+        bounds["n"] = total
+        result[stage] = bounds
     return result
 
 

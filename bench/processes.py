@@ -25,7 +25,6 @@ import contextlib
 import os
 import pathlib
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
