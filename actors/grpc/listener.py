@@ -5,7 +5,8 @@ the cloud's client retries its audio stream once, two seconds after it fails.
 Binding and listening take milliseconds, importing the livekit SDK and the
 audio stack most of a second; a socket that listens queues the connections
 that arrive meanwhile (the kernel completes them), so the retry waits for an
-answer instead of being refused. Only the standard library is used here.
+answer instead of being refused. Only the standard library and the log are
+imported here.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from __future__ import annotations
 import os
 import pathlib
 import socket
+
+from loguru import logger
 
 #: The socket's mode: the bridge's user and group may connect, nobody else.
 SOCKET_MODE = 0o660
@@ -83,6 +86,7 @@ def _claim_socket_path(path: pathlib.Path) -> None:
         try:
             probe.connect(str(path))
         except (ConnectionRefusedError, FileNotFoundError):
-            path.unlink(missing_ok=True)  # stale: left by a process that died
+            logger.info("removing stale socket file {}", path)
+            path.unlink(missing_ok=True)
             return
     raise SocketPathError(f"another process is serving on {path}; stop it or choose another LIVEKIT_GRPC_SOCKET")
