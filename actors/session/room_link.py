@@ -38,7 +38,7 @@ from loguru import logger
 from trio_asyncio import aio_as_trio
 
 from ..livekit.room import in_background, joined_room
-from ..livekit.token import read_claims, UnreadableToken
+from ..livekit.token import UnreadableToken, read_claims, token_expiry
 from ..operations.metrics import MIC_DROPPED, MIC_FFI_TO_TRIO, MIC_LOST, MIC_RECEIVED
 from ..operations.settings import BridgeSettings
 from ..runtime import Actor
@@ -115,7 +115,7 @@ class RoomLink(Actor):
         self._adoptions = 0
         #: trio.current_time() of the last adoption (None before any).
         self._adopted_at: float | None = None
-        self._token_expires_at = _expiry(join.token)
+        self._token_expires_at = token_expiry(join.token)
         #: time.monotonic() of the last microphone packet, the usual spacing
         #: of packets (a moving average), and the worst wait from the SDK's
         #: thread to Trio since take_delay last asked.
@@ -284,7 +284,7 @@ class RoomLink(Actor):
         if refusal is not None:
             return refusal
         self._join = join
-        self._token_expires_at = _expiry(join.token)
+        self._token_expires_at = token_expiry(join.token)
         self._adoptions += 1
         self._adopted_at = trio.current_time()
         assert self._room_tasks is not None  # connected
@@ -442,13 +442,6 @@ class RoomLink(Actor):
     def counters(self) -> dict[str, int]:
         return {"connected": int(self.connected()), "participant_count": self.participant_count(),
                 "rejoins": self.rejoins, "adoptions": self._adoptions, "lent": int(self._borrowed)}
-
-
-def _expiry(token: str) -> float | None:
-    try:
-        return read_claims(token).expires_at
-    except UnreadableToken:
-        return None
 
 
 def _reason_name(reason: Any) -> str:
