@@ -41,7 +41,8 @@ async def run_bridge(
     door first (see bridge_main).
     """
     asyncio_compat.match_asyncio()
-    configure_sdk_core()
+    if not settings.sdk_workers:  # (else the SDK runs in the worker processes only)
+        configure_sdk_core()
     if trio_asyncio.current_loop.get() is None:
         async with trio_asyncio.open_loop():
             await _run(settings, listener, task_status)

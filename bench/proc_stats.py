@@ -1,4 +1,5 @@
-"""CPU and memory of another process, read from its /proc."""
+"""CPU and memory of another process and the processes it started (the
+bridge's SDK worker processes), read from /proc."""
 
 from __future__ import annotations
 
@@ -19,30 +20,66 @@ def _cpu_seconds(stat_path: pathlib.Path) -> tuple[str, float]:
     return name, (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime
 
 
-def cpu_by_thread(pid: int) -> dict[str, float]:
-    """CPU seconds used so far by the process's threads, summed by thread name
-    (numbers at the end dropped); threads that ended are left out, so read
-    differences between two calls, during which threads live on."""
-    totals: dict[str, float] = collections.defaultdict(float)
-    for task in pathlib.Path(f"/proc/{pid}/task").iterdir():
+def family(pid: int) -> list[int]:
+    """``pid`` and its living descendants."""
+    found, index = [pid], 0
+    while index < len(found):
+        parent = found[index]
+        index += 1
         try:
-            name, seconds = _cpu_seconds(task / "stat")
+            for task in pathlib.Path(f"/proc/{parent}/task").iterdir():
+                found += [int(child) for child in (task / "children").read_text().split()]
         except (FileNotFoundError, ProcessLookupError):
             continue
-        totals[_THREAD_NUMBER.sub("", name) or name] += seconds
+    return found
+
+
+def cpu_by_thread(pid: int) -> dict[str, float]:
+    """CPU seconds used so far by the threads of the process and of its
+    children, summed by thread name (numbers at the end dropped; a child's
+    names are prefixed "child/"); threads that ended are left out, so read
+    differences between two calls, during which threads live on."""
+    totals: dict[str, float] = collections.defaultdict(float)
+    for member in family(pid):
+        prefix = "" if member == pid else "child/"
+        try:
+            tasks = list(pathlib.Path(f"/proc/{member}/task").iterdir())
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        for task in tasks:
+            try:
+                name, seconds = _cpu_seconds(task / "stat")
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            totals[prefix + (_THREAD_NUMBER.sub("", name) or name)] += seconds
     return dict(totals)
 
 
 def cpu_seconds(pid: int) -> float:
-    """CPU seconds used so far by the whole process (ended threads included)."""
-    return _cpu_seconds(pathlib.Path(f"/proc/{pid}/stat"))[1]
+    """CPU seconds used so far by the process (ended threads included) and
+    its living children."""
+    total = 0.0
+    for member in family(pid):
+        try:
+            total += _cpu_seconds(pathlib.Path(f"/proc/{member}/stat"))[1]
+        except (FileNotFoundError, ProcessLookupError):
+            if member == pid:
+                raise
+    return total
 
 
 def rss_bytes(pid: int) -> int:
-    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise ProcessLookupError(pid)
+    """Resident memory of the process and its living children."""
+    total = 0
+    for member in family(pid):
+        try:
+            lines = pathlib.Path(f"/proc/{member}/status").read_text().splitlines()
+        except (FileNotFoundError, ProcessLookupError):
+            if member == pid:
+                raise
+            continue
+        total += next(int(line.split()[1]) * 1024 for line in lines if line.startswith("VmRSS:"))
+    return total
 
 
 def machine_idle() -> tuple[float, float]:

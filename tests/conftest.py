@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+
 import json
+import os
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -10,6 +12,7 @@ from loguru import logger
 
 from actors.bridge import RunningBridge
 from actors.livekit.dev_server import DevLiveKit, start_dev_livekit
+from actors.livekit.sdk_core import configure_sdk_core
 from actors.operations.log_setup import configure_logging
 from actors.operations.settings import BridgeSettings
 from bridge_harness import running_bridge
@@ -17,6 +20,11 @@ from bridge_harness import running_bridge
 
 def pytest_configure(config: pytest.Config) -> None:
     configure_logging(level="DEBUG", log_format="text")  # as in production: no variable values in tracebacks
+    # The test process's own phones and listeners run the SDK as the bridge does
+    # (with SDK worker processes, the bridge no longer sets this process's SDK up).
+    configure_sdk_core()
+    config.addinivalue_line("markers", "sdk_in_process: the test looks inside the bridge's own SDK, so the "
+                                       "rooms are joined in the bridge's process even with TEST_SDK_WORKERS")
 
 
 @pytest.fixture(scope="session")
@@ -46,8 +54,11 @@ def log_records() -> Iterator[list[dict]]:
 
 
 @pytest.fixture
-def bridge_settings(livekit: DevLiveKit) -> BridgeSettings:
-    return BridgeSettings(host="127.0.0.1", port=0, default_livekit_url=livekit.url, connect_timeout=20.0)
+def bridge_settings(livekit: DevLiveKit, request: pytest.FixtureRequest) -> BridgeSettings:
+    # (TEST_SDK_WORKERS=2 runs the suite with the rooms in SDK worker processes.)
+    workers = 0 if request.node.get_closest_marker("sdk_in_process") else int(os.environ.get("TEST_SDK_WORKERS", "0"))
+    return BridgeSettings(host="127.0.0.1", port=0, default_livekit_url=livekit.url, connect_timeout=20.0,
+                          sdk_workers=workers)
 
 
 @pytest.fixture

@@ -177,6 +177,7 @@ async def test_zombies_are_reaped_and_status_says_so_for_a_while(bridge_settings
     assert any("reaped" in record["message"] for record in about_user(log_records, "zombie"))
 
 
+@pytest.mark.sdk_in_process
 async def test_fault_injection_is_refused_unless_enabled_and_leak_check_counts_objects(
         bridge_settings, livekit) -> None:
     for chaos in (False, True):

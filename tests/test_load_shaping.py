@@ -9,6 +9,7 @@ import importlib.metadata
 import logging
 import urllib.request
 
+import pytest
 import trio
 import trio_asyncio
 from grpclib.const import Status
@@ -54,6 +55,7 @@ async def test_connects_beyond_the_slots_wait_their_turn(livekit) -> None:
     assert slots.borrowed_tokens == 0
 
 
+@pytest.mark.sdk_in_process
 async def test_no_sdk_log_record_reaches_python_once_the_bridge_runs(bridge_settings, livekit, monkeypatch) -> None:
     monkeypatch.setenv("LIVEKIT_RTC_DEBUG", "1")  # the SDK's callback would pass its debug records to logging
     records: list[logging.LogRecord] = []

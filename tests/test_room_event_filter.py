@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import collections
 
+import pytest
 import trio
 from livekit.rtc._ffi_client import FfiClient
 
@@ -24,6 +25,7 @@ def bridge_rooms(bridge) -> dict[str, object]:
     return {user: child.actor._room for user, child in links.items()}
 
 
+@pytest.mark.sdk_in_process
 async def test_a_packet_reaches_only_its_own_rooms_queue(bridge, livekit) -> None:
     users = [f"filtered-{index}" for index in range(ROOMS)]
     async with cloud(bridge.address) as client:

@@ -223,6 +223,7 @@ async def delaying_proxy(target_port: int, delay: float, task_status=trio.TASK_S
     await trio.serve_listeners(relay, listeners)
 
 
+@pytest.mark.sdk_in_process
 async def test_a_connect_given_up_on_cannot_evict_the_next_session(bridge, livekit, bridge_settings, log_lines) -> None:
     user = "late-connect"
     livekit_port = int(livekit.url.rsplit(":", 1)[1])

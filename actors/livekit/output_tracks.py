@@ -15,9 +15,9 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import trio
-from livekit import rtc
 from loguru import logger
-from trio_asyncio import aio_as_trio
+
+from .room_interface import AudioOutput, JoinedRoom
 
 TRACK_NAMES = {0: "speaker", 1: "app_audio", 2: "tts"}
 
@@ -31,28 +31,27 @@ class TrackFormatMismatch(Exception):
 
 
 class OutputTrack:
-    """One published track and the AudioSource that feeds it.
+    """One published track and the source that feeds it.
 
     ``capture`` paces the caller in real time: the source queues at most
     ``queue_ms`` of audio and makes the next capture wait for room.
     """
 
-    def __init__(self, track_id: int, source: rtc.AudioSource, sid: str) -> None:
+    def __init__(self, track_id: int, output: AudioOutput) -> None:
         self.track_id = track_id
         self.name = track_name(track_id)
-        self.source = source
-        self.sid = sid
+        self.output = output
         self.holders = 0
         self.last_audio = trio.current_time()
         self.carried_audio = False
 
     @property
     def sample_rate(self) -> int:
-        return self.source.sample_rate
+        return self.output.sample_rate
 
     @property
     def channels(self) -> int:
-        return self.source.num_channels
+        return self.output.channels
 
     async def capture(self, pcm: bytes) -> None:
         """Queue PCM16 frames (``channels`` interleaved) for the track.
@@ -60,25 +59,24 @@ class OutputTrack:
         Raises:
             Exception: the SDK refused the frame (e.g. the room is reconnecting).
         """
-        frame = rtc.AudioFrame(pcm, self.sample_rate, self.channels, len(pcm) // (2 * self.channels))
-        await aio_as_trio(self.source.capture_frame)(frame)
+        await self.output.capture(pcm)
         self.carried_audio = True
-        self.last_audio = trio.current_time() + self.source.queued_duration
+        self.last_audio = trio.current_time() + self.output.queued_seconds
 
     @property
     def queued_seconds(self) -> float:
-        return self.source.queued_duration
+        return self.output.queued_seconds
 
     def clear(self) -> None:
         """Drop what is queued and not yet sent: the sound stops at once."""
-        self.source.clear_queue()
+        self.output.clear()
         self.last_audio = trio.current_time()
 
 
 class OutputTracks:
     """A session's published tracks, by track id."""
 
-    def __init__(self, room: rtc.Room, *, user_id: str, idle_grace: float, subscribe_wait: float,
+    def __init__(self, room: JoinedRoom, *, user_id: str, idle_grace: float, subscribe_wait: float,
                  queue_ms: int) -> None:
         self._room = room
         self._user_id = user_id
@@ -154,31 +152,23 @@ class OutputTracks:
         with trio.CancelScope(shield=True):
             with trio.move_on_after(timeout):
                 for track in tracks:
-                    if self._room.isconnected():
+                    if self._room.connected():
                         await self._unpublish_track(track)
             for track in tracks:
-                await aio_as_trio(track.source.aclose)()
+                await _close(track)
 
     async def _publish(self, track_id: int, sample_rate: int, channels: int) -> OutputTrack:
-        source = rtc.AudioSource(sample_rate, channels, queue_size_ms=self._queue_ms)
-        local = rtc.LocalAudioTrack.create_audio_track(track_name(track_id), source)
         began = trio.current_time()
-        options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
-        try:
-            publication = await aio_as_trio(self._room.local_participant.publish_track)(local, options)
-        except BaseException:
-            with trio.CancelScope(shield=True):
-                await aio_as_trio(source.aclose)()
-            raise
+        output = await self._room.publish_audio(track_name(track_id), sample_rate, channels, self._queue_ms)
         self.published += 1
         published_at = trio.current_time()
         # Registered at once: if the caller is cancelled while it waits below,
         # the idle reaper still finds the track and unpublishes it.
-        track = self._tracks[track_id] = OutputTrack(track_id, source, publication.sid)
+        track = self._tracks[track_id] = OutputTrack(track_id, output)
         # Frames sent before anyone subscribed are lost to the listener: the
         # start of the sound would be clipped.
         with trio.move_on_after(self._subscribe_wait) as waiting:
-            await aio_as_trio(publication.wait_for_subscription)()
+            await output.wait_for_subscription()
         if waiting.cancelled_caught:
             self.subscribe_waits_timed_out += 1
             logger.info("user {}: published track {} in {:.0f} ms; nobody subscribed within {:g} s, "
@@ -193,10 +183,17 @@ class OutputTracks:
         logger.info("user {}: unpublishing silent track {}", self._user_id, track.name)
         with trio.CancelScope(shield=True):
             await self._unpublish_track(track)
-            await aio_as_trio(track.source.aclose)()
+            await _close(track)
 
     async def _unpublish_track(self, track: OutputTrack) -> None:
         try:
-            await aio_as_trio(self._room.local_participant.unpublish_track)(track.sid)
+            await track.output.unpublish()
         except Exception as error:
             logger.warning("user {}: unpublishing track {} failed: {}", self._user_id, track.name, error)
+
+
+async def _close(track: OutputTrack) -> None:
+    try:
+        await track.output.close()
+    except Exception as error:  # (a worker process that exited has released it already)
+        logger.debug("track {}'s source not closed: {}", track.name, error)

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 from livekit import rtc
@@ -26,6 +26,17 @@ from ..operations.metrics import ROOM_CONNECT, ROOM_CONNECT_WAIT
 from .event_filter import DataCallback, receive_only_own_events
 
 
+class PendingConnect(Protocol):
+    """A connect the bridge stopped waiting for, which may still reach the room."""
+
+    @property
+    def settled(self) -> bool:
+        """It ended, and any room it reached was left."""
+
+    async def settle(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for it to settle; False if it has not."""
+
+
 class RoomConnectError(Exception):
     """Joining the LiveKit room failed; the message says why.
 
@@ -33,7 +44,7 @@ class RoomConnectError(Exception):
     still running inside the SDK (see AbandonedConnect).
     """
 
-    def __init__(self, message: str, abandoned: AbandonedConnect | None = None) -> None:
+    def __init__(self, message: str, abandoned: PendingConnect | None = None) -> None:
         super().__init__(message)
         self.abandoned = abandoned
 
@@ -100,7 +111,7 @@ async def joined_room(
     room.on("data_received", lambda packet: on_data(
         packet.participant.identity if packet.participant is not None else "", packet.data,
         time.monotonic()))
-    async with _connect_slot(connect_slots):
+    async with connect_slot(connect_slots):
         started = time.monotonic()
         await _connect(room, url, token, rtc.RoomOptions(auto_subscribe=auto_subscribe), connect_timeout,
                        teardown_timeout)
@@ -113,7 +124,8 @@ async def joined_room(
 
 
 @contextlib.asynccontextmanager
-async def _connect_slot(slots: trio.CapacityLimiter | None) -> AsyncIterator[None]:
+async def connect_slot(slots: trio.CapacityLimiter | None) -> AsyncIterator[None]:
+    """Hold one of ``slots`` (if any) for a connect; the wait is measured."""
     if slots is None:
         yield
         return

@@ -72,6 +72,10 @@ class BridgeSettings:
         2, "BRIDGE_MAX_CONCURRENT_CONNECTS", "most LiveKit connects in flight at once (fewer while streaming users' "
         "packets come late): while rooms connect the SDK "
         "delays every other room's packets, so join storms go through a few at a time", group=LIVEKIT, minimum=1)
+    sdk_workers: int = setting(
+        0, "BRIDGE_SDK_WORKERS", "SDK worker processes the users' rooms are spread over (0: the rooms are "
+        "joined in the bridge's own process); one process uses about one core of the SDK's native threads, "
+        "and a join storm in one stalls only its own rooms", group=LIVEKIT, minimum=0, maximum=64)
     join_timeout: float = setting(120.0, "BRIDGE_JOIN_TIMEOUT", "longest a JoinRoom may wait, queued behind "
                                   "other joins included", group=LIVEKIT, minimum=1)
     sdk_reconnect_grace: float = setting(3.0, "BRIDGE_SDK_RECONNECT_GRACE", "how long the SDK may try to restore "

@@ -29,15 +29,13 @@ import contextlib
 import dataclasses
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import trio
-from livekit import rtc
 from loguru import logger
-from trio_asyncio import aio_as_trio
 
-from ..livekit.room import in_background, joined_room
+from ..livekit.room_interface import JoinedRoom, RoomHost
 from ..livekit.token import UnreadableToken, read_claims, token_expiry
 from ..operations.metrics import MIC_DROPPED, MIC_FFI_TO_TRIO, MIC_LOST, MIC_RECEIVED
 from ..operations.settings import BridgeSettings
@@ -72,7 +70,7 @@ class LinkBusy(RuntimeError):
 class LentRoom:
     """A connected room, lent to a session until ``lost`` is set."""
 
-    room: rtc.Room
+    room: JoinedRoom
     lost: trio.Event
 
 
@@ -82,18 +80,17 @@ class RoomLink(Actor):
     #: It takes no messages: its owner, the session supervisor, calls adopt().
     mailbox_capacity = 1
 
-    def __init__(self, join: Join, settings: BridgeSettings, line: UserLine,
-                 connect_slots: trio.CapacityLimiter | None = None) -> None:
-        """``connect_slots`` bounds the connects in flight in the process (see
-        connect_admission.py); ``take_delay`` tells how late this link's
-        packets come, which sets them."""
+    def __init__(self, join: Join, settings: BridgeSettings, line: UserLine, host: RoomHost) -> None:
+        """``host`` joins the rooms: this process's SDK or an SDK worker's
+        (it bounds the connects in flight: see connect_admission.py;
+        ``take_delay`` tells how late this link's packets come, which sets them)."""
         super().__init__(f"link:{join.user_id}")
         self.user_id = join.user_id
         self.line = line
+        self.host = host
         self._join = join
         self._settings = settings
-        self._connect_slots = connect_slots
-        self._room: rtc.Room | None = None
+        self._room: JoinedRoom | None = None
         #: The lent room's loss; replaced for each room.
         self._room_lost = trio.Event()
         #: Set (and replaced) whenever a room connects, and when the link ends.
@@ -179,22 +176,23 @@ class RoomLink(Actor):
         self._rooms_joined += 1
         this_room = self._rooms_joined
 
-        def current(handler: Callable[..., None]) -> Callable[..., None]:
-            return lambda *args: handler(*args) if this_room == self._rooms_joined else None
+        def on_event(name: str, detail: str) -> None:
+            if this_room == self._rooms_joined:
+                # (A worker process's events arrive in its connection's task, not ours.)
+                with logger.contextualize(**self.log_fields()):
+                    self._on_room_event(name, detail)
 
-        async with joined_room(
+        async with self.host.open_room(
             join.livekit_url,
             join.token,
             connect_timeout=self._settings.connect_timeout,
             teardown_timeout=self._settings.teardown_timeout,
             on_data=self._on_data,
-            subscribe={"disconnected": current(self._on_disconnected),
-                       "reconnecting": current(self._on_reconnecting),
-                       "reconnected": current(self._on_reconnected)},
-            connect_slots=self._connect_slots,
+            on_event=on_event,
         ) as room:
             self.state = "connected"
-            logger.info("user {} joined room {} as {}", join.user_id, join.room_name, room.local_participant.identity)
+            logger.info("user {} joined room {} as {} (SDK: {})", join.user_id, join.room_name, room.identity,
+                        self.host.name)
             try:
                 async with trio.open_nursery() as nursery:
                     self._room_tasks, self._room = nursery, room
@@ -253,7 +251,7 @@ class RoomLink(Actor):
         token expired, and no adoption within adoption_window seconds (a
         cloud that calls JoinRoom again so soon saw something wrong)."""
         room = self._room
-        if room is None or self.state != "connected" or room.connection_state != rtc.ConnectionState.CONN_CONNECTED:
+        if room is None or self.state != "connected" or not room.connected():
             return f"the LiveKit link is {self.state}"
         if join.livekit_url != self._join.livekit_url:
             return f"another LiveKit URL ({join.livekit_url!r}, the link's is {self._join.livekit_url!r})"
@@ -263,7 +261,7 @@ class RoomLink(Actor):
             claims = read_claims(join.token)
         except UnreadableToken as error:
             return f"the token cannot be read ({error})"
-        identity = room.local_participant.identity
+        identity = room.identity
         if claims.identity != identity:
             return f"another identity ({claims.identity!r}, the link's is {identity!r})"
         now = time.time()
@@ -304,13 +302,13 @@ class RoomLink(Actor):
     def _target_present(self) -> bool:
         target = self._join.target_identity
         room = self._room
-        return room is not None and any(p.identity == target for p in room.remote_participants.values())
+        return room is not None and target in room.remote_identities()
 
     # -- what the session and GetStatus read ------------------------------------
 
     def joined(self) -> Joined:
         room = self._room
-        return Joined(True, participant_id=room.local_participant.identity if room is not None else "",
+        return Joined(True, participant_id=room.identity if room is not None else "",
                       participant_count=self.participant_count())
 
     def take_delay(self, now: float) -> float | None:
@@ -324,11 +322,11 @@ class RoomLink(Actor):
         return delay
 
     def connected(self) -> bool:
-        return self._room is not None and self._room.connection_state == rtc.ConnectionState.CONN_CONNECTED
+        return self._room is not None and self._room.connected()
 
     def participant_count(self) -> int:
         # The room keeps this current itself (the SDK updates it before emitting events).
-        return len(self._room.remote_participants) + 1 if self._room is not None else 0
+        return len(list(self._room.remote_identities())) + 1 if self._room is not None else 0
 
     def status(self) -> SessionStatus:
         room = self._room
@@ -336,7 +334,7 @@ class RoomLink(Actor):
             return self.line.disconnected_status()
         return SessionStatus(
             connected=self.connected(),
-            participant_id=room.local_participant.identity,
+            participant_id=room.identity,
             participant_count=self.participant_count(),
             last_disconnect_at_ms=self.line.last_disconnect_at_ms,
             last_disconnect_reason=self.line.last_disconnect_reason,
@@ -344,9 +342,17 @@ class RoomLink(Actor):
 
     # -- LiveKit's events (run in the Trio thread) -----------------------------
 
-    def _on_disconnected(self, reason: Any) -> None:
+    def _on_room_event(self, name: str, detail: str) -> None:
+        if name == "disconnected":
+            self._on_disconnected(detail)
+        elif name == "reconnecting":
+            self._on_reconnecting()
+        elif name == "reconnected":
+            self._on_reconnected()
+
+    def _on_disconnected(self, reason: str) -> None:
         if self.state != "leaving":
-            self._room_gone(_reason_name(reason))
+            self._room_gone(reason)
 
     def _room_gone(self, name: str) -> None:
         self.line.record_disconnect(now_ms(), name)
@@ -394,8 +400,7 @@ class RoomLink(Actor):
     async def simulate(self, scenario_name: str) -> None:
         """Run the SDK's own fault scenario on the room, in the background."""
         if self._room is not None:
-            scenario = rtc.SimulateScenarioKind.Value("SIMULATE_" + scenario_name)
-            await aio_as_trio(in_background)(self._room.simulate_scenario(scenario))
+            await self._room.simulate(scenario_name)
 
     # -- microphone: LiveKit -> the user's line -----------------------------------
 
@@ -436,16 +441,10 @@ class RoomLink(Actor):
     # -- observability -----------------------------------------------------
 
     def details(self) -> dict[str, Any]:
-        return {"link": self.state, "room": self._join.room_name,
+        return {"link": self.state, "room": self._join.room_name, "sdk": self.host.name,
                 "last_disconnect_reason": self.line.last_disconnect_reason}
 
     def counters(self) -> dict[str, int]:
         return {"connected": int(self.connected()), "participant_count": self.participant_count(),
                 "rejoins": self.rejoins, "adoptions": self._adoptions, "lent": int(self._borrowed)}
 
-
-def _reason_name(reason: Any) -> str:
-    try:
-        return rtc.DisconnectReason.Name(reason)
-    except (ValueError, TypeError, AttributeError):
-        return str(reason)

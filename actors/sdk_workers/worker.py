@@ -1,0 +1,449 @@
+"""The bridge's side of an SDK worker process: the supervised actor that runs
+it, and the rooms and tracks it holds, seen from here.
+
+A :class:`WorkerSlot` is a RoomHost that stays put while its process is
+restarted: links are placed on a slot, and each join goes to the process
+running in it then. An :class:`SdkWorker` is the actor that starts the
+process (worker_process.py), serves its connection and, cancelled, closes the
+connection, upon which the process leaves every room and exits.
+
+If the process dies, every room it held is reported lost to its link
+("disconnected", SDK_WORKER_EXITED), every request waiting on it fails, and
+the actor crashes: its supervisor starts a new process in the slot, and the
+links rejoin there by themselves (their rejoin backoff), with no JoinRoom
+from the cloud.
+
+The messages (frames.py; ``request`` is an id the reply names, None for
+none):
+
+    bridge -> worker: ("join", request, key, url, token, connect_timeout, teardown_timeout)
+                      ("leave", request, key)          ("simulate", request, key, scenario)
+                      ("publish", request, key, out, name, sample_rate, channels, queue_ms)
+                      ("subscribed", request, out)     ("capture", request, out, pcm)
+                      ("clear", None, out)             ("unpublish", request, out)
+                      ("close", request, out)
+    worker -> bridge: ("ready", pid)                   ("reply", request, ok, value or error)
+                      ("data", key, sender, payload, received_at)
+                      ("event", key, name, detail, connected)
+                      ("participants", key, identities)
+                      ("settled", abandoned_id)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any
+
+import trio
+from loguru import logger
+
+from ..livekit.event_filter import DataCallback
+from ..livekit.room import RoomConnectError, connect_slot
+from ..livekit.room_interface import EventCallback
+from ..operations.metrics import MIC_DROPPED, ROOM_CONNECT
+from ..operations.settings import BridgeSettings
+from ..runtime import Actor, only_cancelled
+from .frames import FrameChannel, Outbox
+
+#: Where `python -m actors.sdk_workers.worker_process` is found, however the bridge was started.
+_PROJECT_ROOT = pathlib.Path(__file__).resolve().parents[2]
+#: Longest a new worker process may take to import the SDK and say it is ready.
+START_TIMEOUT = 30.0
+
+
+def _exit_description(code: int) -> str:
+    if code < 0:
+        return f"was killed by {signal.Signals(-code).name}"
+    return f"exited with code {code}"
+
+
+def _first_failure(raised: BaseException) -> str:
+    """What ended a worker: the first failure in what its task raised."""
+    while isinstance(raised, BaseExceptionGroup):
+        failures = raised.split(Exception)[0]
+        raised = (failures or raised).exceptions[0]
+    return str(raised) if isinstance(raised, WorkerGone) else f"{type(raised).__name__}: {raised}"
+
+
+class WorkerGone(Exception):
+    """The SDK worker process exited, or was stopped, before it answered."""
+
+
+class WorkerError(Exception):
+    """The SDK worker process could not do what was asked; the message says why."""
+
+
+class _Waiting:
+    __slots__ = ("done", "ok", "value", "gone")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.ok = False
+        self.value: Any = None
+        #: Why the process went away before answering.
+        self.gone: str | None = None
+
+
+class WorkerConnection:
+    """The bridge's end of one running worker process's socket."""
+
+    def __init__(self, channel: FrameChannel, name: str) -> None:
+        self.name = name
+        self.outbox = Outbox(channel)
+        self._channel = channel
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, _Waiting] = {}
+        self.rooms: dict[int, WorkerRoom] = {}
+        self._abandoned: dict[int, WorkerAbandoned] = {}
+        #: Why the connection is over (None while it serves).
+        self.closed: str | None = None
+        self.pid = 0
+        #: Microphone packets the process dropped because this side read too slowly.
+        self.packets_dropped = 0
+
+    def next_id(self) -> int:
+        return next(self._ids)
+
+    async def request(self, kind: str, *arguments: Any) -> Any:
+        """Ask the worker and wait for its answer.
+
+        Raises:
+            WorkerGone: the process exited first.
+            WorkerError: it answered with a failure.
+        """
+        ok, value = await self.call(kind, *arguments)
+        if not ok:
+            raise WorkerError(value)
+        return value
+
+    async def call(self, kind: str, *arguments: Any) -> tuple[bool, Any]:
+        """``request``'s (ok, value) as the worker sent them."""
+        if self.closed is not None:
+            raise WorkerGone(f"{self.name} is gone ({self.closed})")
+        request = self.next_id()
+        waiting = self._waiting[request] = _Waiting()
+        self.outbox.put((kind, request, *arguments))
+        try:
+            await waiting.done.wait()
+        finally:
+            del self._waiting[request]
+        if waiting.gone is not None:
+            raise WorkerGone(f"{self.name} is gone ({waiting.gone})")
+        return waiting.ok, waiting.value
+
+    def requests_waiting(self) -> int:
+        return len(self._waiting)
+
+    def post(self, kind: str, *arguments: Any) -> None:
+        """Tell the worker something that has no answer."""
+        if self.closed is None:
+            self.outbox.put((kind, None, *arguments))
+
+    def abandoned(self, abandoned_id: int) -> WorkerAbandoned:
+        pending = self._abandoned[abandoned_id] = WorkerAbandoned()
+        return pending
+
+    async def receive(self, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        """Report the process's pid once it is ready, then route what it sends
+        until it closes the connection (it closes it only by exiting).
+
+        Raises:
+            WorkerGone: it closed the connection before it was ready.
+        """
+        try:
+            while True:
+                for message in await self._channel.receive():
+                    self._route(message, task_status)
+        except (trio.EndOfChannel, trio.BrokenResourceError, ConnectionError):
+            if not self.pid:
+                raise WorkerGone(f"{self.name} exited before it was ready (its log says why)") from None
+
+    def _route(self, message: tuple[Any, ...], task_status: trio.TaskStatus[int]) -> None:
+        kind = message[0]
+        if kind == "data":
+            room = self.rooms.get(message[1])
+            if room is not None:
+                room.on_data(message[2], message[3], message[4])
+        elif kind == "reply":
+            waiting = self._waiting.get(message[1])
+            if waiting is not None:
+                waiting.ok, waiting.value = message[2], message[3]
+                waiting.done.set()
+        elif kind == "event":
+            room = self.rooms.get(message[1])
+            if room is not None:
+                room.event(message[2], message[3], message[4])
+        elif kind == "participants":
+            room = self.rooms.get(message[1])
+            if room is not None:
+                room.remote = message[2]
+        elif kind == "settled":
+            pending = self._abandoned.pop(message[1], None)
+            if pending is not None:
+                pending.done.set()
+        elif kind == "dropped":
+            MIC_DROPPED.inc(message[1] - self.packets_dropped)
+            self.packets_dropped = message[1]
+        elif kind == "ready":
+            self.pid = message[1]
+            task_status.started(self.pid)
+
+    def close(self, why: str, *, rooms_lost: bool) -> None:
+        """The process is gone: its waiters fail, its abandoned connects are
+        over (a dead process holds no room), and, when ``rooms_lost`` (it
+        died: it was not stopped with the bridge, whose links are stopping
+        too), each room's link hears that its room is lost."""
+        if self.closed is not None:
+            return
+        self.closed = why
+        for waiting in self._waiting.values():
+            waiting.gone = why
+            waiting.done.set()
+        for room in list(self.rooms.values()):
+            if rooms_lost:
+                room.event("disconnected", f"SDK_WORKER_EXITED ({why})", False)
+        for pending in self._abandoned.values():
+            pending.done.set()
+        self._abandoned.clear()
+
+
+class WorkerAbandoned:
+    """A PendingConnect in a worker process (see room.AbandonedConnect)."""
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+
+    @property
+    def settled(self) -> bool:
+        return self.done.is_set()
+
+    async def settle(self, timeout: float) -> bool:
+        with trio.move_on_after(timeout):
+            await self.done.wait()
+        return self.done.is_set()
+
+
+class WorkerAudioOutput:
+    """An AudioOutput published by a worker process."""
+
+    def __init__(self, connection: WorkerConnection, out: int, sid: str, sample_rate: int, channels: int) -> None:
+        self._connection = connection
+        self._out = out
+        self.sid = sid
+        self.sample_rate = sample_rate
+        self.channels = channels
+        #: The source's queue as the last capture left it, and when.
+        self._queued = 0.0
+        self._queued_at = 0.0
+
+    async def wait_for_subscription(self) -> None:
+        await self._connection.request("subscribed", self._out)
+
+    async def capture(self, pcm: bytes) -> None:
+        self._queued = await self._connection.request("capture", self._out, pcm)
+        self._queued_at = trio.current_time()
+
+    @property
+    def queued_seconds(self) -> float:
+        return max(0.0, self._queued - (trio.current_time() - self._queued_at))
+
+    def clear(self) -> None:
+        self._connection.post("clear", self._out)
+        self._queued = 0.0
+
+    async def unpublish(self) -> None:
+        await self._connection.request("unpublish", self._out)
+
+    async def close(self) -> None:
+        if self._connection.closed is None:
+            await self._connection.request("close", self._out)
+
+
+class WorkerRoom:
+    """A JoinedRoom held by a worker process, as the link sees it."""
+
+    def __init__(self, connection: WorkerConnection, key: int, on_data: DataCallback,
+                 on_event: EventCallback) -> None:
+        self._connection = connection
+        self.key = key
+        self.on_data = on_data
+        self._on_event = on_event
+        self._identity = ""
+        self._connected = False
+        self.remote: list[str] = []
+
+    async def join(self, url: str, token: str, connect_timeout: float, teardown_timeout: float) -> None:
+        """Raises RoomConnectError (see RoomHost.open_room)."""
+        try:
+            # The worker bounds the connect itself; this only outlasts a worker that hangs.
+            with trio.fail_after(connect_timeout + teardown_timeout + 5):
+                ok, value = await self._connection.call("join", self.key, url, token, connect_timeout,
+                                                        teardown_timeout)
+        except WorkerGone as error:
+            raise RoomConnectError(f"the SDK worker process exited while joining: {error}") from None
+        except trio.TooSlowError:
+            raise RoomConnectError(f"{self._connection.name} did not answer a join within "
+                                   f"{connect_timeout + teardown_timeout + 5:g} s") from None
+        if not ok:
+            _, message, abandoned_id = value
+            abandoned = self._connection.abandoned(abandoned_id) if abandoned_id is not None else None
+            raise RoomConnectError(message, abandoned)
+        self._identity, self.remote, self._connected = value
+
+    def event(self, name: str, detail: str, connected: bool) -> None:
+        self._connected = connected
+        self._on_event(name, detail)
+
+    @property
+    def identity(self) -> str:
+        return self._identity
+
+    def connected(self) -> bool:
+        return self._connected and self._connection.closed is None
+
+    def remote_identities(self) -> Iterable[str]:
+        return self.remote
+
+    async def publish_audio(self, name: str, sample_rate: int, channels: int, queue_ms: int) -> WorkerAudioOutput:
+        out = self._connection.next_id()
+        sid = await self._connection.request("publish", self.key, out, name, sample_rate, channels, queue_ms)
+        return WorkerAudioOutput(self._connection, out, sid, sample_rate, channels)
+
+    async def simulate(self, scenario: str) -> None:
+        await self._connection.request("simulate", self.key, scenario)
+
+
+class WorkerSlot:
+    """A RoomHost: the worker process in slot ``index``, whichever incarnation runs now."""
+
+    def __init__(self, index: int, connect_slots: trio.CapacityLimiter | None = None,
+                 admission_counters: Callable[[], dict[str, int]] = dict) -> None:
+        """``connect_slots`` bounds this process's connects in flight;
+        ``admission_counters`` describes them in the tree."""
+        self.index = index
+        self.name = f"sdk-worker:{index}"
+        self.connect_slots = connect_slots
+        self.admission_counters = admission_counters
+        #: The running process's connection (None while it (re)starts).
+        self.connection: WorkerConnection | None = None
+        self._running = trio.Event()
+
+    def serve(self, connection: WorkerConnection) -> None:
+        self.connection = connection
+        self._running.set()
+
+    def lose(self, connection: WorkerConnection) -> None:
+        if self.connection is connection:
+            self.connection = None
+            self._running = trio.Event()
+
+    @contextlib.asynccontextmanager
+    async def open_room(self, url: str, token: str, *, connect_timeout: float, teardown_timeout: float,
+                        on_data: DataCallback, on_event: EventCallback) -> AsyncIterator[WorkerRoom]:
+        with trio.move_on_after(connect_timeout):  # a process being restarted is waited for
+            await self._running.wait()
+        connection = self.connection
+        if connection is None or connection.closed is not None:
+            raise RoomConnectError(f"{self.name} (an SDK worker process) did not come back within "
+                                   f"{connect_timeout:g} s; the link retries")
+        # Registered before the join: packets and events that arrive while it connects find it.
+        room = WorkerRoom(connection, connection.next_id(), on_data, on_event)
+        connection.rooms[room.key] = room
+        try:
+            async with connect_slot(self.connect_slots):
+                started = time.monotonic()
+                await room.join(url, token, connect_timeout, teardown_timeout)
+                ROOM_CONNECT.observe(time.monotonic() - started)
+            yield room
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(teardown_timeout):
+                with contextlib.suppress(WorkerGone, WorkerError):
+                    await connection.request("leave", room.key)
+            del connection.rooms[room.key]
+
+
+class SdkWorker(Actor):
+    """Runs the worker process of ``slot`` (see the module's docstring)."""
+
+    mailbox_capacity = 1
+
+    def __init__(self, slot: WorkerSlot, settings: BridgeSettings) -> None:
+        super().__init__(slot.name)
+        self.slot = slot
+        self._settings = settings
+        self._connection: WorkerConnection | None = None
+        self._process: trio.Process | None = None
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Report started once the process is ready; crash (WorkerGone) when it exits."""
+        ours, theirs = socket.socketpair()
+        try:
+            process = await self._start_process(theirs)
+        finally:
+            theirs.close()
+        self._process = process
+        channel = FrameChannel(trio.SocketStream(trio.socket.from_stdlib_socket(ours)))
+        connection = self._connection = WorkerConnection(channel, self.name)
+        why, crashed = "stopped with the bridge", False
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(connection.outbox.run_until_closed)
+                with trio.fail_after(START_TIMEOUT):
+                    await nursery.start(connection.receive)
+                self.slot.serve(connection)
+                logger.info("{} started (pid {})", self.name, process.pid)
+                task_status.started()
+                code = await process.wait()
+                raise WorkerGone(f"pid {process.pid} {_exit_description(code)}")
+        except BaseException as raised:
+            if not only_cancelled(raised):
+                why, crashed = _first_failure(raised), True
+            raise
+        finally:
+            self.slot.lose(connection)
+            connection.close(why, rooms_lost=crashed)
+            with trio.CancelScope(shield=True):
+                await self._end_process(process, channel)
+
+    async def _start_process(self, theirs: socket.socket) -> trio.Process:
+        settings = self._settings
+        command = [sys.executable, "-m", "actors.sdk_workers.worker_process", str(theirs.fileno()), self.name,
+                   settings.log_level, settings.log_format or ""]
+        environment = dict(os.environ)
+        environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_PROJECT_ROOT),
+                                                                   environment.get("PYTHONPATH")]))
+        return await trio.lowlevel.open_process(command, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
+                                                env=environment)
+
+    async def _end_process(self, process: trio.Process, channel: FrameChannel) -> None:
+        """Close the connection (the process leaves its rooms and exits);
+        kill it if it has not exited after two teardowns' time."""
+        await channel.aclose()
+        with trio.move_on_after(self._settings.teardown_timeout * 2):
+            await process.wait()
+        if process.returncode is None:
+            logger.warning("{} (pid {}) did not exit after its connection closed; killing it", self.name,
+                           process.pid)
+            process.kill()
+            await process.wait()
+
+    def details(self) -> dict[str, Any]:
+        process = self._process
+        return {"pid": process.pid if process is not None else None}
+
+    def counters(self) -> dict[str, int]:
+        connection = self._connection
+        if connection is None:
+            return {"rooms": 0, **self.slot.admission_counters()}
+        return {"rooms": len(connection.rooms), "frames_sent": connection.outbox.frames,
+                "requests_waiting": connection.requests_waiting(),
+                "mic_packets_dropped_in_worker": connection.packets_dropped, **self.slot.admission_counters()}

@@ -1,0 +1,216 @@
+"""SDK worker processes (BRIDGE_SDK_WORKERS): the users' rooms are spread over
+processes of their own, audio crosses the hop both ways, a worker that dies
+is restarted and its users rejoin without the cloud, and no worker outlives
+the bridge. Against a real livekit-server, with real worker processes."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import signal
+import struct
+import subprocess
+import sys
+
+import trio
+import trio_asyncio
+from prometheus_client import REGISTRY
+
+from bridge_harness import (REPO, Phone, bridge_identity, cloud, counter_of, join_request, list_participants,
+                            listener_in_room, numbered_pcm, phone_in_room, running_bridge)
+from proto.mentra.livekit import bridge as pb
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A child that exited but was not yet reaped is a zombie: gone for our purpose.
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+async def wait_until_gone(pids: list[int], seconds: float = 20) -> None:
+    with trio.fail_after(seconds):
+        while any(alive(pid) for pid in pids):
+            await trio.sleep(0.1)
+
+
+def find(nodes: list[dict], predicate) -> list[dict]:
+    found = []
+    for node in nodes:
+        if predicate(node):
+            found.append(node)
+        found += find(node.get("children", []), predicate)
+    return found
+
+
+async def workers_in_tree(client) -> list[dict]:
+    tree = await client.actor_tree()
+    return sorted(find(tree["children"], lambda node: node["kind"] == "SdkWorker"), key=lambda node: node["name"])
+
+
+async def link_in_tree(client, user: str) -> dict:
+    (link,) = find((await client.actor_tree())["children"], lambda node: node["name"] == f"link:{user}")
+    return link
+
+
+def joins_total() -> float:
+    return sum(REGISTRY.get_sample_value("bridge_joins_total", {"result": result}) or 0.0
+               for result in ("joined", "replaced", "adopted", "failed"))
+
+
+class Talker:
+    """A phone that sends numbered packets every ``interval`` until stopped."""
+
+    def __init__(self, phone: Phone, interval: float = 0.02) -> None:
+        self.phone = phone
+        self.interval = interval
+        self.sent = 0
+
+    async def run(self) -> None:
+        while True:
+            await self.phone.send_mic(self.sent, numbered_pcm(self.sent))
+            self.sent += 1
+            await trio.sleep(self.interval)
+
+
+async def receive_until(stream, last: int, seconds: float = 30) -> list[int]:
+    counters: list[int] = []
+    with trio.fail_after(seconds):
+        while not counters or counters[-1] < last:
+            counters.append(counter_of(await stream.recv()))
+    return counters
+
+
+async def test_rooms_are_spread_over_the_workers_and_no_worker_outlives_the_bridge(bridge_settings, livekit) -> None:
+    settings = dataclasses.replace(bridge_settings, sdk_workers=2)
+    users = [f"spread-{n}" for n in range(4)]
+    async with running_bridge(settings) as bridge, cloud(bridge.address) as client:
+        assert [w["counters"]["rooms"] for w in await workers_in_tree(client)] == [0, 0]
+        for user in users:
+            joined = await client.join(join_request(livekit, user))
+            assert joined.success, joined.error
+        workers = await workers_in_tree(client)
+        assert [w["name"] for w in workers] == ["sdk-worker:1", "sdk-worker:2"]
+        assert [w["counters"]["rooms"] for w in workers] == [2, 2]
+        pids = [w["details"]["pid"] for w in workers]
+        assert len(set(pids)) == 2 and os.getpid() not in pids and all(alive(pid) for pid in pids)
+        hosts = {(await link_in_tree(client, user))["details"]["sdk"] for user in users}
+        assert hosts == {"sdk-worker:1", "sdk-worker:2"}
+        for user in users:
+            assert await list_participants(livekit, f"room-{user}") == [bridge_identity(user)]
+    # Stopped: every room left, and both processes gone.
+    await wait_until_gone(pids)
+    async with trio_asyncio.open_loop():
+        for user in users:
+            assert await list_participants(livekit, f"room-{user}") == []
+
+
+async def test_microphone_and_cloud_audio_cross_the_worker_both_ways(bridge_settings, livekit) -> None:
+    settings = dataclasses.replace(bridge_settings, sdk_workers=1)
+    user = "across"
+    tone = struct.pack("<1600h", *(int(12000 * math.sin(2 * math.pi * 440 * i / 16000)) for i in range(1600)))
+    async with running_bridge(settings) as bridge, cloud(bridge.address) as client, \
+            listener_in_room(livekit, user, identity=f"{user}:speaker") as heard, phone_in_room(livekit, user) as phone:
+        assert (await client.join(join_request(livekit, user))).success
+        async with client.audio_stream(user) as stream:
+            for counter in range(30):
+                await phone.send_mic(counter, numbered_pcm(counter))
+                await trio.sleep(0.02)
+            assert await receive_until(stream, 29) == list(range(30))
+            for _ in range(30):  # 3 s of tone on the tts track
+                await stream.send(pb.AudioChunk(pcm_data=tone, sample_rate=16000, channels=1, track_id=2))
+            with trio.fail_after(20):
+                while "tts" not in heard or heard["tts"].loud_ms() < 1000:
+                    await trio.sleep(0.1)
+        (worker,) = await workers_in_tree(client)
+        assert worker["counters"]["mic_packets_dropped_in_worker"] == 0
+
+
+async def test_a_worker_that_dies_is_restarted_and_its_users_rejoin_without_the_cloud(
+        bridge_settings, livekit, log_records) -> None:
+    settings = dataclasses.replace(bridge_settings, sdk_workers=2)
+    async with running_bridge(settings) as bridge, cloud(bridge.address) as client, \
+            phone_in_room(livekit, "victim") as victim_phone, phone_in_room(livekit, "bystander") as bystander_phone, \
+            trio.open_nursery() as nursery:
+        for user in ("victim", "bystander"):
+            assert (await client.join(join_request(livekit, user))).success
+        victim_host = (await link_in_tree(client, "victim"))["details"]["sdk"]
+        bystander_host = (await link_in_tree(client, "bystander"))["details"]["sdk"]
+        assert victim_host != bystander_host
+        (victim_worker,) = [w for w in await workers_in_tree(client) if w["name"] == victim_host]
+        joins_before = joins_total()
+        async with client.audio_stream("victim") as victim_stream, \
+                client.audio_stream("bystander") as bystander_stream:
+            victim, bystander = Talker(victim_phone), Talker(bystander_phone)
+            nursery.start_soon(victim.run)
+            nursery.start_soon(bystander.run)
+            await receive_until(victim_stream, 10)
+            os.kill(victim_worker["details"]["pid"], signal.SIGKILL)
+            # The victim's link notices, the worker comes back, the link rejoins: no JoinRoom.
+            with trio.fail_after(30):
+                while True:
+                    link = await link_in_tree(client, "victim")
+                    if link["counters"]["rejoins"] >= 1 and link["counters"]["connected"]:
+                        break
+                    await trio.sleep(0.2)
+            assert any("LiveKit room disconnected (SDK_WORKER_EXITED" in record["message"]
+                       for record in log_records if record["extra"].get("user_id") == "victim")
+            # The same StreamAudio brings what the phone says after the rejoin.
+            after_rejoin = victim.sent
+            assert (await receive_until(victim_stream, after_rejoin + 10))[-11:] == \
+                list(range(after_rejoin, after_rejoin + 11))
+            # The other worker's user heard nothing of it: every packet, in order.
+            last = bystander.sent
+            assert await receive_until(bystander_stream, last) == list(range(last + 1))
+            nursery.cancel_scope.cancel()
+        workers = {w["name"]: w for w in await workers_in_tree(client)}
+        assert workers[victim_host]["restarts"] == 1
+        assert workers[victim_host]["details"]["pid"] != victim_worker["details"]["pid"]
+        assert workers[bystander_host]["restarts"] == 0
+        assert (await link_in_tree(client, "bystander"))["counters"]["rejoins"] == 0
+        assert joins_total() == joins_before
+
+
+def child_pids(pid: int) -> list[int]:
+    """(Trio starts processes from a thread of its own: every thread's children count.)"""
+    children = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as listed:
+            children += [int(child) for child in listed.read().split()]
+    return children
+
+
+async def test_a_worker_exits_when_the_bridge_is_killed(livekit, tmp_path) -> None:
+    socket_path = tmp_path / "killed.sock"
+    process = subprocess.Popen(
+        [sys.executable, os.path.join(REPO, "bridge_main.py"), "serve", "--livekit-grpc-socket", str(socket_path),
+         "--livekit-url", livekit.url, "--sdk-workers", "1"], cwd=REPO)
+    try:
+        async with trio_asyncio.open_loop(), cloud(f"unix:{socket_path}") as client:
+            with trio.fail_after(30):
+                while True:
+                    try:
+                        joined = await client.join(join_request(livekit, "orphan"))
+                        break
+                    except OSError:  # not listening yet
+                        await trio.sleep(0.2)
+            assert joined.success, joined.error
+            workers = child_pids(process.pid)
+            assert len(workers) == 1
+            process.kill()
+            await trio.to_thread.run_sync(process.wait)
+            # Its connection closed, the worker leaves the room and exits.
+            await wait_until_gone(workers)
+            with trio.fail_after(10):
+                while await list_participants(livekit, "room-orphan"):
+                    await trio.sleep(0.1)
+    finally:
+        if process.poll() is None:
+            process.kill()
