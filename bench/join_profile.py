@@ -11,7 +11,7 @@ its last answer:
   libwebrtc's signaling, network and worker threads). With SDK worker
   processes (``--bridge-env BRIDGE_SDK_WORKERS=2``) their threads count too,
   prefixed "child/".
-- py-spy of the bridge's main thread (native frames too), each sample put
+- py-spy of the bridge's main thread (not pausing it: Python frames only), each sample put
   under the library its innermost Python frame belongs to, and the bridge's
   own functions by the samples under them.
 
@@ -95,7 +95,7 @@ def run(users: int, bridge_env: dict[str, str], label: str) -> str:
                 time.sleep(2)
                 spy = subprocess.Popen(
                     [str(pathlib.Path(sys.executable).parent / "py-spy"), "record", "--pid", str(process.pid),
-                     "--native", "--threads", "--subprocesses", "--rate", "250", "--format", "speedscope",
+                     "--threads", "--subprocesses", "--nonblocking", "--rate", "250", "--format", "speedscope",
                      "--output", str(spy_output)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 time.sleep(1.0)  # py-spy attaches
                 threads_before, cpu_before, idle_before = cpu_by_thread(process.pid), cpu_seconds(process.pid), \
@@ -120,7 +120,7 @@ def run(users: int, bridge_env: dict[str, str], label: str) -> str:
             lines.append(f"| {name} | {seconds * 1000 / users:.1f} |")
     if spy_output.exists():
         parts, ours, total = main_thread_profile(spy_output, process.pid)
-        lines += ["", f"The main thread, by where its innermost Python frame lives ({total} samples at 250 Hz):", "",
+        lines += ["", f"The main thread, by where its innermost Python frame lives ({total:.1f} s of samples at 250 Hz):", "",
                   "| part | share of the main thread |", "|---|---|"]
         lines += [f"| {part} | {100 * weight / max(1, total):.1f} % |" for part, weight in parts.most_common()]
         lines += ["", "The bridge's own functions, by the samples under them (inclusive):", "",

@@ -55,6 +55,16 @@ async def running_bridge(settings: BridgeSettings) -> AsyncIterator[RunningBridg
         nursery.cancel_scope.cancel()
 
 
+async def join_once_listening(client: Cloud, request: pb.JoinRoomRequest, seconds: float = 30) -> pb.JoinRoomResponse:
+    """JoinRoom, retried while the bridge process is not listening yet."""
+    with trio.fail_after(seconds):
+        while True:
+            try:
+                return await client.join(request)
+            except OSError:  # not listening yet
+                await trio.sleep(0.2)
+
+
 async def expect_status(status: grpclib.const.Status, call: Any) -> str:
     """Await ``call``, which must fail with ``status``; its message."""
     with pytest.raises(grpclib.exceptions.GRPCError) as caught:

@@ -13,7 +13,7 @@ import trio_asyncio
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
-from bridge_harness import REPO, bridge_identity, cloud, join_request, list_participants
+from bridge_harness import REPO, bridge_identity, cloud, join_once_listening, join_request, list_participants
 
 
 
@@ -26,13 +26,7 @@ async def test_sigterm_leaves_every_room_and_exits_cleanly(livekit, tmp_path) ->
     )
     try:
         async with trio_asyncio.open_loop(), cloud(f"unix:{socket_path}") as client:
-            with trio.fail_after(30):
-                while True:
-                    try:
-                        joined = await client.join(join_request(livekit, "terminated"))
-                        break
-                    except OSError:  # not listening yet
-                        await trio.sleep(0.2)
+            joined = await join_once_listening(client, join_request(livekit, "terminated"))
             assert joined.success, joined.error
             assert await list_participants(livekit, "room-terminated") == [bridge_identity("terminated")]
             process.send_signal(signal.SIGTERM)
@@ -113,13 +107,7 @@ async def test_a_bridge_restarted_at_once_serves_the_clouds_one_retry(livekit) -
         async with trio_asyncio.open_loop(), phone_in_room(livekit, user) as phone, trio.open_nursery() as nursery:
             nursery.start_soon(phone.keep_talking)
             async with cloud(address) as before:
-                with trio.fail_after(30):
-                    while True:
-                        try:
-                            assert (await before.join(join_request(livekit, user))).success
-                            break
-                        except OSError:  # not listening yet
-                            await trio.sleep(0.2)
+                assert (await join_once_listening(before, join_request(livekit, user))).success
                 async with before.audio_stream(user) as stream:
                     with trio.fail_after(20):
                         assert await stream.recv() is not None

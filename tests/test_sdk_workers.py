@@ -17,8 +17,9 @@ import trio
 import trio_asyncio
 from prometheus_client import REGISTRY
 
-from bridge_harness import (REPO, Phone, bridge_identity, cloud, counter_of, join_request, list_participants,
-                            listener_in_room, numbered_pcm, phone_in_room, running_bridge)
+from actors.operations.tree_view import render
+from bridge_harness import (REPO, Phone, bridge_identity, cloud, counter_of, join_once_listening, join_request,
+                            list_participants, listener_in_room, numbered_pcm, phone_in_room, running_bridge)
 from proto.mentra.livekit import bridge as pb
 
 
@@ -103,6 +104,12 @@ async def test_rooms_are_spread_over_the_workers_and_no_worker_outlives_the_brid
         assert len(set(pids)) == 2 and os.getpid() not in pids and all(alive(pid) for pid in pids)
         hosts = {(await link_in_tree(client, user))["details"]["sdk"] for user in users}
         assert hosts == {"sdk-worker:1", "sdk-worker:2"}
+        # What an operator reads in `just tree`: each process, its pid and rooms; each link, its process.
+        lines = render(await client.actor_tree()).splitlines()
+        for worker, pid in zip(("sdk-worker:1", "sdk-worker:2"), pids):
+            [line] = [line for line in lines if line.strip().startswith(f"{worker} ")]
+            assert line.startswith(f"    {worker}  SdkWorker  running") and "rooms 2" in line and f"pid {pid}" in line
+        assert sum("sdk sdk-worker:" in line for line in lines if line.strip().startswith("link:")) == 4
         for user in users:
             assert await list_participants(livekit, f"room-{user}") == [bridge_identity(user)]
     # Stopped: every room left, and both processes gone.
@@ -194,13 +201,7 @@ async def test_a_worker_exits_when_the_bridge_is_killed(livekit, tmp_path) -> No
          "--livekit-url", livekit.url, "--sdk-workers", "1"], cwd=REPO)
     try:
         async with trio_asyncio.open_loop(), cloud(f"unix:{socket_path}") as client:
-            with trio.fail_after(30):
-                while True:
-                    try:
-                        joined = await client.join(join_request(livekit, "orphan"))
-                        break
-                    except OSError:  # not listening yet
-                        await trio.sleep(0.2)
+            joined = await join_once_listening(client, join_request(livekit, "orphan"))
             assert joined.success, joined.error
             workers = child_pids(process.pid)
             assert len(workers) == 1

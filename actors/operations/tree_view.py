@@ -19,10 +19,13 @@ _KEY_COUNTERS = {
     "SessionSupervisor": [("sessions", "sessions"), ("joins", "joins"), ("replacements", "replaced"),
                           ("adoptions", "adopted"), ("failed_joins", "failed"), ("sessions_reaped", "reaped")],
     "Playback": [("position_ms", "played_ms")],
+    "SdkWorker": [("rooms", "rooms"), ("connect_window", "window"), ("connects_waiting", "waiting"),
+                  ("mic_packets_dropped_in_worker", "dropped")],
 }
 _KEY_DETAILS = {
     "UserSession": ["link"],
-    "RoomLink": ["link", "room"],
+    "RoomLink": ["link", "room", "sdk"],
+    "SdkWorker": ["pid"],
     "Playback": ["request_id", "state", "format", "track_id"],
 }
 
