@@ -45,7 +45,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from actors.livekit.dev_server import DevLiveKit, free_port, start_dev_livekit
-from bench.proc_stats import cpu_by_thread, cpu_seconds, rss_bytes
+from bench.proc_stats import cpu_by_thread, cpu_seconds, machine_idle, rss_bytes
 from bench.report import markdown, plot
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -251,6 +251,13 @@ def missing(arrivals: dict[str, list], users: set[str], start_ns: int, end_ns: i
     return expected, lost
 
 
+def idle_share(before: tuple[float, float], after: tuple[float, float]) -> float:
+    """The machine's idle share between two machine_idle() reads: near 0, the
+    load generator and the target together saturate it, and what is measured
+    is the machine, not the target."""
+    return (after[0] - before[0]) / max(1e-9, after[1] - before[1])
+
+
 def run_rung(livekit: DevLiveKit, target: str, plan: RungPlan, tag: str) -> dict[str, Any]:
     """One rung of the ladder for ``target`` ("bridge" or "floor")."""
     n = plan.users
@@ -276,8 +283,9 @@ def run_rung(livekit: DevLiveKit, target: str, plan: RungPlan, tag: str) -> dict
         phone_processes = stack.enter_context(phones(livekit, group_a, plan.interval, env))
         start_phones_sending(phone_processes)
 
-        cpu_before_joins = cpu_seconds(pid)
+        cpu_before_joins, idle_before_joins = cpu_seconds(pid), machine_idle()
         joined = receiver.ask("join", users=group_a)
+        result["machine_idle_deploy"] = idle_share(idle_before_joins, machine_idle())
         result["join_all_ms"] = joined["all_ms"]
         # The deploy: every user new to an idle bridge at once.
         result["deploy_joins_per_second"] = n / max(1e-9, joined["all_ms"] / 1000)
@@ -288,12 +296,13 @@ def run_rung(livekit: DevLiveKit, target: str, plan: RungPlan, tag: str) -> dict
         receiver.ask("arrivals")  # forget the warm-up
 
         stages_before = stage_buckets(metrics_port) if metrics_port else {}
-        threads_before, cpu_before = cpu_by_thread(pid), cpu_seconds(pid)
+        threads_before, cpu_before, idle_before = cpu_by_thread(pid), cpu_seconds(pid), machine_idle()
         steady_start = time.monotonic_ns()
         with profiled(pid, plan.profile if target == "bridge" else None, plan.steady):
             time.sleep(plan.steady)
         steady_end = time.monotonic_ns()
         threads_after, cpu_after = cpu_by_thread(pid), cpu_seconds(pid)
+        result["machine_idle_steady"] = idle_share(idle_before, machine_idle())
         stages_steady = stage_buckets(metrics_port) if metrics_port else {}
         session_seconds = n * (steady_end - steady_start) / 1e9
         result["cpu_ms_per_session_second"] = (cpu_after - cpu_before) * 1000 / session_seconds
@@ -304,8 +313,9 @@ def run_rung(livekit: DevLiveKit, target: str, plan: RungPlan, tag: str) -> dict
         result["rss_mib"] = rss / 2**20
         result["rss_mib_per_session"] = (rss - rss_idle) / 2**20 / n
 
-        storm_start, cpu_before_storm = time.monotonic_ns(), cpu_seconds(pid)
+        storm_start, cpu_before_storm, idle_before_storm = time.monotonic_ns(), cpu_seconds(pid), machine_idle()
         stormed = receiver.ask("join", users=group_b)
+        result["machine_idle_storm"] = idle_share(idle_before_storm, machine_idle())
         # Less what streaming the N users costs meanwhile, as measured in the steady window.
         streaming_rate = (cpu_after - cpu_before) / ((steady_end - steady_start) / 1e9)
         streaming = streaming_rate * (time.monotonic_ns() - storm_start) / 1e9

@@ -35,6 +35,10 @@ def markdown(results: list[dict[str, Any]], title: str) -> str:
         ("storm (N more join while N stream): all done ms", "storm_all_ms", None, "{:.0f}"),
         ("storm: CPU ms per join", "storm_cpu_ms_per_join", None, "{:.0f}"),
         ("packets missing / expected", "packets_missing", None, "{:d}"),
+        # Near 0 %, the load generator saturates the machine: what is measured is the machine.
+        ("machine idle during the deploy", "machine_idle_deploy", None, "{:.0%}"),
+        ("machine idle in the steady window", "machine_idle_steady", None, "{:.0%}"),
+        ("machine idle during the storm", "machine_idle_storm", None, "{:.0%}"),
     ]
     ns = sorted(by_n)
     lines = [f"## {title}", "", "Each cell: bridge / floor (the bare livekit receiver).", "",

@@ -22,7 +22,7 @@ PACKETS = 50
 def bridge_rooms(bridge) -> dict[str, object]:
     """user id -> the livekit Room of that user's link (white-box, for counting)."""
     links = bridge.sessions.actor._links
-    return {user: child.actor._room for user, child in links.items()}
+    return {user: child.actor._room.room for user, child in links.items()}  # (SdkRoom.room: the rtc.Room)
 
 
 @pytest.mark.sdk_in_process
