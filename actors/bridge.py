@@ -41,7 +41,7 @@ async def run_bridge(
     door first (see bridge_main).
     """
     asyncio_compat.match_asyncio()
-    if not settings.sdk_workers:  # (else the SDK runs in the worker processes only)
+    if not settings.sdk_worker_processes:  # (else the SDK runs in the worker processes only)
         configure_sdk_core()
     if trio_asyncio.current_loop.get() is None:
         async with trio_asyncio.open_loop():

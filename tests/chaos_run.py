@@ -11,8 +11,9 @@ when the stream ends or the status says the session is unwell, as the cloud
 does. For the given seconds, faults are injected at random: crash, hang,
 drop-room, slow consumer, JoinRoom storms for one user, cloud agents killed
 without LeaveRoom, cloud restarts (every agent killed, then every user joined
-again at once: the bridge adopts their LiveKit connections), and
-livekit-server restarts. The seed is printed; the same
+again at once: the bridge adopts their LiveKit connections),
+livekit-server restarts, and SDK worker processes killed (their users'
+links rejoin without the cloud). The seed is printed; the same
 seed replays the same faults in the same order.
 
 Invariants, checked during and after, printed as a table:
@@ -60,6 +61,7 @@ sys.path.insert(0, str(HERE))
 from actors.livekit.dev_server import DevLiveKit, LiveKitServerError, free_port, start_dev_livekit  # noqa: E402
 from actors.livekit.room import joined_room  # noqa: E402
 from actors.operations.log_setup import configure_logging  # noqa: E402
+from bench.proc_stats import rss_bytes  # noqa: E402
 from bridge_harness import Cloud, bridge_identity, join_request, list_participants, token  # noqa: E402
 from proto.mentra.livekit import bridge as pb  # noqa: E402
 from proto.mentra.livekit.bridge import debug as debug_pb  # noqa: E402
@@ -67,7 +69,7 @@ from proto.mentra.livekit.bridge import debug as debug_pb  # noqa: E402
 DEBUG = "/mentra.livekit.bridge.debug.BridgeDebug/"
 RPC_DEADLINE = 20.0
 FAULTS = ("crash", "hang", "drop-room", "slow-consumer", "join-storm", "kill-cloud", "cloud-restart",
-          "livekit-restart")
+          "livekit-restart", "kill-sdk-worker")
 
 
 @dataclasses.dataclass
@@ -227,12 +229,26 @@ async def inject_faults(chaos: Chaos, seconds: float, agents: dict[str, trio.Can
             await trio.sleep(chaos.rng.uniform(0.5, 2.0))
             for each in chaos.users:
                 agents[each] = await nursery.start(_agent_scope, chaos, each)
+        elif kind == "kill-sdk-worker":
+            await kill_an_sdk_worker(chaos)
         elif kind == "livekit-restart":
             chaos.livekit.process.kill()
             chaos.livekit.process.wait()
             await trio.sleep(chaos.rng.uniform(0.5, 2.0))
             chaos.servers.append(await restart_livekit(chaos))
         await check_one_participant_per_user(chaos)
+
+
+async def kill_an_sdk_worker(chaos: Chaos) -> None:
+    """SIGKILL one of the bridge's SDK worker processes: its users' links
+    rejoin once the session supervisor has started it again."""
+    tree = await chaos.rpc(chaos.client.actor_tree())
+    supervisor = tree["children"][0] if isinstance(tree, dict) else {"children": []}
+    pids = [child["details"]["pid"] for child in supervisor["children"]
+            if child["kind"] == "SdkWorker" and child["state"] == "running" and child["details"].get("pid")]
+    if pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(chaos.rng.choice(pids), signal.SIGKILL)
 
 
 async def restart_livekit(chaos: Chaos) -> DevLiveKit:
@@ -325,8 +341,10 @@ async def check_baseline(chaos: Chaos) -> None:
     await trio.sleep(1.0)
     tree = await chaos.rpc(chaos.client.actor_tree())
     supervisor = tree["children"][0] if isinstance(tree, dict) else None
-    if supervisor is None or supervisor["children"] or supervisor["counters"]["sessions"]:
-        baseline.fail(f"sessions left: {supervisor and [c['name'] for c in supervisor['children']]}")
+    # The SDK worker processes are the baseline: they outlive their users.
+    left = supervisor and [child["name"] for child in supervisor["children"] if child["kind"] != "SdkWorker"]
+    if supervisor is None or left or supervisor["counters"]["sessions"]:
+        baseline.fail(f"sessions left: {left}")
     counts = await leak_check(chaos)
     session_kinds = ("UserSession", "RoomLink", "UserLine", "Playback", "StreamLease")
     if counts is None or any(counts[kind] for kind in session_kinds):
@@ -340,10 +358,8 @@ async def leak_check(chaos: Chaos) -> dict[str, int] | None:
 
 
 def rss_kib(pid: int) -> int:
-    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for process {pid}")
+    """Resident memory of the process and its children (the bridge's SDK worker processes)."""
+    return rss_bytes(pid) // 1024
 
 
 #: A leak of one object per session fits about 1.0 here; the bridge measures 0.00.

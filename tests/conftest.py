@@ -55,8 +55,12 @@ def log_records() -> Iterator[list[dict]]:
 
 @pytest.fixture
 def bridge_settings(livekit: DevLiveKit, request: pytest.FixtureRequest) -> BridgeSettings:
-    # (TEST_SDK_WORKERS=2 runs the suite with the rooms in SDK worker processes.)
-    workers = 0 if request.node.get_closest_marker("sdk_in_process") else int(os.environ.get("TEST_SDK_WORKERS", "0"))
+    # The bridge's own default (one SDK worker process per core), unless the test
+    # looks inside the bridge's own SDK; TEST_SDK_WORKERS=0 runs the suite with the SDK in process.
+    if request.node.get_closest_marker("sdk_in_process"):
+        workers: int | None = 0
+    else:
+        workers = int(os.environ["TEST_SDK_WORKERS"]) if "TEST_SDK_WORKERS" in os.environ else None
     return BridgeSettings(host="127.0.0.1", port=0, default_livekit_url=livekit.url, connect_timeout=20.0,
                           sdk_workers=workers)
 

@@ -29,13 +29,13 @@ from proto.mentra.livekit.bridge import debug as debug_pb
 from proto.runtime_messages import AudioChunk
 
 from ..audio.fetch import FetchError, check_url
-from ..operations.live_objects import live_objects
+from ..operations.live_objects import add_worker_counts, live_objects
 from ..operations.metrics import (JOIN_TOKEN_IDENTITY_UNEXPECTED, MIC_FORWARDED, MIC_GRPC_WRITE, MIC_QUEUED,
                                   RPC_SECONDS, STREAMS)
 from ..operations.settings import BridgeSettings
 from ..runtime import ActorGone, Child, MailboxFull
-from ..session.messages import (FAULT_KINDS, SIMULATED_SCENARIOS, AtCapacity, AttachStream, Fault, GetHealth,
-                                GetStatus, Join, Leave, NotPlayable, Play, StopPlayback, is_fault_kind)
+from ..session.messages import (FAULT_KINDS, SIMULATED_SCENARIOS, AtCapacity, AttachStream, CountWorkerObjects, Fault,
+                                GetHealth, GetStatus, Join, Leave, NotPlayable, Play, StopPlayback, is_fault_kind)
 from ..session.mic_audio import MIC_CHANNELS, MIC_SAMPLE_RATE
 from ..session.playback import PlaybackEvent, PlaybackRequest
 from ..session.stream_lease import CloudChunk, StreamLease
@@ -333,7 +333,10 @@ class FrontDoor:
             raise GRPCError(Status.INVALID_ARGUMENT, f"fault kind {request.kind!r} is not one of {FAULT_KINDS}, "
                                                      f"nor simulate:<one of {SIMULATED_SCENARIOS}>")
         if request.kind == "leak-check":
-            return debug_pb.InjectFaultResponse(detail=json.dumps(live_objects()))
+            counts = live_objects()
+            for index, worker in enumerate(await self._ask(CountWorkerObjects()), start=1):
+                add_worker_counts(counts, worker, f"sdk-worker:{index}")
+            return debug_pb.InjectFaultResponse(detail=json.dumps(counts))
         prefix = "sessions/session:"
         if not request.actor_path.startswith(prefix) or len(request.actor_path) == len(prefix):
             raise GRPCError(Status.INVALID_ARGUMENT,

@@ -51,6 +51,16 @@ def live_objects() -> dict[str, Any]:
     return {**tracked, "python_objects": len(objects), "by_type": dict(by_type)}
 
 
+def add_worker_counts(counts: dict[str, Any], worker: dict[str, Any], name: str) -> None:
+    """Add an SDK worker process's live_objects() to ``counts`` (this
+    process's): the totals summed, its types under ``name``/."""
+    for key, value in worker.items():
+        if key == "by_type":
+            counts["by_type"].update({f"{name}/{kind}": number for kind, number in value.items()})
+        else:
+            counts[key] = counts.get(key, 0) + value
+
+
 def _prune_stale_deadlines() -> None:
     # Trio's own batch pruning (trio._core._run.Deadlines._prune), run now;
     # it changes no deadline. trio is pinned (pyproject.toml).

@@ -72,10 +72,11 @@ class BridgeSettings:
         2, "BRIDGE_MAX_CONCURRENT_CONNECTS", "most LiveKit connects in flight at once (fewer while streaming users' "
         "packets come late): while rooms connect the SDK "
         "delays every other room's packets, so join storms go through a few at a time", group=LIVEKIT, minimum=1)
-    sdk_workers: int = setting(
-        0, "BRIDGE_SDK_WORKERS", "SDK worker processes the users' rooms are spread over (0: the rooms are "
-        "joined in the bridge's own process); one process uses about one core of the SDK's native threads, "
-        "and a join storm in one stalls only its own rooms", group=LIVEKIT, minimum=0, maximum=64)
+    sdk_workers: int | None = setting(
+        None, "BRIDGE_SDK_WORKERS", "SDK worker processes the users' rooms are spread over (unset: one per core "
+        "the bridge may use, none on a single core; 0: the rooms are joined in the bridge's own process); one "
+        "process uses about one core of the SDK's native threads, and a join storm in one stalls only its own "
+        "rooms", group=LIVEKIT, minimum=0, maximum=64)
     join_timeout: float = setting(120.0, "BRIDGE_JOIN_TIMEOUT", "longest a JoinRoom may wait, queued behind "
                                   "other joins included", group=LIVEKIT, minimum=1)
     sdk_reconnect_grace: float = setting(3.0, "BRIDGE_SDK_RECONNECT_GRACE", "how long the SDK may try to restore "
@@ -211,6 +212,16 @@ class BridgeSettings:
     @property
     def rejoin_backoff(self) -> Backoff:
         return Backoff(initial=self.rejoin_backoff_initial, maximum=self.rejoin_backoff_max)
+
+    @property
+    def sdk_worker_processes(self) -> int:
+        """How many SDK worker processes run: BRIDGE_SDK_WORKERS, or when it is
+        unset one per core this process may use (none on a single core,
+        where a worker would only add the hop)."""
+        if self.sdk_workers is not None:
+            return self.sdk_workers
+        cores = len(os.sched_getaffinity(0))
+        return cores if cores > 1 else 0
 
     @property
     def uses_external_livekit(self) -> bool:

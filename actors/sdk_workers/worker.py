@@ -21,7 +21,8 @@ none):
                       ("publish", request, key, out, name, sample_rate, channels, queue_ms)
                       ("subscribed", request, out)     ("capture", request, out, pcm)
                       ("clear", None, out)             ("unpublish", request, out)
-                      ("close", request, out)
+                      ("close", request, out)          ("live_objects", request)
+                      ("cancel", None, request)        (the bridge stopped waiting for it)
     worker -> bridge: ("ready", pid)                   ("reply", request, ok, value or error)
                       ("data", key, sender, payload, received_at)
                       ("event", key, name, detail, connected)
@@ -136,6 +137,8 @@ class WorkerConnection:
             await waiting.done.wait()
         finally:
             del self._waiting[request]
+            if not waiting.done.is_set():  # cancelled: the worker need not go on with it
+                self.post("cancel", request)
         if waiting.gone is not None:
             raise WorkerGone(f"{self.name} is gone ({waiting.gone})")
         return waiting.ok, waiting.value

@@ -45,6 +45,8 @@ class RoomsHeld:
         #: output id -> (room key, the track)
         self._outputs: dict[int, tuple[int, SdkAudioOutput]] = {}
         self._abandoned_ids = itertools.count(1)
+        #: Requests being answered, so the bridge can cancel one it stopped waiting for.
+        self._answering: dict[int, trio.CancelScope] = {}
 
     def dispatch(self, message: tuple[Any, ...]) -> None:
         kind, request = message[0], message[1]
@@ -54,16 +56,24 @@ class RoomsHeld:
             output = self._outputs.get(message[2])
             if output is not None:
                 output[1].clear()
+        elif kind == "cancel":  # the bridge stopped waiting for that request
+            scope = self._answering.get(message[2])
+            if scope is not None:
+                scope.cancel()
         else:
             self._nursery.start_soon(self._answer, request, getattr(self, "_" + kind), message[2:])
 
     async def _answer(self, request: int, handler: Any, arguments: tuple[Any, ...]) -> None:
-        try:
-            value = await handler(*arguments)
-        except Exception as error:
-            self._outbox.put(("reply", request, False, f"{type(error).__name__}: {error}"))
-        else:
-            self._outbox.put(("reply", request, True, value))
+        with trio.CancelScope() as scope:
+            self._answering[request] = scope
+            try:
+                value = await handler(*arguments)
+            except Exception as error:
+                self._outbox.put(("reply", request, False, f"{type(error).__name__}: {error}"))
+            else:
+                self._outbox.put(("reply", request, True, value))
+            finally:
+                del self._answering[request]
 
     # -- rooms ---------------------------------------------------------------
 
@@ -132,6 +142,12 @@ class RoomsHeld:
             scope, ended = hold
             scope.cancel()
             await ended.wait()
+
+    async def _live_objects(self) -> dict[str, Any]:
+        """The leak check, in this process (actors/operations/live_objects.py)."""
+        from ..operations.live_objects import live_objects
+
+        return live_objects()
 
     async def _simulate(self, key: int, scenario: str) -> None:
         await self._room(key).simulate(scenario)

@@ -75,6 +75,11 @@ class GetHealth(Request["Health"]):
     pass
 
 
+class CountWorkerObjects(Request["list[dict[str, Any]]"]):
+    """The leak check of each running SDK worker process (live_objects.py's
+    answer, counted in that process); empty without worker processes."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Health:
     active_sessions: int

@@ -24,8 +24,8 @@ It guarantees, by structure rather than by checks:
   seconds (a zombie whose cloud went away) is torn down;
 - for ``ended_session_memory`` seconds after a session ended by itself (given
   up, reaped, or ended by LiveKit), GetStatus says why;
-- with ``sdk_workers`` set, the rooms are joined in that many SDK worker
-  processes, supervised here: a new link is placed on the running worker
+- with SDK worker processes (BRIDGE_SDK_WORKERS; by default one per core),
+  the rooms are joined in those processes, supervised here: a new link is placed on the running worker
   that holds the fewest links, and a worker that dies is started again, its
   links rejoining there by themselves. The workers stop last.
 """
@@ -48,10 +48,10 @@ from ..operations.settings import BridgeSettings
 from ..livekit.room_interface import RoomHost
 from ..livekit.sdk_room import SdkHost
 from ..runtime import Actor, ActorGone, Backoff, Child, MailboxFull, Request, Restart, RestartPolicy, Supervisor
-from ..sdk_workers.worker import SdkWorker, WorkerSlot
+from ..sdk_workers.worker import SdkWorker, WorkerError, WorkerGone, WorkerSlot
 from .connect_admission import AdmissionRule, ConnectAdmission
-from .messages import (AtCapacity, AttachStream, Fault, GetHealth, GetStatus, Health, Join, Joined, Leave, Play,
-                       SessionStatus, StopPlayback)
+from .messages import (AtCapacity, AttachStream, CountWorkerObjects, Fault, GetHealth, GetStatus, Health, Join,
+                       Joined, Leave, Play, SessionStatus, StopPlayback)
 from .room_link import RoomLink
 from .user_line import UserLine
 from .user_session import UserSession
@@ -100,8 +100,8 @@ class SessionSupervisor(Actor):
         #: Where rooms are joined, each admitting its own connects (a storm in
         #: one SDK process delays only that process's rooms).
         self._admissions: dict[RoomHost, ConnectAdmission] = {}
-        if settings.sdk_workers:
-            for index in range(1, settings.sdk_workers + 1):
+        if settings.sdk_worker_processes:
+            for index in range(1, settings.sdk_worker_processes + 1):
                 admission = ConnectAdmission(rule)
                 self._admissions[WorkerSlot(index, admission.slots, admission.counters)] = admission
         else:
@@ -166,6 +166,9 @@ class SessionSupervisor(Actor):
             self._forward_to_session(message)
         elif isinstance(message, GetHealth):
             message.reply.send(Health(active_sessions=len(self._sessions)))
+        elif isinstance(message, CountWorkerObjects):
+            assert self._nursery is not None
+            self._nursery.start_soon(self._count_worker_objects, message)  # the mailbox is not held up
         else:
             raise TypeError(f"the session supervisor does not handle {type(message).__name__}")
 
@@ -477,6 +480,18 @@ class SessionSupervisor(Actor):
         return SessionStatus.disconnected(at_ms=ended[1], reason=ended[2])
 
     # -- questions for one session -------------------------------------------
+
+    async def _count_worker_objects(self, message: CountWorkerObjects) -> None:
+        counts = []
+        for host in self._admissions:
+            connection = host.connection if isinstance(host, WorkerSlot) else None
+            if connection is not None:
+                try:
+                    counts.append(await connection.request("live_objects"))
+                except (WorkerGone, WorkerError) as error:
+                    message.reply.fail(error)
+                    return
+        message.reply.send(counts)
 
     async def _give_up_on_worker(self, worker: Child) -> None:
         raise WorkerGivenUp(f"{worker.name} died more than {WORKER_POLICY.max_restarts} times within "
