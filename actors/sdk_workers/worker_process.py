@@ -47,8 +47,19 @@ class RoomsHeld:
         self._abandoned_ids = itertools.count(1)
         #: Requests being answered, so the bridge can cancel one it stopped waiting for.
         self._answering: dict[int, trio.CancelScope] = {}
+        #: The requests answered with a reply, by kind.
+        self._handlers: dict[str, Any] = {
+            "leave": self._leave, "simulate": self._simulate, "publish": self._publish,
+            "subscribed": self._subscribed, "capture": self._capture, "unpublish": self._unpublish,
+            "close": self._close, "live_objects": self._live_objects}
 
     def dispatch(self, message: tuple[Any, ...]) -> None:
+        """Carry out one message of the bridge's (see worker.py for the list).
+
+        Raises:
+            LookupError: a kind this process does not know (a bridge and a
+                worker of different versions: the worker exits).
+        """
         kind, request = message[0], message[1]
         if kind == "join":
             self._nursery.start_soon(self._hold, request, *message[2:])
@@ -57,15 +68,19 @@ class RoomsHeld:
             if output is not None:
                 output[1].clear()
         elif kind == "cancel":  # the bridge stopped waiting for that request
-            scope = self._answering.get(message[2])
+            scope = self._answering.pop(message[2], None)
             if scope is not None:
                 scope.cancel()
         else:
-            self._nursery.start_soon(self._answer, request, getattr(self, "_" + kind), message[2:])
+            handler = self._handlers.get(kind)
+            if handler is None:
+                raise LookupError(f"the bridge sent a message of an unknown kind: {kind!r}")
+            # Registered now, so a "cancel" right behind it finds it.
+            scope = self._answering[request] = trio.CancelScope()
+            self._nursery.start_soon(self._answer, request, scope, handler, message[2:])
 
-    async def _answer(self, request: int, handler: Any, arguments: tuple[Any, ...]) -> None:
-        with trio.CancelScope() as scope:
-            self._answering[request] = scope
+    async def _answer(self, request: int, scope: trio.CancelScope, handler: Any, arguments: tuple[Any, ...]) -> None:
+        with scope:
             try:
                 value = await handler(*arguments)
             except Exception as error:
@@ -73,7 +88,7 @@ class RoomsHeld:
             else:
                 self._outbox.put(("reply", request, True, value))
             finally:
-                del self._answering[request]
+                self._answering.pop(request, None)
 
     # -- rooms ---------------------------------------------------------------
 
