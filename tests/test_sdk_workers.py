@@ -185,6 +185,35 @@ async def test_a_worker_that_dies_is_restarted_and_its_users_rejoin_without_the_
         assert joins_total() == joins_before
 
 
+async def test_a_hung_worker_is_killed_and_started_again(bridge_settings, livekit, monkeypatch, log_records) -> None:
+    from actors.sdk_workers import worker
+
+    monkeypatch.setattr(worker, "PING_INTERVAL", 0.5)
+    monkeypatch.setattr(worker, "PING_TIMEOUT", 2.0)
+    settings = dataclasses.replace(bridge_settings, sdk_workers=1)
+    async with running_bridge(settings) as bridge, cloud(bridge.address) as client, \
+            phone_in_room(livekit, "stuck") as phone, trio.open_nursery() as nursery:
+        assert (await client.join(join_request(livekit, "stuck"))).success
+        (before,) = await workers_in_tree(client)
+        async with client.audio_stream("stuck") as stream:
+            talker = Talker(phone)
+            nursery.start_soon(talker.run)
+            await receive_until(stream, 5)
+            os.kill(before["details"]["pid"], signal.SIGSTOP)  # alive, but it answers nothing
+            with trio.fail_after(30):
+                while True:
+                    (after,) = await workers_in_tree(client)
+                    link = await link_in_tree(client, "stuck")
+                    if after["restarts"] == 1 and link["counters"]["rejoins"] >= 1 and link["counters"]["connected"]:
+                        break
+                    await trio.sleep(0.2)
+            assert not alive(before["details"]["pid"])
+            assert "answered no ping for 2 s and was killed" in after["last_error"]
+            resumed = talker.sent
+            assert (await receive_until(stream, resumed + 5))[-6:] == list(range(resumed, resumed + 6))
+            nursery.cancel_scope.cancel()
+
+
 def child_pids(pid: int) -> list[int]:
     """(Trio starts processes from a thread of its own: every thread's children count.)"""
     children = []

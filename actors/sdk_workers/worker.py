@@ -22,6 +22,7 @@ none):
                       ("subscribed", request, out)     ("capture", request, out, pcm)
                       ("clear", None, out)             ("unpublish", request, out)
                       ("close", request, out)          ("live_objects", request)
+                      ("ping", request)
                       ("cancel", None, request)        (the bridge stopped waiting for it)
     worker -> bridge: ("ready", pid)                   ("reply", request, ok, value or error)
                       ("data", key, sender, payload, received_at)
@@ -59,6 +60,11 @@ from .frames import FrameChannel, Outbox
 _PROJECT_ROOT = pathlib.Path(__file__).resolve().parents[2]
 #: Longest a new worker process may take to import the SDK and say it is ready.
 START_TIMEOUT = 30.0
+#: A running worker is asked every PING_INTERVAL seconds whether it still
+#: answers; one that has not answered within PING_TIMEOUT is hung (its event
+#: loop stuck, or the process stopped) and is killed, and then started again.
+PING_INTERVAL = 5.0
+PING_TIMEOUT = 15.0
 
 
 def _exit_description(code: int) -> str:
@@ -385,6 +391,8 @@ class SdkWorker(Actor):
         self._settings = settings
         self._connection: WorkerConnection | None = None
         self._process: trio.Process | None = None
+        #: Killed by the watchdog (see _kill_if_hung).
+        self._hung = False
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Report started once the process is ready; crash (WorkerGone) when it exits."""
@@ -405,8 +413,11 @@ class SdkWorker(Actor):
                 self.slot.serve(connection)
                 logger.info("{} started (pid {})", self.name, process.pid)
                 task_status.started()
+                nursery.start_soon(self._kill_if_hung, connection, process)
                 code = await process.wait()
-                raise WorkerGone(f"pid {process.pid} {_exit_description(code)}")
+                raise WorkerGone(f"pid {process.pid} " + (
+                    f"answered no ping for {PING_TIMEOUT:g} s and was killed" if self._hung
+                    else _exit_description(code)))
         except BaseException as raised:
             if not only_cancelled(raised):
                 why, crashed = _first_failure(raised), True
@@ -416,6 +427,20 @@ class SdkWorker(Actor):
             connection.close(why, rooms_lost=crashed)
             with trio.CancelScope(shield=True):
                 await self._end_process(process, channel)
+
+    async def _kill_if_hung(self, connection: WorkerConnection, process: trio.Process) -> None:
+        """Ping the process until cancelled; kill it when a ping goes
+        unanswered for PING_TIMEOUT seconds (run() then reports it gone)."""
+        while True:
+            await trio.sleep(PING_INTERVAL)
+            with trio.move_on_after(PING_TIMEOUT):
+                await connection.request("ping")
+                continue
+            logger.error("{} (pid {}) has not answered for {:g} s; killing it", self.name, process.pid,
+                         PING_TIMEOUT)
+            self._hung = True
+            process.kill()
+            return
 
     async def _start_process(self, theirs: socket.socket) -> trio.Process:
         settings = self._settings

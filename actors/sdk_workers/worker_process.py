@@ -51,7 +51,7 @@ class RoomsHeld:
         self._handlers: dict[str, Any] = {
             "leave": self._leave, "simulate": self._simulate, "publish": self._publish,
             "subscribed": self._subscribed, "capture": self._capture, "unpublish": self._unpublish,
-            "close": self._close, "live_objects": self._live_objects}
+            "close": self._close, "live_objects": self._live_objects, "ping": self._ping}
 
     def dispatch(self, message: tuple[Any, ...]) -> None:
         """Carry out one message of the bridge's (see worker.py for the list).
@@ -157,6 +157,9 @@ class RoomsHeld:
             scope, ended = hold
             scope.cancel()
             await ended.wait()
+
+    async def _ping(self) -> None:
+        """Answered as soon as the event loop gets to it: the bridge's watchdog."""
 
     async def _live_objects(self) -> dict[str, Any]:
         """The leak check, in this process (actors/operations/live_objects.py)."""
