@@ -428,6 +428,13 @@ async def list_participants(livekit: DevLiveKit, room: str) -> list[str]:
     return await _room_service(livekit, call)
 
 
+async def until_room_is_empty(livekit: DevLiveKit, room: str, seconds: float = 10) -> None:
+    """Return once LiveKit lists nobody in ``room``; fail after ``seconds``."""
+    with trio.fail_after(seconds):
+        while await list_participants(livekit, room):
+            await trio.sleep(0.1)
+
+
 async def participant_sids(livekit: DevLiveKit, room: str) -> dict[str, str]:
     """Identity -> participant sid in ``room``, as the LiveKit server reports
     them: a sid that stays the same is the same connection."""

@@ -13,7 +13,8 @@ import trio_asyncio
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
-from bridge_harness import REPO, bridge_identity, cloud, join_once_listening, join_request, list_participants
+from bridge_harness import (REPO, bridge_identity, cloud, join_once_listening, join_request, list_participants,
+                            until_room_is_empty)
 
 
 
@@ -31,9 +32,7 @@ async def test_sigterm_leaves_every_room_and_exits_cleanly(livekit, tmp_path) ->
             assert await list_participants(livekit, "room-terminated") == [bridge_identity("terminated")]
             process.send_signal(signal.SIGTERM)
             assert await trio.to_thread.run_sync(lambda: process.wait(timeout=30)) == 0
-            with trio.fail_after(10):
-                while await list_participants(livekit, "room-terminated"):
-                    await trio.sleep(0.1)
+            await until_room_is_empty(livekit, "room-terminated")
     finally:
         if process.poll() is None:
             process.kill()
@@ -81,9 +80,7 @@ async def test_sigterm_drains_streams_end_unavailable_health_says_not_serving_an
                         assert await stream.status() == Status.UNAVAILABLE
                 exit_code = await trio.to_thread.run_sync(lambda: process.wait(timeout=30))
                 assert exit_code == 0 and trio.current_time() - signalled_at < 5
-                with trio.fail_after(10):
-                    while await list_participants(livekit, "room-drained"):
-                        await trio.sleep(0.1)
+                await until_room_is_empty(livekit, "room-drained")
     finally:
         if process.poll() is None:
             process.kill()

@@ -19,7 +19,8 @@ from prometheus_client import REGISTRY
 
 from actors.operations.tree_view import render
 from bridge_harness import (REPO, Phone, bridge_identity, cloud, counter_of, join_once_listening, join_request,
-                            list_participants, listener_in_room, numbered_pcm, phone_in_room, running_bridge)
+                            list_participants, listener_in_room, numbered_pcm, phone_in_room, running_bridge,
+                            until_room_is_empty)
 from proto.mentra.livekit import bridge as pb
 
 
@@ -238,9 +239,7 @@ async def test_a_worker_exits_when_the_bridge_is_killed(livekit, tmp_path) -> No
             await trio.to_thread.run_sync(process.wait)
             # Its connection closed, the worker leaves the room and exits.
             await wait_until_gone(workers)
-            with trio.fail_after(10):
-                while await list_participants(livekit, "room-orphan"):
-                    await trio.sleep(0.1)
+            await until_room_is_empty(livekit, "room-orphan")
     finally:
         if process.poll() is None:
             process.kill()
