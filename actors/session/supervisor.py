@@ -25,18 +25,17 @@ It guarantees, by structure rather than by checks:
 - for ``ended_session_memory`` seconds after a session ended by itself (given
   up, reaped, or ended by LiveKit), GetStatus says why;
 - with SDK worker processes (BRIDGE_SDK_WORKERS; by default one per core),
-  the rooms are joined in those processes, supervised here: a new link is placed on the running worker
-  that holds the fewest links, and a worker that dies is started again, its
-  links rejoining there by themselves. The workers stop last.
+  the rooms are joined in those processes, supervised here: a new link is
+  placed on the running worker that holds the fewest links (room_hosts.py),
+  and a worker that dies is started again, its links rejoining there by
+  themselves. The workers stop last.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
-import functools
 import time
-from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -45,13 +44,11 @@ from loguru import logger
 from ..livekit.room import PendingConnect, RoomConnectError
 from ..operations.metrics import JOINS, SESSIONS, SESSIONS_ENDED, count_restart
 from ..operations.settings import BridgeSettings
-from ..livekit.room_interface import RoomHost
-from ..livekit.sdk_room import SdkHost
-from ..runtime import Actor, ActorGone, Backoff, Child, MailboxFull, Request, Restart, RestartPolicy, Supervisor
-from ..sdk_workers.worker import SdkWorker, WorkerError, WorkerGone, WorkerSlot
-from .connect_admission import AdmissionRule, ConnectAdmission
+from ..runtime import Actor, ActorGone, Child, MailboxFull, Request, Restart, RestartPolicy, Supervisor
+from ..sdk_workers.worker import SdkWorker, WorkerError, WorkerGone
 from .messages import (AtCapacity, AttachStream, CountWorkerObjects, Fault, GetHealth, GetStatus, Health, Join,
                        Joined, Leave, Play, SessionStatus, StopPlayback)
+from .room_hosts import WORKER_POLICY, RoomHosts
 from .room_link import RoomLink
 from .user_line import UserLine
 from .user_session import UserSession
@@ -72,13 +69,6 @@ class _EndUser(Request[None]):
 
 UserCommand = Join | Leave | _EndUser
 
-#: A worker process that dies is started again at once, then after up to 5 s;
-#: one that dies more than 10 times a minute takes the session supervisor down
-#: (and its root supervisor restarts it, with every worker anew).
-WORKER_POLICY = RestartPolicy(restart=Restart.PERMANENT, max_restarts=10, within_seconds=60,
-                              backoff=Backoff(initial=0.2, maximum=5.0))
-
-
 class WorkerGivenUp(Exception):
     """An SDK worker process kept dying; the message says how it last did."""
 
@@ -96,17 +86,7 @@ class SessionSupervisor(Actor):
         self._abandoned_connects: dict[str, PendingConnect] = {}
         self._supervisor: Supervisor | None = None
         self._nursery: trio.Nursery | None = None
-        rule = AdmissionRule(ceiling=settings.max_concurrent_connects)
-        #: Where rooms are joined, each admitting its own connects (a storm in
-        #: one SDK process delays only that process's rooms).
-        self._admissions: dict[RoomHost, ConnectAdmission] = {}
-        if settings.sdk_worker_processes:
-            for index in range(1, settings.sdk_worker_processes + 1):
-                admission = ConnectAdmission(rule)
-                self._admissions[WorkerSlot(index, admission.slots, admission.counters)] = admission
-        else:
-            admission = ConnectAdmission(rule)
-            self._admissions[SdkHost(connect_slots=admission.slots)] = admission
+        self._hosts = RoomHosts(settings)
         self._joins = 0
         #: Joins between their start and their session's entry in _sessions
         #: (a replacement's old session is out of _sessions meanwhile).
@@ -129,14 +109,8 @@ class SessionSupervisor(Actor):
                                           teardown_timeout=self._settings.teardown_timeout * 3)
             SESSIONS.set_function(lambda: len(self._sessions))
             nursery.start_soon(self._reap_unattended_sessions)
-            for host, admission in self._admissions.items():
-                nursery.start_soon(admission.run, self._link_delays_on(host))
-            async with trio.open_nursery() as starting:  # the processes start side by side
-                for host in self._admissions:
-                    if isinstance(host, WorkerSlot):
-                        starting.start_soon(functools.partial(
-                            self._supervisor.start, lambda host=host: SdkWorker(host, self._settings),
-                            policy=WORKER_POLICY))
+            await self._hosts.start(self._supervisor, nursery,
+                                    lambda: [link.actor for link in self._links.values()])
             task_status.started()
             try:
                 await self.serve()
@@ -185,15 +159,8 @@ class SessionSupervisor(Actor):
             "sessions_reaped": self._reaped,
             "sessions_given_up": self._given_up,
             "teardown_overruns": self._supervisor.teardown_overruns if self._supervisor is not None else 0,
-            **self._admission_counters(),
+            **self._hosts.counters(),
         }
-
-    def _admission_counters(self) -> dict[str, int]:
-        """Summed over the hosts (each worker's own are in its line of the tree)."""
-        total: collections.Counter[str] = collections.Counter()
-        for admission in self._admissions.values():
-            total.update(admission.counters())
-        return dict(total)
 
     def children(self) -> list[dict[str, Any]]:
         return self._supervisor.describe() if self._supervisor is not None else []
@@ -340,22 +307,13 @@ class SessionSupervisor(Actor):
         line = UserLine(mic_buffer_packets=self._settings.mic_buffer_packets,
                         publish_buffer_chunks=self._settings.publish_buffer_chunks)
         try:
-            host = self._place()
+            host = self._hosts.place(link.actor for link in self._links.values())
             link = await self._supervisor.start(lambda: RoomLink(join, self._settings, line, host))
         except Exception as error:
             line.close()
             return None, self._failed_join(join, error).error
         self._links[user_id] = link
         return link, "replaced" if replaced else "joined"
-
-    def _place(self) -> RoomHost:
-        """The host for a new link: the one that holds the fewest links,
-        among those whose SDK runs (a worker being restarted is passed over
-        while another runs)."""
-        held = collections.Counter(link.actor.host for link in self._links.values())
-        hosts = list(self._admissions)
-        running = [host for host in hosts if not isinstance(host, WorkerSlot) or host.connection is not None]
-        return min(running or hosts, key=lambda host: held[host])
 
     def _log_replacement(self, user_id: str, replaced: bool, how: str, why: str) -> None:
         if not replaced:
@@ -482,25 +440,14 @@ class SessionSupervisor(Actor):
     # -- questions for one session -------------------------------------------
 
     async def _count_worker_objects(self, message: CountWorkerObjects) -> None:
-        counts = []
-        for host in self._admissions:
-            connection = host.connection if isinstance(host, WorkerSlot) else None
-            if connection is not None:
-                try:
-                    counts.append(await connection.request("live_objects"))
-                except (WorkerGone, WorkerError) as error:
-                    message.reply.fail(error)
-                    return
-        message.reply.send(counts)
+        try:
+            message.reply.send(await self._hosts.count_worker_objects())
+        except (WorkerGone, WorkerError) as error:
+            message.reply.fail(error)
 
     async def _give_up_on_worker(self, worker: Child) -> None:
         raise WorkerGivenUp(f"{worker.name} died more than {WORKER_POLICY.max_restarts} times within "
                             f"{WORKER_POLICY.within_seconds:g} s; last: {worker.last_error}")
-
-    def _link_delays_on(self, host: RoomHost) -> Callable[[float], list[float | None]]:
-        def delays(now: float) -> list[float | None]:
-            return [link.actor.take_delay(now) for link in self._links.values() if link.actor.host is host]
-        return delays
 
     def _serving(self, user_id: str) -> bool:
         session = self._sessions.get(user_id)

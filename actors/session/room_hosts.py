@@ -1,0 +1,102 @@
+"""Where the users' rooms are joined, and which host a new link goes to.
+
+A host is this process's SDK, or (BRIDGE_SDK_WORKERS, by default one per
+core) one of the SDK worker processes. Each host admits its own connects
+(connect_admission.py), set by the lateness of its own links' packets: a
+join storm in one SDK process delays only that process's rooms.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import trio
+
+from ..livekit.room_interface import RoomHost
+from ..livekit.sdk_room import SdkHost
+from ..operations.settings import BridgeSettings
+from ..runtime import Backoff, Restart, RestartPolicy, Supervisor
+from ..sdk_workers.worker import SdkWorker, WorkerSlot
+from .connect_admission import AdmissionRule, ConnectAdmission
+from .room_link import RoomLink
+
+#: A worker process that dies is started again at once, then after up to 5 s;
+#: one that dies more than 10 times a minute is given up on (the session
+#: supervisor then fails, and its own supervisor starts it anew, every worker
+#: with it).
+WORKER_POLICY = RestartPolicy(restart=Restart.PERMANENT, max_restarts=10, within_seconds=60,
+                              backoff=Backoff(initial=0.2, maximum=5.0))
+
+
+class RoomHosts:
+    """The hosts of one session supervisor, with their connect admissions."""
+
+    def __init__(self, settings: BridgeSettings) -> None:
+        self._settings = settings
+        rule = AdmissionRule(ceiling=settings.max_concurrent_connects)
+        self._admissions: dict[RoomHost, ConnectAdmission] = {}
+        if settings.sdk_worker_processes:
+            for index in range(1, settings.sdk_worker_processes + 1):
+                admission = ConnectAdmission(rule)
+                self._admissions[WorkerSlot(index, admission.slots, admission.counters)] = admission
+        else:
+            admission = ConnectAdmission(rule)
+            self._admissions[SdkHost(connect_slots=admission.slots)] = admission
+
+    async def start(self, supervisor: Supervisor, nursery: trio.Nursery,
+                    links: Callable[[], Iterable[RoomLink]]) -> None:
+        """Run each host's admission in ``nursery`` (``links()``: the links
+        now, whose packets set it), and start the worker processes under
+        ``supervisor``, side by side; return once every one is ready.
+
+        Raises:
+            Exception: a worker process could not start (see SdkWorker.run).
+        """
+        for host, admission in self._admissions.items():
+            nursery.start_soon(admission.run, _delays_of_links_on(host, links))
+        async with trio.open_nursery() as starting:
+            for host in self._admissions:
+                if isinstance(host, WorkerSlot):
+                    starting.start_soon(self._start_worker, supervisor, host)
+
+    async def _start_worker(self, supervisor: Supervisor, slot: WorkerSlot) -> None:
+        await supervisor.start(lambda: SdkWorker(slot, self._settings), policy=WORKER_POLICY)
+
+    def place(self, links: Iterable[RoomLink]) -> RoomHost:
+        """The host for a new link: the one that holds the fewest of
+        ``links``, among those whose SDK runs (a worker being restarted is
+        passed over while another runs)."""
+        held = collections.Counter(link.host for link in links)
+        hosts = list(self._admissions)
+        running = [host for host in hosts if not isinstance(host, WorkerSlot) or host.connection is not None]
+        return min(running or hosts, key=lambda host: held[host])
+
+    def counters(self) -> dict[str, int]:
+        """The admissions' counters, summed over the hosts (each worker shows
+        its own in its line of the tree)."""
+        total: collections.Counter[str] = collections.Counter()
+        for admission in self._admissions.values():
+            total.update(admission.counters())
+        return dict(total)
+
+    async def count_worker_objects(self) -> list[dict[str, Any]]:
+        """The leak check of each running worker process.
+
+        Raises:
+            WorkerGone, WorkerError: a worker did not answer.
+        """
+        counts = []
+        for host in self._admissions:
+            connection = host.connection if isinstance(host, WorkerSlot) else None
+            if connection is not None:
+                counts.append(await connection.request("live_objects"))
+        return counts
+
+
+def _delays_of_links_on(host: RoomHost, links: Callable[[], Iterable[RoomLink]]
+                        ) -> Callable[[float], list[float | None]]:
+    def delays(now: float) -> list[float | None]:
+        return [link.take_delay(now) for link in links() if link.host is host]
+    return delays
