@@ -27,7 +27,10 @@ bench/results/. Then the single-session benchmarks, printed as a table:
   user's first chunk on the new stream, the bridge's CPU, packets lost in
   the gap (bench/cloud_restart.py; `python -m bench.cloud_restart`);
 - one SDK process or two: a deploy's joins, a storm's effect on the users
-  of the other process, the hop's cost (bench/processes.py).
+  of the other process, the hop's cost (bench/processes.py);
+- where a burst of 20 joins spends its CPU, by thread and in the main
+  thread by library, with SDK worker processes and without
+  (bench/join_profile.py).
 Numbers depend on the machine; compare runs on the same one.
 """
 
@@ -57,7 +60,7 @@ from bench.ladder import RESULTS, RungPlan, ladder, percentile as nearest_rank  
 from bench.profile_summary import perf_summary, summarize  # noqa: E402
 from bench.stamps import STAMP  # noqa: E402
 from bench.playback import playback_latency  # noqa: E402
-from bench import cloud_restart, heal, processes  # noqa: E402
+from bench import cloud_restart, heal, join_profile, processes  # noqa: E402
 
 JOINS = 30
 PACKETS = 300
@@ -187,6 +190,8 @@ def main() -> None:
         heal.main(["--users", "50", "--connects", "2", "--outage", "10"])
         cloud_restart.main(["--users", "20", "50", "--gap", "2"])
         processes.main(["--users", "20", "50"])
+        join_profile.main(["--users", "20", "--label", "workers"])
+        join_profile.main(["--users", "20", "--label", "in-process", "--bridge-env", "BRIDGE_SDK_WORKERS=0"])
 
 
 if __name__ == "__main__":
