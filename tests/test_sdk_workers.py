@@ -215,6 +215,18 @@ async def test_a_hung_worker_is_killed_and_started_again(bridge_settings, liveki
             nursery.cancel_scope.cancel()
 
 
+async def test_a_worker_gets_none_of_the_bridges_secrets(bridge_settings, livekit, monkeypatch) -> None:
+    monkeypatch.setenv("BRIDGE_AUTH_TOKEN", "not-for-workers")
+    monkeypatch.setenv("LIVEKIT_API_SECRET", "not-for-workers-either")
+    async with running_bridge(dataclasses.replace(bridge_settings, sdk_workers=1)) as bridge, \
+            cloud(bridge.address) as client:
+        (worker,) = await workers_in_tree(client)
+        with open(f"/proc/{worker['details']['pid']}/environ", "rb") as environ:
+            variables = dict(item.split(b"=", 1) for item in environ.read().split(b"\0") if b"=" in item)
+    assert b"BRIDGE_AUTH_TOKEN" not in variables and b"LIVEKIT_API_SECRET" not in variables
+    assert variables[b"PATH"] == os.environ["PATH"].encode()  # the rest of the environment is passed on
+
+
 def child_pids(pid: int) -> list[int]:
     """(Trio starts processes from a thread of its own: every thread's children count.)"""
     children = []

@@ -52,6 +52,7 @@ from ..livekit.event_filter import DataCallback
 from ..livekit.room import RoomConnectError, connect_slot
 from ..livekit.room_interface import EventCallback
 from ..operations.metrics import MIC_DROPPED, ROOM_CONNECT
+from ..operations.configuration import declared
 from ..operations.settings import BridgeSettings
 from ..runtime import Actor, only_cancelled
 from .frames import FrameChannel, Outbox
@@ -446,7 +447,9 @@ class SdkWorker(Actor):
         settings = self._settings
         command = [sys.executable, "-m", "actors.sdk_workers.worker_process", str(theirs.fileno()), self.name,
                    settings.log_level, settings.log_format or ""]
-        environment = dict(os.environ)
+        # The worker joins with the tokens it is sent; it needs none of the bridge's secrets.
+        secrets = {declaration.env for _, declaration, _ in declared(BridgeSettings) if declaration.secret}
+        environment = {name: value for name, value in os.environ.items() if name not in secrets}
         environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_PROJECT_ROOT),
                                                                    environment.get("PYTHONPATH")]))
         return await trio.lowlevel.open_process(command, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
