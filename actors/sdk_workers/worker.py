@@ -467,6 +467,9 @@ class SdkWorker(Actor):
             process.kill()
             await process.wait()
 
+    def log_fields(self) -> dict[str, Any]:
+        return {"sdk_worker": self.name}  # as the process's own lines carry it
+
     def details(self) -> dict[str, Any]:
         process = self._process
         return {"pid": process.pid if process is not None else None}
