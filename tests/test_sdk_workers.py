@@ -57,6 +57,16 @@ async def workers_in_tree(client) -> list[dict]:
     return sorted(find(tree["children"], lambda node: node["kind"] == "SdkWorker"), key=lambda node: node["name"])
 
 
+async def running_workers(client, count: int) -> list[dict]:
+    """The workers, once ``count`` of them run (they start in the background)."""
+    with trio.fail_after(30):
+        while True:
+            workers = await workers_in_tree(client)
+            if len(workers) == count and all(worker["state"] == "running" for worker in workers):
+                return workers
+            await trio.sleep(0.05)
+
+
 async def link_in_tree(client, user: str) -> dict:
     (link,) = find((await client.actor_tree())["children"], lambda node: node["name"] == f"link:{user}")
     return link
@@ -94,10 +104,14 @@ async def test_rooms_are_spread_over_the_workers_and_no_worker_outlives_the_brid
     settings = dataclasses.replace(bridge_settings, sdk_workers=2)
     users = [f"spread-{n}" for n in range(4)]
     async with running_bridge(settings) as bridge, cloud(bridge.address) as client:
-        assert [w["counters"]["rooms"] for w in await workers_in_tree(client)] == [0, 0]
-        for user in users:
+        assert [w["counters"]["rooms"] for w in await running_workers(client, 2)] == [0, 0]
+        async def join(user: str) -> None:
             joined = await client.join(join_request(livekit, user))
             assert joined.success, joined.error
+
+        async with trio.open_nursery() as nursery:  # all at once, as in a deploy
+            for user in users:
+                nursery.start_soon(join, user)
         workers = await workers_in_tree(client)
         assert [w["name"] for w in workers] == ["sdk-worker:1", "sdk-worker:2"]
         assert [w["counters"]["rooms"] for w in workers] == [2, 2]
@@ -220,7 +234,7 @@ async def test_a_worker_gets_none_of_the_bridges_secrets(bridge_settings, liveki
     monkeypatch.setenv("LIVEKIT_API_SECRET", "not-for-workers-either")
     async with running_bridge(dataclasses.replace(bridge_settings, sdk_workers=1)) as bridge, \
             cloud(bridge.address) as client:
-        (worker,) = await workers_in_tree(client)
+        (worker,) = await running_workers(client, 1)
         with open(f"/proc/{worker['details']['pid']}/environ", "rb") as environ:
             variables = dict(item.split(b"=", 1) for item in environ.read().split(b"\0") if b"=" in item)
     assert b"BRIDGE_AUTH_TOKEN" not in variables and b"LIVEKIT_API_SECRET" not in variables

@@ -9,7 +9,8 @@ join storm in one SDK process delays only that process's rooms.
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable, Iterable
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import trio
@@ -44,34 +45,40 @@ class RoomHosts:
         else:
             admission = ConnectAdmission(rule)
             self._admissions[SdkHost(connect_slots=admission.slots)] = admission
+        #: Links placed on each host that are still joining (not among the links yet).
+        self._joining: collections.Counter[RoomHost] = collections.Counter()
 
-    async def start(self, supervisor: Supervisor, nursery: trio.Nursery,
-                    links: Callable[[], Iterable[RoomLink]]) -> None:
+    def start(self, supervisor: Supervisor, nursery: trio.Nursery, links: Callable[[], Iterable[RoomLink]]) -> None:
         """Run each host's admission in ``nursery`` (``links()``: the links
         now, whose packets set it), and start the worker processes under
-        ``supervisor``, side by side; return once every one is ready.
-
-        Raises:
-            Exception: a worker process could not start (see SdkWorker.run).
-        """
+        ``supervisor``, side by side and in the background: a join placed on
+        a worker that is not ready yet waits for it (WorkerSlot.open_room),
+        so the front door can serve at once. A worker that cannot start at
+        all fails ``nursery``."""
         for host, admission in self._admissions.items():
             nursery.start_soon(admission.run, _delays_of_links_on(host, links))
-        async with trio.open_nursery() as starting:
-            for host in self._admissions:
-                if isinstance(host, WorkerSlot):
-                    starting.start_soon(self._start_worker, supervisor, host)
+        for host in self._admissions:
+            if isinstance(host, WorkerSlot):
+                nursery.start_soon(self._start_worker, supervisor, host)
 
     async def _start_worker(self, supervisor: Supervisor, slot: WorkerSlot) -> None:
         await supervisor.start(lambda: SdkWorker(slot, self._settings), policy=WORKER_POLICY)
 
-    def place(self, links: Iterable[RoomLink]) -> RoomHost:
-        """The host for a new link: the one that holds the fewest of
-        ``links``, among those whose SDK runs (a worker being restarted is
-        passed over while another runs)."""
-        held = collections.Counter(link.host for link in links)
+    @contextlib.contextmanager
+    def placing(self, links: Iterable[RoomLink]) -> Iterator[RoomHost]:
+        """The host for a new link, counted as holding it while the block
+        runs (the link joins there, then is among ``links``): the one that
+        holds the fewest, among those whose SDK runs (a worker being
+        restarted is passed over while another runs)."""
+        held = collections.Counter(link.host for link in links) + self._joining
         hosts = list(self._admissions)
         running = [host for host in hosts if not isinstance(host, WorkerSlot) or host.connection is not None]
-        return min(running or hosts, key=lambda host: held[host])
+        host = min(running or hosts, key=lambda host: held[host])
+        self._joining[host] += 1
+        try:
+            yield host
+        finally:
+            self._joining[host] -= 1
 
     def counters(self) -> dict[str, int]:
         """The admissions' counters, summed over the hosts (each worker shows

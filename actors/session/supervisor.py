@@ -109,8 +109,7 @@ class SessionSupervisor(Actor):
                                           teardown_timeout=self._settings.teardown_timeout * 3)
             SESSIONS.set_function(lambda: len(self._sessions))
             nursery.start_soon(self._reap_unattended_sessions)
-            await self._hosts.start(self._supervisor, nursery,
-                                    lambda: [link.actor for link in self._links.values()])
+            self._hosts.start(self._supervisor, nursery, lambda: [link.actor for link in self._links.values()])
             task_status.started()
             try:
                 await self.serve()
@@ -306,13 +305,14 @@ class SessionSupervisor(Actor):
             self._log_replacement(user_id, replaced, "rejoined", "the session had no LiveKit link")
         line = UserLine(mic_buffer_packets=self._settings.mic_buffer_packets,
                         publish_buffer_chunks=self._settings.publish_buffer_chunks)
-        try:
-            host = self._hosts.place(link.actor for link in self._links.values())
-            link = await self._supervisor.start(lambda: RoomLink(join, self._settings, line, host))
-        except Exception as error:
-            line.close()
-            return None, self._failed_join(join, error).error
-        self._links[user_id] = link
+        # Placed while it joins, so that joins at once spread over the hosts.
+        with self._hosts.placing(link.actor for link in self._links.values()) as host:
+            try:
+                link = await self._supervisor.start(lambda: RoomLink(join, self._settings, line, host))
+            except Exception as error:
+                line.close()
+                return None, self._failed_join(join, error).error
+            self._links[user_id] = link
         return link, "replaced" if replaced else "joined"
 
     def _log_replacement(self, user_id: str, replaced: bool, how: str, why: str) -> None:
