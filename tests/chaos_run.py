@@ -443,10 +443,13 @@ async def heap_over_rounds(chaos: Chaos, rounds: int, users: int, *, warm_up: in
             for index in range(users):
                 nursery.start_soon(_join_stream_leave, chaos, f"round-user-{index}")
         after_round(round_)
+        # Asked after the warm-up rounds too: the check's own first call in
+        # an SDK worker leaves objects (its imports), and the workers start
+        # in the background, so the call before the rounds may not reach them.
+        counts = await leak_check(chaos)
+        if counts is None:
+            return None
         if round_ > warm_up:
-            counts = await leak_check(chaos)
-            if counts is None:
-                return None
             measured.append(counts)
     return HeapGrowth.over(measured, users)
 
