@@ -11,7 +11,8 @@ If the process dies, every room it held is reported lost to its link
 ("disconnected", SDK_WORKER_EXITED), every request waiting on it fails, and
 the actor crashes: its supervisor starts a new process in the slot, and the
 links rejoin there by themselves (their rejoin backoff), with no JoinRoom
-from the cloud.
+from the cloud; a join meanwhile waits for the new process. A process that
+answers no ping for PING_TIMEOUT seconds is hung: it is killed, and so dies.
 
 The messages (frames.py; ``request`` is an id the reply names, None for
 none):
