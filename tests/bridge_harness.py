@@ -24,6 +24,7 @@ import grpclib.client
 import jwt
 import grpclib.const
 import grpclib.exceptions
+import h2.exceptions
 import numpy as np
 import pytest
 import trio
@@ -397,7 +398,9 @@ class AudioStream:
         if stream._recv_trailing_metadata_done:  # a trailers-only answer: recv already raised for it
             return
         if not stream._end_done:
-            with contextlib.suppress(grpclib.exceptions.StreamTerminatedError, grpclib.exceptions.ProtocolError):
+            # The server may have closed the stream already (its trailers are in): then there is nothing to end.
+            with contextlib.suppress(grpclib.exceptions.StreamTerminatedError, grpclib.exceptions.ProtocolError,
+                                     h2.exceptions.StreamClosedError):
                 await stream.end()
         await stream.recv_trailing_metadata()
 
