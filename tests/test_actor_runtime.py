@@ -10,7 +10,7 @@ import pytest
 import trio
 from loguru import logger
 
-from actors.runtime import (Actor, ActorGone, Backoff, ChildState, MailboxFull, Mailbox, Request, Restart,
+from actors.runtime import (Actor, ActorGone, Backoff, ChildGivenUp, ChildState, MailboxFull, Mailbox, Request, Restart,
                             RestartPolicy, Supervisor)
 
 
@@ -281,6 +281,33 @@ async def test_a_crashing_child_waits_out_a_growing_backoff_and_is_then_given_up
     assert gaps == pytest.approx([1.0, 2.0, 4.0])
     assert child.state == ChildState.CRASHED and child.restarts == 3
     assert "allows 3 restarts" in child.describe()["given_up"]
+
+
+async def test_a_child_that_escalates_takes_its_supervisors_owner_down_once_given_up_on(autojump_clock) -> None:
+    class CrashesAtOnce(EchoActor):
+        async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+            task_status.started()
+            raise RuntimeError("crash")
+
+    def policy(escalate: bool) -> RestartPolicy:
+        return RestartPolicy(restart=Restart.PERMANENT, max_restarts=2, backoff=Backoff(initial=1.0, jitter=0.0),
+                             escalate=escalate)
+
+    # Without escalation the owner's nursery goes on: a sibling still answers.
+    async with trio.open_nursery() as nursery:
+        supervisor = Supervisor(nursery)
+        child = await supervisor.start(CrashesAtOnce, policy=policy(False))
+        sibling = await supervisor.start(EchoActor)
+        await child.done.wait()
+        assert child.given_up is not None and await sibling.ask(Echo("still here"), timeout=1) == "still here"
+        nursery.cancel_scope.cancel()
+    # With it, the owner's nursery fails once the child is given up on.
+    with pytest.RaisesGroup(pytest.RaisesExc(ChildGivenUp, match="given up on after 3 ends")):
+        async with trio.open_nursery() as nursery:
+            supervisor = Supervisor(nursery)
+            child = await supervisor.start(CrashesAtOnce, policy=policy(True))
+            await trio.sleep_forever()
+    assert child.restarts == 2
 
 
 async def test_a_teardown_that_overruns_is_counted_and_never_hangs_its_supervisor(autojump_clock) -> None:

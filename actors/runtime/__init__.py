@@ -7,13 +7,14 @@ from .actor import Actor
 from .buffer import DropOldestBuffer
 from .cancellation import only_cancelled
 from .mailbox import ActorGone, Mailbox, MailboxFull, Reply, Request
-from .supervisor import NEVER_RESTART, Backoff, Child, ChildState, Restart, RestartPolicy, Supervisor
+from .supervisor import NEVER_RESTART, Backoff, Child, ChildGivenUp, ChildState, Restart, RestartPolicy, Supervisor
 
 __all__ = [
     "Actor",
     "ActorGone",
     "Backoff",
     "Child",
+    "ChildGivenUp",
     "ChildState",
     "DropOldestBuffer",
     "Mailbox",

@@ -66,16 +66,25 @@ class RestartPolicy:
     """A child spec's restart part, as data: when to restart (``restart``),
     after how long (``backoff``), and when to give up: more than
     ``max_restarts`` restarts within ``within_seconds``, as Erlang supervisors
-    do, since a fault that repeats at once is not cured by restarting.
+    do, since a fault that repeats at once is not cured by restarting. A child
+    that ``escalates`` takes its supervisor's owner down when it is given up
+    on (the owner's nursery fails with ChildGivenUp), as an Erlang supervisor
+    terminates when its restart intensity is exceeded: for a child the owner
+    cannot do without.
     """
 
     restart: Restart = Restart.TRANSIENT
     max_restarts: int = 3
     within_seconds: float = 60.0
     backoff: Backoff = Backoff()
+    escalate: bool = False
 
 
 NEVER_RESTART = RestartPolicy(restart=Restart.TEMPORARY, max_restarts=0)
+
+
+class ChildGivenUp(Exception):
+    """A child whose policy escalates was given up on; the message says which and why."""
 
 
 class Child:
@@ -231,6 +240,8 @@ class Supervisor:
                 if start_signal.fired and self._on_exit is not None:
                     self._on_exit(child, crash)
                 child.done.set()
+        if crash is not None and child.given_up is not None and child.policy.escalate:
+            raise ChildGivenUp(f"{child.name} was given up on after {child.given_up}: {child.last_error}") from crash
 
     async def _run_until_given_up(self, child: Child, start_signal: _StartSignal) -> Exception | None:
         """Run the child, restarting it as its policy allows; return the crash
@@ -238,8 +249,8 @@ class Supervisor:
 
         Only a failure of the first start is raised (start() reports it);
         anything later is a crash, including an error raised while the child
-        was being cancelled, so no child's failure ever reaches the nursery
-        that other children share.
+        was being cancelled, so no child's failure reaches the nursery that
+        other children share, unless its policy escalates (see _supervise).
         """
         restart = child.policy.restart
         while True:

@@ -24,11 +24,11 @@ from .connect_admission import AdmissionRule, ConnectAdmission
 from .room_link import RoomLink
 
 #: A worker process that dies is started again at once, then after up to 5 s;
-#: one that dies more than 10 times a minute is given up on (the session
-#: supervisor then fails, and its own supervisor starts it anew, every worker
-#: with it).
+#: one that dies more than 10 times a minute is given up on, and that takes
+#: the session supervisor down (its own supervisor starts it anew, every
+#: worker with it).
 WORKER_POLICY = RestartPolicy(restart=Restart.PERMANENT, max_restarts=10, within_seconds=60,
-                              backoff=Backoff(initial=0.2, maximum=5.0))
+                              backoff=Backoff(initial=0.2, maximum=5.0), escalate=True)
 
 
 class RoomHosts:

@@ -48,7 +48,7 @@ from ..runtime import Actor, ActorGone, Child, MailboxFull, Request, Restart, Re
 from ..sdk_workers.worker import SdkWorker, WorkerError, WorkerGone
 from .messages import (AtCapacity, AttachStream, CountWorkerObjects, Fault, GetHealth, GetStatus, Health, Join,
                        Joined, Leave, Play, SessionStatus, StopPlayback)
-from .room_hosts import WORKER_POLICY, RoomHosts
+from .room_hosts import RoomHosts
 from .room_link import RoomLink
 from .user_line import UserLine
 from .user_session import UserSession
@@ -68,10 +68,6 @@ class _EndUser(Request[None]):
 
 
 UserCommand = Join | Leave | _EndUser
-
-class WorkerGivenUp(Exception):
-    """An SDK worker process kept dying; the message says how it last did."""
-
 
 class SessionSupervisor(Actor):
     mailbox_capacity = 4096
@@ -403,9 +399,7 @@ class SessionSupervisor(Actor):
         user's command order; GetStatus says why at once."""
         actor = child.actor
         if isinstance(actor, SdkWorker):
-            if child.given_up is not None and self._nursery is not None:
-                self._nursery.start_soon(self._give_up_on_worker, child)
-            return
+            return  # restarted by its policy, or given up on, which takes this supervisor down
         user_id = actor.user_id
         if isinstance(actor, RoomLink):
             actor.line.close()
@@ -444,10 +438,6 @@ class SessionSupervisor(Actor):
             message.reply.send(await self._hosts.count_worker_objects())
         except (WorkerGone, WorkerError) as error:
             message.reply.fail(error)
-
-    async def _give_up_on_worker(self, worker: Child) -> None:
-        raise WorkerGivenUp(f"{worker.name} died more than {WORKER_POLICY.max_restarts} times within "
-                            f"{WORKER_POLICY.within_seconds:g} s; last: {worker.last_error}")
 
     def _serving(self, user_id: str) -> bool:
         session = self._sessions.get(user_id)
