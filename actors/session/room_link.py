@@ -429,12 +429,13 @@ class RoomLink(Actor):
         queued_at = time.monotonic()
         self._spacing += (min(queued_at - self._last_packet_at, STREAMING_WITHIN) - self._spacing) * 0.1
         self._last_packet_at = queued_at
-        if queued_at - received_at > self._worst_lag:
-            self._worst_lag = queued_at - received_at
+        lag = queued_at - received_at
+        if lag > self._worst_lag:
+            self._worst_lag = lag
         if not pcm:
             line.packets_empty += 1
             return
-        MIC_FFI_TO_TRIO.observe(queued_at - received_at)
+        MIC_FFI_TO_TRIO.observe(lag)
         if line.mic.push(MicChunk(pcm, now_ms(), queued_at)):
             MIC_DROPPED.inc()
 
