@@ -334,8 +334,8 @@ class FrontDoor:
                                                      f"nor simulate:<one of {SIMULATED_SCENARIOS}>")
         if request.kind == "leak-check":
             counts = live_objects()
-            for index, worker in enumerate(await self._ask(CountWorkerObjects()), start=1):
-                add_worker_counts(counts, worker, f"sdk-worker:{index}")
+            for name, worker in (await self._ask(CountWorkerObjects())).items():
+                add_worker_counts(counts, worker, name)
             return debug_pb.InjectFaultResponse(detail=json.dumps(counts))
         prefix = "sessions/session:"
         if not request.actor_path.startswith(prefix) or len(request.actor_path) == len(prefix):

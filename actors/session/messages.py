@@ -75,9 +75,10 @@ class GetHealth(Request["Health"]):
     pass
 
 
-class CountWorkerObjects(Request["list[dict[str, Any]]"]):
-    """The leak check of each running SDK worker process (live_objects.py's
-    answer, counted in that process); empty without worker processes."""
+class CountWorkerObjects(Request["dict[str, dict[str, Any]]"]):
+    """The leak check of each running SDK worker process, by its name
+    (live_objects.py's answer, counted in that process); empty without
+    worker processes."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -88,17 +88,18 @@ class RoomHosts:
             total.update(admission.counters())
         return dict(total)
 
-    async def count_worker_objects(self) -> list[dict[str, Any]]:
-        """The leak check of each running worker process.
+    async def count_worker_objects(self) -> dict[str, dict[str, Any]]:
+        """The leak check of each running worker process, by its name (one
+        being restarted is left out).
 
         Raises:
             WorkerGone, WorkerError: a worker did not answer.
         """
-        counts = []
+        counts = {}
         for host in self._admissions:
             connection = host.connection if isinstance(host, WorkerSlot) else None
             if connection is not None:
-                counts.append(await connection.request("live_objects"))
+                counts[host.name] = await connection.request("live_objects")
         return counts
 
 
