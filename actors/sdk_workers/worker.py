@@ -25,7 +25,7 @@ none):
                       ("close", request, out)          ("live_objects", request)
                       ("ping", request)
                       ("cancel", None, request)        (the bridge stopped waiting for it)
-    worker -> bridge: ("ready", pid)                   ("reply", request, ok, value or error)
+    worker -> bridge: ("ready",)                       ("reply", request, ok, value or error)
                       ("data", key, sender, payload, received_at)
                       ("event", key, name, detail, connected)
                       ("participants", key, identities)
@@ -115,7 +115,7 @@ class WorkerConnection:
         self._abandoned: dict[int, WorkerAbandoned] = {}
         #: Why the connection is over (None while it serves).
         self.closed: str | None = None
-        self.pid = 0
+        self.ready = False
         #: Microphone packets the process dropped because this side read too slowly.
         self.packets_dropped = 0
 
@@ -163,8 +163,8 @@ class WorkerConnection:
         pending = self._abandoned[abandoned_id] = WorkerAbandoned()
         return pending
 
-    async def receive(self, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-        """Report the process's pid once it is ready, then route what it sends
+    async def receive(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Report started once the process is ready, then route what it sends
         until it closes the connection (it closes it only by exiting).
 
         Raises:
@@ -175,10 +175,10 @@ class WorkerConnection:
                 for message in await self._channel.receive():
                     self._route(message, task_status)
         except (trio.EndOfChannel, trio.BrokenResourceError, ConnectionError):
-            if not self.pid:
+            if not self.ready:
                 raise WorkerGone(f"{self.name} exited before it was ready (its log says why)") from None
 
-    def _route(self, message: tuple[Any, ...], task_status: trio.TaskStatus[int]) -> None:
+    def _route(self, message: tuple[Any, ...], task_status: trio.TaskStatus[None]) -> None:
         kind = message[0]
         if kind == "data":
             room = self.rooms.get(message[1])
@@ -205,8 +205,8 @@ class WorkerConnection:
             MIC_DROPPED.inc(message[1] - self.packets_dropped)
             self.packets_dropped = message[1]
         elif kind == "ready":
-            self.pid = message[1]
-            task_status.started(self.pid)
+            self.ready = True
+            task_status.started()
 
     def close(self, why: str, *, rooms_lost: bool) -> None:
         """The process is gone: its waiters fail, its abandoned connects are

@@ -14,7 +14,6 @@ process group: the bridge drains first and then closes the connection.
 from __future__ import annotations
 
 import itertools
-import os
 import signal
 import socket
 import sys
@@ -217,7 +216,7 @@ async def serve_bridge(sock: socket.socket) -> None:
         outbox = Outbox(channel)
         nursery.start_soon(outbox.run_until_closed)
         rooms = RoomsHeld(outbox, nursery)
-        outbox.put(("ready", os.getpid()))
+        outbox.put(("ready",))
         try:
             while True:
                 for message in await channel.receive():
