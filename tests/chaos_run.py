@@ -494,12 +494,16 @@ BRIDGE_COMMAND = (sys.executable, str(REPO / "bridge_main.py"), "serve")
 async def bridge_process(livekit: DevLiveKit, workdir: pathlib.Path, command: tuple[str, ...] = BRIDGE_COMMAND
                          ) -> AsyncIterator[tuple[str, subprocess.Popen]]:
     """The bridge as a process of its own with fault injection on, on a free
-    loopback port; its log in ``workdir``/bridge.log. SIGTERM at the end."""
+    loopback port, with two SDK worker processes whatever the machine's cores
+    (the kill-sdk-worker fault needs them, and the RSS compared to the floor's
+    must not depend on the machine); its log in ``workdir``/bridge.log.
+    SIGTERM at the end."""
     port = free_port()
     log = open(workdir / "bridge.log", "wb")
     process = subprocess.Popen(
         list(command),
-        env=dict(os.environ, PORT=str(port), BRIDGE_HOST="127.0.0.1", LIVEKIT_URL=livekit.url, BRIDGE_CHAOS="1"),
+        env=dict(os.environ, PORT=str(port), BRIDGE_HOST="127.0.0.1", LIVEKIT_URL=livekit.url, BRIDGE_CHAOS="1",
+                 BRIDGE_SDK_WORKERS="2"),
         cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
     )
     try:

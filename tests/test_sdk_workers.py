@@ -18,6 +18,7 @@ import trio_asyncio
 from prometheus_client import REGISTRY
 
 from actors.operations.tree_view import render
+from bench.proc_stats import family
 from bridge_harness import (REPO, Phone, bridge_identity, cloud, counter_of, join_once_listening, join_request,
                             list_participants, listener_in_room, numbered_pcm, phone_in_room, running_bridge,
                             until_room_is_empty)
@@ -241,15 +242,6 @@ async def test_a_worker_gets_none_of_the_bridges_secrets(bridge_settings, liveki
     assert variables[b"PATH"] == os.environ["PATH"].encode()  # the rest of the environment is passed on
 
 
-def child_pids(pid: int) -> list[int]:
-    """(Trio starts processes from a thread of its own: every thread's children count.)"""
-    children = []
-    for task in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{task}/children") as listed:
-            children += [int(child) for child in listed.read().split()]
-    return children
-
-
 async def test_a_worker_exits_when_the_bridge_is_killed(livekit, tmp_path) -> None:
     socket_path = tmp_path / "killed.sock"
     process = subprocess.Popen(
@@ -259,7 +251,7 @@ async def test_a_worker_exits_when_the_bridge_is_killed(livekit, tmp_path) -> No
         async with trio_asyncio.open_loop(), cloud(f"unix:{socket_path}") as client:
             joined = await join_once_listening(client, join_request(livekit, "orphan"))
             assert joined.success, joined.error
-            workers = child_pids(process.pid)
+            workers = family(process.pid)[1:]
             assert len(workers) == 1
             process.kill()
             await trio.to_thread.run_sync(process.wait)
