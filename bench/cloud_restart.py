@@ -36,7 +36,7 @@ from typing import Any
 from actors.livekit.dev_server import DevLiveKit, start_dev_livekit
 from bench.ladder import (Commanded, bridge_process, histogram_buckets, percentile, phones, profiled,
                           stage_quantiles, start_phones_sending)
-from bench.proc_stats import cpu_seconds, machine_idle
+from bench.proc_stats import cpu_seconds, idle_share, machine_idle
 
 INTERVAL = 0.1
 SETTLE = 2.0
@@ -62,7 +62,7 @@ def restart_once(livekit: DevLiveKit, users: int, gap: float, adopt: bool, tag: 
         time.sleep(2.0)
         streaming_cpu_rate = (cpu_seconds(bridge.pid) - cpu_before) / (time.monotonic() - steady_from)
         idle_after = machine_idle()
-        streaming_idle = (idle_after[0] - idle_before[0]) / max(1e-9, idle_after[1] - idle_before[1])
+        streaming_idle = idle_share(idle_before, idle_after)
 
         first.process.send_signal(signal.SIGKILL)  # the cloud dies: no LeaveRoom
         first.process.wait()
@@ -96,7 +96,7 @@ def restart_once(livekit: DevLiveKit, users: int, gap: float, adopt: bool, tag: 
         "joins_failed": len(rejoined["failed"]),
         "join_ms": {"p50": statistics.median(rejoined["ms"]), "max": max(rejoined["ms"]), "all": rejoined["all_ms"]},
         "server_join_ms": server_joins,
-        "machine_idle": (idle_end[0] - idle_start[0]) / max(1e-9, idle_end[1] - idle_start[1]),
+        "machine_idle": idle_share(idle_start, idle_end),
         "machine_idle_streaming": streaming_idle,
         "first_chunk_ms": {"n": len(waits), "p50": statistics.median(waits) if waits else None,
                            "p95": percentile(waits, 0.95) if waits else None, "max": max(waits, default=None)},

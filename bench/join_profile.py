@@ -34,7 +34,7 @@ from typing import Any
 
 from actors.livekit.dev_server import start_dev_livekit
 from bench.ladder import HERE, RESULTS, Commanded, bridge_process, phones, start_phones_sending
-from bench.proc_stats import cpu_by_thread, cpu_seconds, machine_idle
+from bench.proc_stats import cpu_by_thread, cpu_seconds, idle_share, machine_idle
 
 #: Where a sample's innermost Python frame lives -> the part of the program it is.
 LIBRARIES = [
@@ -109,7 +109,7 @@ def run(users: int, bridge_env: dict[str, str], label: str) -> str:
                 receiver.stop()
     finally:
         livekit.stop()
-    idle = (idle_after[0] - idle_before[0]) / max(1e-9, idle_after[1] - idle_before[1])
+    idle = idle_share(idle_before, idle_after)
     lines = [f"# A burst of {users} joins ({label}; bridge env: {bridge_env or 'defaults'})", "",
              f"- all joined in {joined['all_ms']:.0f} ms, {len(joined['failed'])} failed; machine idle {100 * idle:.0f} %",
              f"- bridge CPU {1000 * (cpu_after - cpu_before) / users:.0f} ms per join "

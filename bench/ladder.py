@@ -45,7 +45,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from actors.livekit.dev_server import DevLiveKit, free_port, start_dev_livekit
-from bench.proc_stats import cpu_by_thread, cpu_seconds, machine_idle, rss_bytes
+from bench.proc_stats import cpu_by_thread, cpu_seconds, idle_share, machine_idle, rss_bytes
 from bench.report import markdown, plot
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -249,13 +249,6 @@ def missing(arrivals: dict[str, list], users: set[str], start_ns: int, end_ns: i
         expected += span
         lost += span - len(counters)
     return expected, lost
-
-
-def idle_share(before: tuple[float, float], after: tuple[float, float]) -> float:
-    """The machine's idle share between two machine_idle() reads: near 0, the
-    load generator and the target together saturate it, and what is measured
-    is the machine, not the target."""
-    return (after[0] - before[0]) / max(1e-9, after[1] - before[1])
 
 
 def run_rung(livekit: DevLiveKit, target: str, plan: RungPlan, tag: str) -> dict[str, Any]:

@@ -89,3 +89,10 @@ def machine_idle() -> tuple[float, float]:
     fields = [int(value) for value in pathlib.Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     idle = fields[3] + fields[4]  # idle, iowait
     return idle / _TICK, sum(fields[:8]) / _TICK
+
+
+def idle_share(before: tuple[float, float], after: tuple[float, float]) -> float:
+    """The machine's idle share between two machine_idle() reads: near 0, the
+    load generator and the target together saturate it, and what is measured
+    is the machine, not the target."""
+    return (after[0] - before[0]) / max(1e-9, after[1] - before[1])
