@@ -55,6 +55,10 @@ async def test_the_admission_follows_the_links_delays_and_counts_halvings() -> N
         for connect in connects:
             admission.slots.release_on_behalf_of(connect)
         assert admission.counters()["connect_window"] == admission.window
+        delays[:] = [None]  # nobody streams any more: the window opens to the ceiling again
+        with trio.fail_after(5):
+            while admission.window != 8:
+                await trio.sleep(0.01)
         nursery.cancel_scope.cancel()
 
 
@@ -81,3 +85,6 @@ async def test_the_bridges_window_is_the_ceiling_until_a_user_streams_then_its_s
                 while await window(client) != 2:  # a user streams, on time, and nobody connects
                     await trio.sleep(0.1)
             nursery.cancel_scope.cancel()
+        with trio.fail_after(10):  # the phone is gone: nobody streams, the window is the ceiling again
+            while await window(client) != 4:
+                await trio.sleep(0.1)
