@@ -55,7 +55,7 @@ from ..livekit.room_interface import EventCallback
 from ..operations.metrics import MIC_DROPPED, ROOM_CONNECT
 from ..operations.configuration import declared
 from ..operations.settings import BridgeSettings
-from ..runtime import Actor, only_cancelled
+from ..runtime import Actor, Reply, only_cancelled
 from .frames import FrameChannel, Outbox
 
 #: Where `python -m actors.sdk_workers.worker_process` is found, however the bridge was started.
@@ -91,17 +91,6 @@ class WorkerError(Exception):
     """The SDK worker process could not do what was asked; the message says why."""
 
 
-class _Waiting:
-    __slots__ = ("done", "ok", "value", "gone")
-
-    def __init__(self) -> None:
-        self.done = trio.Event()
-        self.ok = False
-        self.value: Any = None
-        #: Why the process went away before answering.
-        self.gone: str | None = None
-
-
 class WorkerConnection:
     """The bridge's end of one running worker process's socket."""
 
@@ -110,7 +99,8 @@ class WorkerConnection:
         self.outbox = Outbox(channel)
         self._channel = channel
         self._ids = itertools.count(1)
-        self._waiting: dict[int, _Waiting] = {}
+        #: request id -> the reply its asker awaits: (ok, value) as the worker sent them.
+        self._waiting: dict[int, Reply[tuple[bool, Any]]] = {}
         self.rooms: dict[int, WorkerRoom] = {}
         self._abandoned: dict[int, WorkerAbandoned] = {}
         #: Why the connection is over (None while it serves).
@@ -135,21 +125,22 @@ class WorkerConnection:
         return value
 
     async def call(self, kind: str, *arguments: Any) -> tuple[bool, Any]:
-        """``request``'s (ok, value) as the worker sent them."""
+        """``request``'s (ok, value) as the worker sent them.
+
+        Raises:
+            WorkerGone: the process exited first.
+        """
         if self.closed is not None:
             raise WorkerGone(f"{self.name} is gone ({self.closed})")
         request = self.next_id()
-        waiting = self._waiting[request] = _Waiting()
+        reply = self._waiting[request] = Reply()
         self.outbox.put((kind, request, *arguments))
         try:
-            await waiting.done.wait()
+            return await reply.wait()
         finally:
             del self._waiting[request]
-            if not waiting.done.is_set():  # cancelled: the worker need not go on with it
+            if not reply.answered:  # cancelled: the worker need not go on with it
                 self.post("cancel", request)
-        if waiting.gone is not None:
-            raise WorkerGone(f"{self.name} is gone ({waiting.gone})")
-        return waiting.ok, waiting.value
 
     def requests_waiting(self) -> int:
         return len(self._waiting)
@@ -185,10 +176,9 @@ class WorkerConnection:
             if room is not None:
                 room.on_data(message[2], message[3], message[4])
         elif kind == "reply":
-            waiting = self._waiting.get(message[1])
-            if waiting is not None:
-                waiting.ok, waiting.value = message[2], message[3]
-                waiting.done.set()
+            reply = self._waiting.get(message[1])
+            if reply is not None:
+                reply.send((message[2], message[3]))
         elif kind == "event":
             room = self.rooms.get(message[1])
             if room is not None:
@@ -216,9 +206,8 @@ class WorkerConnection:
         if self.closed is not None:
             return
         self.closed = why
-        for waiting in self._waiting.values():
-            waiting.gone = why
-            waiting.done.set()
+        for reply in self._waiting.values():
+            reply.fail(WorkerGone(f"{self.name} is gone ({why})"))
         for room in list(self.rooms.values()):
             if rooms_lost:
                 room.event("disconnected", f"SDK_WORKER_EXITED ({why})", False)
