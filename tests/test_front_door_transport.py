@@ -3,10 +3,12 @@ streams multiplexed on the cloud's one HTTP/2 connection."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import pathlib
 import socket
 import stat
+import subprocess
 
 import pytest
 import trio
@@ -14,7 +16,8 @@ import trio_asyncio
 
 from actors.bridge import run_bridge
 from actors.grpc.listener import SocketPathError
-from bridge_harness import cloud, join_request, pcm_packet, phone_in_room, running_bridge
+from actors.operations.metrics import serve_metrics
+from bridge_harness import accepted_sockets_on, cloud, grpcurl, join_request, pcm_packet, phone_in_room, running_bridge
 
 
 async def test_unix_socket_serves_the_whole_audio_path(livekit, bridge_settings, tmp_path: pathlib.Path) -> None:
@@ -112,3 +115,58 @@ async def test_300_concurrent_streams_share_one_connection(bridge, livekit) -> N
                 assert chunk.pcm_data == pcm_packet(chunk.pcm_data[0])
                 talking.cancel_scope.cancel()
             nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("over_tls", [False, True], ids=["plain", "tls"])
+async def test_accepted_tcp_connections_have_nagle_off(bridge_settings, over_tls: bool,
+                                                      tmp_path: pathlib.Path) -> None:
+    """Each microphone packet is a small HTTP/2 write: with Nagle's algorithm on,
+    it waits for the ACK of the write before it, which the client delays (tens
+    of ms a packet). Read from the kernel's socket, plain and over TLS."""
+    settings = bridge_settings
+    if over_tls:
+        cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                        "/CN=bridge", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out",
+                        str(cert)], check=True, capture_output=True)
+        settings = dataclasses.replace(settings, tls_cert=str(cert), tls_key=str(key))
+    async with running_bridge(settings) as running:
+        port = int(running.address.rsplit(":", 1)[1])
+        if over_tls:  # a call goes through over TLS; a connection is held open to read the bridge's side of
+            answered = await grpcurl(running.address, "list", flags=("-cacert", str(cert)))
+            assert answered.returncode == 0, answered.stderr
+            held = contextlib.closing(socket.create_connection(("127.0.0.1", port)))
+        else:
+            held = cloud(running.address)
+        async with contextlib.AsyncExitStack() as stack:
+            client = stack.enter_context(held) if over_tls else await stack.enter_async_context(held)
+            if not over_tls:
+                assert (await client.health()).status == 1
+            with trio.fail_after(10):
+                while not (accepted := accepted_sockets_on(port)):
+                    await trio.sleep(0.01)
+            try:
+                assert [s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) for s in accepted] == [1] * len(accepted)
+            finally:
+                for s in accepted:
+                    s.close()
+
+
+async def test_the_metrics_server_has_nagle_off() -> None:
+    """A scrape's response is written as headers, then body: with Nagle on,
+    the body waits for the scraper's delayed ACK of the headers."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with serve_metrics(port, "127.0.0.1"), socket.create_connection(("127.0.0.1", port)) as scraper:
+        scraper.sendall(b"GET /metrics HTTP/1.1\r\n")  # the request is not finished: the connection stays open
+        with trio.fail_after(10):
+            while not (accepted := accepted_sockets_on(port)):
+                await trio.sleep(0.01)
+        try:
+            assert [s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) for s in accepted] == [1]
+        finally:
+            for s in accepted:
+                s.close()
+        scraper.sendall(b"Host: 127.0.0.1\r\n\r\n")
+        assert b"bridge_build_info" in scraper.recv(1 << 20) + scraper.recv(1 << 20)

@@ -55,7 +55,11 @@ def open_listener(*, host: str, port: int, unix_socket: str | None) -> socket.so
         os.chmod(unix_socket, SOCKET_MODE)
     else:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        listener = socket.socket(family, socket.SOCK_STREAM)
+        # IPPROTO_TCP, not 0: the connections accepted carry the listener's
+        # protocol, and asyncio and grpclib turn Nagle's algorithm off only on
+        # sockets that say TCP. With it on, each small HTTP/2 write waits for
+        # the ACK of the one before, which the client delays: tens of ms a packet.
+        listener = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if family == socket.AF_INET6:
             listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)

@@ -9,6 +9,10 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import platform
+import socket
+import socketserver
+import threading
+import wsgiref.simple_server
 from collections.abc import Iterator
 from typing import Any
 
@@ -86,13 +90,36 @@ def serve_metrics(port: int | None, host: str) -> Iterator[None]:
     if port is None:
         yield
         return
-    server, thread = prometheus_client.start_http_server(port, addr=host)
+    server = wsgiref.simple_server.make_server(host, port, prometheus_client.make_wsgi_app(),
+                                               _metrics_server_class(host), handler_class=_MetricsRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, name="metrics", daemon=True)
+    thread.start()
     logger.info("Prometheus metrics on http://{}:{}/metrics", host, port)
     try:
         yield
     finally:
         server.shutdown()
+        server.server_close()
         thread.join(timeout=5)
+
+
+class _MetricsRequestHandler(wsgiref.simple_server.WSGIRequestHandler):
+    """prometheus_client's request handler, with Nagle's algorithm off: a
+    response is written as headers, then body, and the body would wait for
+    the ACK of the headers, which the scraper delays."""
+
+    disable_nagle_algorithm = True
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes are not logged."""
+
+
+def _metrics_server_class(host: str) -> type[wsgiref.simple_server.WSGIServer]:
+    class MetricsServer(socketserver.ThreadingMixIn, wsgiref.simple_server.WSGIServer):
+        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        daemon_threads = True  # a scrape in progress never holds up the exit
+
+    return MetricsServer
 
 
 def versions() -> dict[str, str]:
