@@ -488,3 +488,19 @@ def accepted_sockets_on(port: int) -> list[socket.socket]:
         candidate.close()
     return found
 
+
+async def nodelay_of_accepted(port: int, seconds: float = 5) -> list[int]:
+    """TCP_NODELAY of each connection this process accepted on ``port``, read
+    once there is one and all have it set, or else after ``seconds`` (a server
+    sets it just after accepting, in its own thread or loop)."""
+    deadline = trio.current_time() + seconds
+    while True:
+        accepted = accepted_sockets_on(port)
+        try:
+            values = [s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) for s in accepted]
+        finally:
+            for s in accepted:
+                s.close()
+        if (values and all(values)) or trio.current_time() > deadline:
+            return values
+        await trio.sleep(0.01)
