@@ -67,7 +67,7 @@ class Request:
 
 
 class IngestServer:
-    def __init__(self, ca: IngestCA, token: str) -> None:
+    def __init__(self, ca: IngestCA, token: str, port: int = 0) -> None:
         self.token = token
         self.mode = "accept"
         self.max_body_bytes = 2048
@@ -99,7 +99,7 @@ class IngestServer:
 
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(ca.cert_file, ca.key_file)
-        self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self._httpd.daemon_threads = True
         self._httpd.socket = context.wrap_socket(self._httpd.socket, server_side=True)
         self.host = f"127.0.0.1:{self._httpd.server_address[1]}"
@@ -139,8 +139,8 @@ class IngestServer:
 
 
 @contextlib.contextmanager
-def ingest_server(ca: IngestCA, token: str) -> Iterator[IngestServer]:
-    server = IngestServer(ca, token)
+def ingest_server(ca: IngestCA, token: str, port: int = 0) -> Iterator[IngestServer]:
+    server = IngestServer(ca, token, port)
     try:
         yield server
     finally:

@@ -167,7 +167,7 @@ FLOOD_LINES = 2000
 
 @pytest.mark.parametrize("failure", list(FAILED_AS))
 async def test_a_failing_ingest_host_leaves_audio_flowing_memory_bounded_and_drops_counted(
-        bridge_settings, livekit, ingest, failure) -> None:
+        bridge_settings, livekit, ingest_ca, ingest, failure) -> None:
     user = f"unshipped-{failure}"
     with contextlib.ExitStack() as stack:
         host = {"down": closed_port, "hang": lambda: stack.enter_context(hanging_listener())}.get(
@@ -218,6 +218,9 @@ async def test_a_failing_ingest_host_leaves_audio_flowing_memory_bounded_and_dro
                 if failure in ("500", "429"):
                     ingest.mode = "accept"  # it comes back: what was held goes out
                     await until(lambda: ingest.received(starting(f"flood line {FLOOD_LINES - 1} ")))
+                if failure == "down":  # it comes back: what was held goes out
+                    back = stack.enter_context(ingest_server(ingest_ca, INGEST_TOKEN, int(host.rsplit(":", 1)[1])))
+                    await until(lambda: back.received(starting(f"flood line {FLOOD_LINES - 1} ")))
             nursery.cancel_scope.cancel()
 
 
