@@ -94,8 +94,9 @@ def flat_line(record: Mapping[str, Any], *, env: str | None) -> dict[str, Any]:
         line["error_type"] = exception.type.__name__
         line["traceback"] = _cut("".join(traceback.format_exception(exception.type, exception.value,
                                                                       exception.traceback)))
-    return {**line, **core_fields(record["level"].name, record["message"], record["time"], env=env,
-                                  user_id=line.get("user_id"), room_name=line.get("room_name"), error=error)}
+    core = core_fields(record["level"].name, record["message"], record["time"], env=env,
+                       user_id=line.get("user_id"), room_name=line.get("room_name"), error=error)
+    return {**core, **{key: value for key, value in line.items() if key not in core}}
 
 
 def core_fields(level: str, message: str, when: datetime.datetime, *, env: str | None, user_id: Any = None,
