@@ -182,35 +182,39 @@ class RoomLink(Actor):
                 with logger.contextualize(**self.log_fields()):
                     self._on_room_event(name, detail)
 
-        joined = False
+        async with self._saying_when_left(), self.host.open_room(
+            join.livekit_url,
+            join.token,
+            connect_timeout=self._settings.connect_timeout,
+            teardown_timeout=self._settings.teardown_timeout,
+            on_data=self._on_data,
+            on_event=on_event,
+        ) as room:
+            self.state = "connected"
+            logger.info("user {} joined room {} as {} (SDK: {})", join.user_id, join.room_name, room.identity,
+                        self.host.name)
+            try:
+                async with trio.open_nursery() as nursery:
+                    self._room_tasks, self._room = nursery, room
+                    self._announce_room()
+                    self._has_joined = True
+                    task_status.started(self.joined())
+                    await self._room_lost.wait()
+                    nursery.cancel_scope.cancel()
+            finally:
+                self._room_tasks = self._room = None
+                self._room_lost.set()  # a borrower still holding it lets go
+                self.state = "leaving"  # our own leave follows: its 'disconnected' is no loss
+
+    @contextlib.asynccontextmanager
+    async def _saying_when_left(self) -> AsyncIterator[None]:
+        """Logs that the room was left, once the leave of a room held is over
+        (or goes on in the background: see joined_room)."""
         try:
-            async with self.host.open_room(
-                join.livekit_url,
-                join.token,
-                connect_timeout=self._settings.connect_timeout,
-                teardown_timeout=self._settings.teardown_timeout,
-                on_data=self._on_data,
-                on_event=on_event,
-            ) as room:
-                self.state = "connected"
-                joined = True
-                logger.info("user {} joined room {} as {} (SDK: {})", join.user_id, join.room_name, room.identity,
-                            self.host.name)
-                try:
-                    async with trio.open_nursery() as nursery:
-                        self._room_tasks, self._room = nursery, room
-                        self._announce_room()
-                        self._has_joined = True
-                        task_status.started(self.joined())
-                        await self._room_lost.wait()
-                        nursery.cancel_scope.cancel()
-                finally:
-                    self._room_tasks = self._room = None
-                    self._room_lost.set()  # a borrower still holding it lets go
-                    self.state = "leaving"  # our own leave follows: its 'disconnected' is no loss
+            yield
         finally:
-            if joined:  # (and left, or its leave goes on in the background: see joined_room)
-                logger.info("user {} left room {} (SDK: {})", join.user_id, join.room_name, self.host.name)
+            if self.state == "leaving":  # (set once a joined room is let go)
+                logger.info("user {} left room {} (SDK: {})", self.user_id, self._join.room_name, self.host.name)
 
     def _announce_room(self) -> None:
         changed, self._room_changed = self._room_changed, trio.Event()
