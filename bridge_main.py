@@ -124,10 +124,15 @@ def main(argv: list[str] | None = None) -> int:
         settings = BridgeSettings.load(os.environ, args)
         if args.command != "tree":
             settings = settings.for_command(args.command)
-        configure_logging(level=settings.log_level, log_format=settings.log_format)
+        configure_logging(level=settings.log_level, log_format=settings.log_format, env=settings.log_env,
+                          secrets=settings.secret_values)
     except (SettingsError, LogSettingError) as error:
         print(f"bridge: {error}", file=sys.stderr)
         return 2
+    if args.command != "tree" and settings.log_shipping_url is not None:
+        from actors.operations.log_shipping import start_log_shipping
+
+        start_log_shipping(settings)  # buffering from here on, so the lines before listening go too; run_bridge sends
     if args.command != "tree" and settings.open_to_the_network:
         logger.warning("serving TCP on {}:{} without BRIDGE_AUTH_TOKEN (BRIDGE_INSECURE is set): anyone who "
                        "reaches the port may call", settings.listen_host, settings.port)

@@ -11,6 +11,7 @@ import trio_asyncio
 from . import asyncio_compat
 from .grpc.front_door import FrontDoor, serve_front_door
 from .livekit.sdk_core import configure_sdk_core
+from .operations.log_shipping import ship_logs
 from .operations.metrics import count_restart, serve_metrics
 from .operations.settings import BridgeSettings
 from .runtime import Child, RestartPolicy, Supervisor
@@ -37,8 +38,9 @@ async def run_bridge(
     Opens the process's one asyncio loop (trio-asyncio) unless the caller
     already runs inside one. On cancellation every user's room is left and
     then their sessions end (streams ended), and then the front door stops
-    listening, before it returns. For a graceful stop, ``drain`` the front
-    door first (see bridge_main).
+    listening; the log lines still buffered for Better Stack go last (within
+    2 s: log_shipping.py), before it returns. For a graceful stop, ``drain``
+    the front door first (see bridge_main).
     """
     asyncio_compat.match_asyncio()
     if not settings.sdk_worker_processes:  # (else the SDK runs in the worker processes only)
@@ -53,7 +55,8 @@ async def run_bridge(
 async def _run(settings: BridgeSettings, listener: socket.socket | None,
                task_status: trio.TaskStatus[RunningBridge]) -> None:
     with serve_metrics(settings.metrics_port, settings.listen_host):
-        await _run_actors(settings, listener, task_status)
+        async with ship_logs(settings):  # outlives the actors: their last lines go out too
+            await _run_actors(settings, listener, task_status)
 
 
 async def _run_actors(settings: BridgeSettings, listener: socket.socket | None,

@@ -460,8 +460,8 @@ async def remove_participant(livekit: DevLiveKit, room: str, identity: str) -> N
 def about_user(records: list[dict], user_id: str) -> list[dict]:
     """The records whose message names ``user_id``, after asserting that each carries it as a field."""
     about = [record for record in records if user_id in record["message"]]
-    assert all(record["extra"].get("user_id") == user_id for record in about), \
-        [(record["message"], record["extra"]) for record in about if record["extra"].get("user_id") != user_id]
+    assert all(record["user_id"] == user_id for record in about), \
+        [record for record in about if record["user_id"] != user_id]
     return about
 
 

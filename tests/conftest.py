@@ -13,7 +13,8 @@ from loguru import logger
 from actors.bridge import RunningBridge
 from actors.livekit.dev_server import DevLiveKit, start_dev_livekit
 from actors.livekit.sdk_core import configure_sdk_core
-from actors.operations.log_setup import configure_logging
+from actors.operations.log_records import Redactor
+from actors.operations.log_setup import configure_logging, json_lines
 from actors.operations.settings import BridgeSettings
 from bridge_harness import running_bridge
 
@@ -45,10 +46,12 @@ def log_lines() -> Iterator[list[str]]:
 
 @pytest.fixture
 def log_records() -> Iterator[list[dict]]:
-    """Every loguru record logged during the test, as JSON records: message,
-    level, and the fields under "extra"."""
+    """Every line logged during the test, as the bridge's JSON lines are
+    (actors/operations/log_records.py): flat objects with message, level,
+    user_id, room_name and the other fields beside them."""
     records: list[dict] = []
-    sink = logger.add(lambda line: records.append(json.loads(line)["record"]), level="DEBUG", serialize=True)
+    sink = logger.add(json_lines(lambda line: records.append(json.loads(line)), env=None, redactor=Redactor()),
+                      level="DEBUG", format="{message}")
     yield records
     logger.remove(sink)
 

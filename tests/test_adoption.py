@@ -79,7 +79,7 @@ async def test_a_cloud_restart_keeps_the_connection_and_delivers_the_gap_in_orde
     assert supervisor["counters"]["adoptions"] == 1
     assert joins("adopted") == adopted_before + 1 and joins("replaced") == replaced_before
     replacing = [r for r in log_records if r["message"].startswith("Replacing existing bridge session")]
-    assert [r["extra"]["replacement"] for r in replacing] == ["adopted"], replacing
+    assert [r["replacement"] for r in replacing] == ["adopted"], replacing
     assert sum(r["message"].startswith("Successfully joined room") for r in log_records) == 2
 
 
@@ -129,7 +129,7 @@ async def test_anything_but_a_healthy_link_for_the_same_target_rejoins_in_full(
             assert bridge_identity(user) not in await participant_sids(livekit, home)
         assert (await client.leave(user)).success
     assert joins("replaced") == replaced_before + 1
-    replacing = [r["extra"]["replacement"] for r in log_records
+    replacing = [r["replacement"] for r in log_records
                  if r["message"].startswith("Replacing existing bridge session")]
     assert replacing[-1] == "rejoined", replacing
 

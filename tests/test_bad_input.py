@@ -81,7 +81,7 @@ async def test_a_join_token_that_cannot_be_right_is_refused_before_any_session_a
         message = await expect_status(Status.INVALID_ARGUMENT, client.join(request))
         assert all(part in message for part in named), message
         assert f"session:{USER}" not in str(await client.actor_tree())
-    assert [line for line in log_lines if "refused" in line and USER in line], log_lines
+    assert [line for line in log_lines if "JoinRoom failed" in line and USER in line], log_lines
     assert not [line for line in log_lines if request.token in line]
 
 

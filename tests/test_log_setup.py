@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
 import sys
 from collections.abc import Iterator
 
@@ -41,14 +42,24 @@ def test_tracebacks_show_no_variable_values(lines: list[str]) -> None:
     assert "secret-token-value" not in text
 
 
-def test_json_lines_carry_the_users_fields_and_library_logs_come_through(lines: list[str]) -> None:
-    configure_logging(lines.append, level="INFO", log_format="json")
-    with logger.contextualize(user_id="ann", room="room-ann"):
+def test_json_lines_are_flat_in_better_stacks_schema_and_library_logs_come_through(lines: list[str]) -> None:
+    configure_logging(lines.append, level="INFO", log_format="json", env="staging")
+    with logger.contextualize(user_id="ann", room="room-ann", request_id="r1"):
         logger.info("joined")
     logging.getLogger("grpclib.protocol").warning("a library speaks")
-    joined, library = [json.loads(line)["record"] for line in lines]
-    assert joined["message"] == "joined" and joined["extra"] == {"user_id": "ann", "room": "room-ann"}
-    assert library["message"] == "a library speaks" and library["level"]["name"] == "WARNING"
+    try:
+        raise ValueError("no such room")
+    except ValueError as error:
+        logger.opt(exception=error).error("it broke")
+    joined, library, broke = [json.loads(line) for line in lines]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", joined.pop("dt"))
+    assert joined == {"level": "info", "message": "joined", "service": "livekit-bridge", "env": "staging",
+                      "user_id": "ann", "room_name": "room-ann", "error": None, "request_id": "r1",
+                      "logger": "test_log_setup"}
+    assert library["message"] == "a library speaks" and library["level"] == "warn"
+    assert library["user_id"] is None and library["logger"] == "test_log_setup"
+    assert broke["level"] == "error" and broke["error"] == "no such room" and broke["error_type"] == "ValueError"
+    assert "ValueError: no such room" in broke["traceback"]
 
 
 def test_text_lines_show_fields_before_the_message(lines: list[str]) -> None:
@@ -76,6 +87,6 @@ async def test_a_sessions_lines_carry_its_user_and_never_a_secret(bridge_setting
         await client.leave("fielded")
     about_fielded = about_user(log_records, "fielded")
     assert len(about_fielded) >= 3
-    assert any(record["extra"].get("room") == "room-fielded" for record in about_fielded)
+    assert any(record["room_name"] == "room-fielded" for record in about_fielded)
     everything = json.dumps(log_records)
     assert request.token not in everything and livekit.api_secret not in everything

@@ -184,7 +184,7 @@ async def test_a_worker_that_dies_is_restarted_and_its_users_rejoin_without_the_
                         break
                     await trio.sleep(0.2)
             assert any("LiveKit room disconnected (SDK_WORKER_EXITED" in record["message"]
-                       for record in log_records if record["extra"].get("user_id") == "victim")
+                       for record in log_records if record["user_id"] == "victim")
             # The same StreamAudio brings what the phone says after the rejoin.
             after_rejoin = victim.sent
             assert (await receive_until(victim_stream, after_rejoin + 10))[-11:] == \

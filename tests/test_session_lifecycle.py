@@ -164,11 +164,11 @@ async def test_a_join_without_room_name_joins_the_tokens_room_and_an_unexpected_
         assert (await client.actor_tree())["front_door"]["unexpected_token_identities"] == 1
         assert REGISTRY.get_sample_value("bridge_join_token_identity_unexpected_total") == unexpected + 1
         assert (await client.leave(user)).success
-    about = [record for record in log_records if record["extra"].get("user_id") == user]
+    about = [record for record in log_records if record["user_id"] == user]
     assert any(f"joining the token's room '{room}'" in record["message"] for record in about)
-    assert any(record["extra"].get("room") == room and "joined room" in record["message"] for record in about)
+    assert any(record["room_name"] == room and "joined room" in record["message"] for record in about)
     warned = [record for record in about if "not 'cloud-agent:roomless'" in record["message"]]
-    assert warned and warned[0]["level"]["name"] == "WARNING" and identity in warned[0]["message"]
+    assert warned and warned[0]["level"] == "warn" and identity in warned[0]["message"]
     assert not [record for record in log_records if request.token in record["message"]]
 
 

@@ -188,6 +188,24 @@ class FrontDoor:
     # -- session lifecycle -------------------------------------------------
 
     async def _join_room(self, request: pb.JoinRoomRequest) -> pb.JoinRoomResponse:
+        """A JoinRoom; every way it fails is logged as "JoinRoom failed", with
+        the user, the room (when known), the gRPC status and the reason
+        (``error``), for the runbook's count of failed joins."""
+        with logger.contextualize(user_id=request.user_id, **({"room": request.room_name} if request.room_name
+                                                               else {})):
+            try:
+                response = await self._join(request)
+            except GRPCError as refused:
+                _log_failed_join(request.user_id, refused.status.name, refused.message or "")
+                raise
+            except Exception as error:  # a bug: the call ends UNKNOWN
+                _log_failed_join(request.user_id, "UNKNOWN", f"{type(error).__name__}: {error}")
+                raise
+            if not response.success:
+                _log_failed_join(request.user_id, Status.OK.name, response.error)
+            return response
+
+    async def _join(self, request: pb.JoinRoomRequest) -> pb.JoinRoomResponse:
         url = request.livekit_url or self._settings.default_livekit_url
         _require(request.user_id, "user_id")
         _require(request.token, "token")
@@ -215,21 +233,19 @@ class FrontDoor:
             GRPCError(INVALID_ARGUMENT): the token cannot be the right one (actors/grpc/join_token.py).
         """
         user_id = request.user_id
-        with logger.contextualize(user_id=user_id):
-            try:
-                admitted = admit_join_token(request.token, user_id=user_id, room_name=request.room_name,
-                                            target_identity=request.target_identity)
-            except TokenRefused as refused:
-                logger.warning("JoinRoom of user {} refused: {}", user_id, refused)
-                raise GRPCError(Status.INVALID_ARGUMENT, str(refused)) from None
-            if not admitted.identity_expected:
-                self.unexpected_token_identities += 1
-                JOIN_TOKEN_IDENTITY_UNEXPECTED.inc()
-                logger.warning("JoinRoom of user {}: the token's identity is {!r}, not {!r}; joining as it",
-                               user_id, admitted.identity, expected_identity(user_id))
-            if not request.room_name:
-                logger.info("JoinRoom of user {} names no room_name; joining the token's room {!r}",
-                            user_id, admitted.room)
+        try:
+            admitted = admit_join_token(request.token, user_id=user_id, room_name=request.room_name,
+                                        target_identity=request.target_identity)
+        except TokenRefused as refused:
+            raise GRPCError(Status.INVALID_ARGUMENT, str(refused)) from None
+        if not admitted.identity_expected:
+            self.unexpected_token_identities += 1
+            JOIN_TOKEN_IDENTITY_UNEXPECTED.inc()
+            logger.warning("JoinRoom of user {}: the token's identity is {!r}, not {!r}; joining as it",
+                           user_id, admitted.identity, expected_identity(user_id))
+        if not request.room_name:
+            logger.bind(room=admitted.room).info("JoinRoom of user {} names no room_name; joining the token's "
+                                                 "room {!r}", user_id, admitted.room)
         return admitted.room
 
     async def _leave_room(self, request: pb.LeaveRoomRequest) -> pb.LeaveRoomResponse:
@@ -458,6 +474,11 @@ def _first_grpc_error(group: BaseExceptionGroup) -> GRPCError | None:
     while isinstance(matched, BaseExceptionGroup):
         matched = matched.exceptions[0]
     return matched
+
+
+def _log_failed_join(user_id: str, status: str, reason: str) -> None:
+    logger.bind(grpc_status=status, error=reason).warning("JoinRoom failed for user {} ({}): {}", user_id, status,
+                                                          reason)
 
 
 def _require(value: str, what: str) -> None:

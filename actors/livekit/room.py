@@ -150,7 +150,10 @@ async def _connect(room: rtc.Room, url: str, token: str, options: rtc.RoomOption
         with trio.fail_after(timeout):
             await aio_as_trio(asyncio.shield)(connecting)
     except rtc.ConnectError as error:
-        raise RoomConnectError(f"LiveKit at {url} refused the connection: {error}") from None
+        # The SDK's reason quotes the token it was given ("invalid token: eyJ..."), and the reason is logged
+        # and answered to the cloud.
+        reason = str(error).replace(token, "[the token]") if token else str(error)
+        raise RoomConnectError(f"LiveKit at {url} refused the connection: {reason}") from None
     except trio.TooSlowError:
         with trio.CancelScope(shield=True):
             abandoned = AbandonedConnect(await aio_as_trio(_abandon)(room, connecting))

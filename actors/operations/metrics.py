@@ -77,6 +77,17 @@ RPC_SECONDS = prometheus_client.Histogram(
     "(StreamAudio and PlayAudio last as long as their streams).", ["method", "code"],
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0))
 
+LOG_LINES_SHIPPED = prometheus_client.Counter(
+    "bridge_log_lines_shipped", "Log lines Better Stack accepted (BETTERSTACK_INGESTING_HOST).")
+LOG_LINES_DROPPED = prometheus_client.Counter(
+    "bridge_log_lines_dropped", "Log lines never shipped, by reason: buffer_full (the oldest, while the ingest "
+    "host was slow or away), worker_buffer_full (in an SDK worker process), rejected (a 4xx answer), too_large (a "
+    "line refused alone with 413), exit (not sent within the bound at exit).", ["reason"])
+LOG_BATCHES_FAILED = prometheus_client.Counter(
+    "bridge_log_batches_failed", "Better Stack requests that failed, by reason: unreachable (network, TLS, "
+    "timeout), server_error (5xx), rate_limited (429), too_large (413: the batch is split), rejected (other 4xx).",
+    ["reason"])
+
 
 def count_restart(child: Any) -> None:
     """A supervisor's on_restart hook: counts the restart by kind of actor."""

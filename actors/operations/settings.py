@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..runtime import Backoff
-from .configuration import SettingsError, load, setting
+from .configuration import SettingsError, declared, load, setting
 
 if TYPE_CHECKING:
     from ..session.playback import PlaybackLimits
@@ -151,6 +151,22 @@ class BridgeSettings:
                                      "terminal, json otherwise)", group=OPERATIONS, choices=("json", "text"))
     metrics_port: int | None = setting(None, "METRICS_PORT", "serve Prometheus metrics on this port at /metrics",
                                        group=OPERATIONS, minimum=1, maximum=65535)
+    log_env: str | None = setting(None, "BRIDGE_LOG_ENV", "the env field of JSON and shipped log lines (e.g. "
+                                  "staging)", group=OPERATIONS, aliases=("NODE_ENV",))
+    betterstack_source_token: str | None = setting(
+        None, "BETTERSTACK_SOURCE_TOKEN", "ship log lines to Better Stack with this source token (with "
+        "BETTERSTACK_INGESTING_HOST; off unless both are set)", group=OPERATIONS, secret=True)
+    betterstack_ingesting_host: str | None = setting(
+        None, "BETTERSTACK_INGESTING_HOST", "Better Stack's ingesting host (sNNN.region.betterstackdata.com), "
+        "reached over HTTPS; log lines are shipped there when BETTERSTACK_SOURCE_TOKEN is set too",
+        group=OPERATIONS, metavar="HOST")
+    log_ship_batch: int = setting(10, "BRIDGE_LOG_SHIP_BATCH", "ship log lines as soon as this many wait",
+                                  group=OPERATIONS, minimum=1, maximum=10_000)
+    log_ship_interval: float = setting(1.0, "BRIDGE_LOG_SHIP_INTERVAL", "ship waiting log lines at least this "
+                                       "often", group=OPERATIONS, minimum=0.01, maximum=3600)
+    log_ship_buffer_bytes: int = setting(8 * 1024 * 1024, "BRIDGE_LOG_SHIP_BUFFER_BYTES", "log lines held for "
+                                         "Better Stack at most (JSON bytes); past it the oldest is dropped",
+                                         group=OPERATIONS, minimum=64 * 1024)
     drain_grace: float = setting(0.5, "BRIDGE_DRAIN_GRACE", "on SIGTERM, how long health answers NOT_SERVING "
                                  "before the listener closes", group=OPERATIONS, minimum=0)
 
@@ -160,6 +176,9 @@ class BridgeSettings:
                 raise SettingsError(f"{name}={path!r} is not a readable file")
         if self.rejoin_backoff_initial > self.rejoin_backoff_max:
             raise SettingsError("BRIDGE_REJOIN_BACKOFF_INITIAL is above BRIDGE_REJOIN_BACKOFF_MAX")
+        if (self.betterstack_ingesting_host or "").lower().startswith("http://"):
+            raise SettingsError(f"BETTERSTACK_INGESTING_HOST={self.betterstack_ingesting_host!r}: the source token "
+                                f"is sent only over HTTPS; give the host alone (sNNN.region.betterstackdata.com)")
 
     def for_command(self, command: str) -> BridgeSettings:
         """The settings ``serve`` or ``dev`` runs with, checked: an unset
@@ -227,6 +246,21 @@ class BridgeSettings:
     def uses_external_livekit(self) -> bool:
         """LIVEKIT_URL, LIVEKIT_API_KEY and LIVEKIT_API_SECRET all name a server."""
         return bool(self.default_livekit_url and self.livekit_api_key and self.livekit_api_secret)
+
+    @property
+    def log_shipping_url(self) -> str | None:
+        """Where log lines are shipped (https://BETTERSTACK_INGESTING_HOST), or
+        None when BETTERSTACK_SOURCE_TOKEN or the host is unset."""
+        host = self.betterstack_ingesting_host
+        if not (host and self.betterstack_source_token):
+            return None
+        return host if host.lower().startswith("https://") else f"https://{host}"
+
+    @property
+    def secret_values(self) -> list[str]:
+        """The values of the secret settings (tokens), which no log line may carry."""
+        return [value for field, declaration, _ in declared(type(self))
+                if declaration.secret and (value := getattr(self, field.name))]
 
     @property
     def playback_limits(self) -> PlaybackLimits:

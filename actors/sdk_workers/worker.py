@@ -30,6 +30,8 @@ none):
                       ("event", key, name, detail, connected)
                       ("participants", key, identities)
                       ("settled", abandoned_id)
+                      ("log", lines, dropped)          (its log lines, when the bridge ships
+                                                        them: log_shipping.WorkerLines)
 """
 
 from __future__ import annotations
@@ -52,8 +54,9 @@ from loguru import logger
 from ..livekit.event_filter import DataCallback
 from ..livekit.room import RoomConnectError, connect_slot
 from ..livekit.room_interface import EventCallback
-from ..operations.metrics import MIC_DROPPED, ROOM_CONNECT
 from ..operations.configuration import declared
+from ..operations.log_shipping import ship_worker_lines, shipping_active
+from ..operations.metrics import MIC_DROPPED, ROOM_CONNECT
 from ..operations.settings import BridgeSettings
 from ..runtime import Actor, Reply, only_cancelled
 from .frames import FrameChannel, Outbox
@@ -194,6 +197,8 @@ class WorkerConnection:
         elif kind == "dropped":
             MIC_DROPPED.inc(message[1] - self.packets_dropped)
             self.packets_dropped = message[1]
+        elif kind == "log":
+            ship_worker_lines(message[1], message[2])
         elif kind == "ready":
             self.ready = True
             task_status.started()
@@ -436,7 +441,7 @@ class SdkWorker(Actor):
     async def _start_process(self, theirs: socket.socket) -> trio.Process:
         settings = self._settings
         command = [sys.executable, "-m", "actors.sdk_workers.worker_process", str(theirs.fileno()), self.name,
-                   settings.log_level, settings.log_format or ""]
+                   settings.log_level, settings.log_format or "", *(["ship-logs"] if shipping_active() else [])]
         # The worker joins with the tokens it is sent; it needs none of the bridge's secrets.
         secrets = {declaration.env for _, declaration, _ in declared(BridgeSettings) if declaration.secret}
         environment = {name: value for name, value in os.environ.items() if name not in secrets}

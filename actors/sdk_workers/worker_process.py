@@ -1,9 +1,11 @@
 """The SDK worker process: it holds rooms for the bridge that started it.
 
-Run as ``python -m actors.sdk_workers.worker_process FD NAME LOG_LEVEL LOG_FORMAT``
+Run as ``python -m actors.sdk_workers.worker_process FD NAME LOG_LEVEL LOG_FORMAT [ship-logs]``
 by actors/sdk_workers/worker.py, with FD one end of a socketpair. It joins,
 publishes into and leaves rooms as the bridge asks (the messages are listed
-in worker.py), and sends back each room's microphone packets and events.
+in worker.py), and sends back each room's microphone packets and events;
+with ``ship-logs``, its log lines too (the bridge ships them: it holds the
+token, the worker does not), beside writing them on its stderr.
 
 It guarantees: when the bridge closes the connection, or dies, every room it
 holds is left (tracks unpublished, disconnected) before it exits. It ignores
@@ -14,6 +16,7 @@ process group: the bridge drains first and then closes the connection.
 from __future__ import annotations
 
 import itertools
+import os
 import signal
 import socket
 import sys
@@ -28,6 +31,7 @@ from ..livekit.room import AbandonedConnect, RoomConnectError
 from ..livekit.sdk_core import configure_sdk_core
 from ..livekit.sdk_room import SdkAudioOutput, SdkHost, SdkRoom
 from ..operations.log_setup import configure_logging
+from ..operations.log_shipping import WorkerLines
 from .frames import FrameChannel, Outbox
 
 
@@ -209,14 +213,18 @@ class RoomsHeld:
             await held[1].close()
 
 
-async def serve_bridge(sock: socket.socket) -> None:
-    """Serve the bridge on ``sock`` until it closes the connection."""
+async def serve_bridge(sock: socket.socket, log_lines: WorkerLines | None = None) -> None:
+    """Serve the bridge on ``sock`` until it closes the connection; hand it
+    ``log_lines`` meanwhile, if given."""
     channel = FrameChannel(trio.SocketStream(trio.socket.from_stdlib_socket(sock)))
     async with trio.open_nursery() as nursery:
         outbox = Outbox(channel)
         nursery.start_soon(outbox.run_until_closed)
+        if log_lines is not None:
+            nursery.start_soon(log_lines.hand_over, outbox)
         rooms = RoomsHeld(outbox, nursery)
         outbox.put(("ready",))
+        logger.info("SDK worker process ready (pid {})", os.getpid())
         try:
             while True:
                 for message in await channel.receive():
@@ -227,15 +235,19 @@ async def serve_bridge(sock: socket.socket) -> None:
 
 
 def main(argv: list[str]) -> None:
-    fd, name, log_level, log_format = argv
+    fd, name, log_level, log_format, *options = argv
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     configure_logging(level=log_level, log_format=log_format or None)
+    log_lines = None
+    if "ship-logs" in options:
+        log_lines = WorkerLines()
+        log_lines.install(log_level)
     asyncio_compat.match_asyncio()
     configure_sdk_core()
     sock = socket.socket(fileno=int(fd))
     with logger.contextualize(sdk_worker=name):
-        trio_asyncio.run(serve_bridge, sock)
+        trio_asyncio.run(serve_bridge, sock, log_lines)
 
 
 if __name__ == "__main__":

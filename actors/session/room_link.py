@@ -182,7 +182,7 @@ class RoomLink(Actor):
                 with logger.contextualize(**self.log_fields()):
                     self._on_room_event(name, detail)
 
-        async with self.host.open_room(
+        async with self._saying_when_left(), self.host.open_room(
             join.livekit_url,
             join.token,
             connect_timeout=self._settings.connect_timeout,
@@ -205,6 +205,16 @@ class RoomLink(Actor):
                 self._room_tasks = self._room = None
                 self._room_lost.set()  # a borrower still holding it lets go
                 self.state = "leaving"  # our own leave follows: its 'disconnected' is no loss
+
+    @contextlib.asynccontextmanager
+    async def _saying_when_left(self) -> AsyncIterator[None]:
+        """Logs that the room was left, once the leave of a room held is over
+        (or goes on in the background: see joined_room)."""
+        try:
+            yield
+        finally:
+            if self.state == "leaving":  # (set once a joined room is let go)
+                logger.info("user {} left room {} (SDK: {})", self.user_id, self._join.room_name, self.host.name)
 
     def _announce_room(self) -> None:
         changed, self._room_changed = self._room_changed, trio.Event()

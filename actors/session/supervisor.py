@@ -271,8 +271,10 @@ class SessionSupervisor(Actor):
         self._sessions[join.user_id] = child
         self._ended.pop(join.user_id, None)
         joined = child.start_value
-        logger.info("Successfully joined room {} for user {} as {} ({})", join.room_name, join.user_id,
-                    joined.participant_id, replacement)
+        # The deployment's monitoring looks for this line (the Go bridge's words).
+        logger.bind(room=join.room_name, participant_id=joined.participant_id, result=replacement).info(
+            "Successfully joined room {} for user {} as {} ({})", join.room_name, join.user_id,
+            joined.participant_id, replacement)
         return joined
 
     async def _link_for(self, join: Join, old: Child | None) -> tuple[Child | None, str]:
@@ -316,8 +318,8 @@ class SessionSupervisor(Actor):
             return
         self._replacements += 1
         # The deployment's monitoring counts this line.
-        with logger.contextualize(replacement=how):
-            logger.info("Replacing existing bridge session for user {} ({}: {})", user_id, how, why)
+        logger.bind(replacement=how, reason=why).info("Replacing existing bridge session for user {} ({}: {})",
+                                                      user_id, how, why)
 
     def _failed_join(self, join: Join, error: Exception) -> Joined:
         self._count_failed_join()
@@ -325,7 +327,8 @@ class SessionSupervisor(Actor):
             if error.abandoned is not None:
                 self._forget_settled_connects()
                 self._abandoned_connects[join.user_id] = error.abandoned
-            logger.warning("user {}: JoinRoom failed: {}", join.user_id, error)
+            # (The front door logs the failed JoinRoom; this says where it failed.)
+            logger.info("user {}: could not join room {}: {}", join.user_id, join.room_name, error)
             return Joined(False, error=str(error))
         logger.opt(exception=error).error("user {}: JoinRoom failed unexpectedly", join.user_id)
         return Joined(False, error=f"could not join the room: {type(error).__name__}: {error}")

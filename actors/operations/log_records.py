@@ -1,0 +1,132 @@
+"""A log line as one flat JSON object: what the bridge writes on stderr
+(LOG_FORMAT=json) and ships to Better Stack, with secrets taken out.
+
+The schema keeps the Go bridge's field names at the top level, so the
+runbook's Better Stack queries keep working:
+
+- ``dt`` (RFC 3339, UTC), ``level`` (``debug``, ``info``, ``warn``,
+  ``error``, ...), ``message``, ``service`` (``livekit-bridge``), ``env``
+  (BRIDGE_LOG_ENV, else NODE_ENV; null when neither is set);
+- ``user_id`` and ``room_name`` (null on lines about no user or room);
+- ``error`` (the exception's text, or the failure's reason a line binds as
+  ``error``; null otherwise), and with an exception ``error_type`` and
+  ``traceback`` (without variable values);
+- beside them, every other field the line carries (``request_id``,
+  ``sdk_worker``, ``replacement``, ...) and ``logger`` (the module).
+
+A field bound as ``room`` is written ``room_name``. The top-level fields
+win over a bound field of the same name.
+
+:class:`Redactor` takes secrets out of every string of a line (message,
+error, traceback, fields): the values it is given (the bridge's secret
+settings), JWTs (LiveKit tokens), URL query strings (signed URLs), bearer
+credentials, and values assigned to names such as token, secret, password
+or signature; and the whole value of a field so named.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import re
+import traceback
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+SERVICE = "livekit-bridge"
+#: Fields written under another name: the Go bridge's (and the runbook's).
+RENAMED_FIELDS = {"room": "room_name"}
+#: loguru's level names as the Go bridge wrote them.
+LEVEL_NAMES = {"WARNING": "warn"}
+#: Strings longer than this are cut (a line stays well under any ingest limit).
+MAX_STRING = 16_384
+REDACTED = "[redacted]"
+#: Known secrets shorter than this are not searched for (they would match ordinary words).
+MIN_SECRET_LENGTH = 6
+
+_SECRET_NAMES = r"(?:access_?token|token|secret|password|passwd|signature|authorization|credentials?)"
+_JWT = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
+_URL_QUERY = re.compile(r"((?:https?|wss?)://[^\s?#\"'<>]+)\?[^\s#\"'<>]*", re.IGNORECASE)
+_BEARER = re.compile(r"(\bbearer\s+)[^\s\"',;]+", re.IGNORECASE)
+_ASSIGNED = re.compile(_SECRET_NAMES + r"""(["']?\s*[=:]\s*["']?)(?!\[redacted)[^\s"'&,;]{6,}""", re.IGNORECASE)
+_SECRET_FIELD = re.compile(r"(?:^|_)" + _SECRET_NAMES + "$", re.IGNORECASE)
+
+
+class Redactor:
+    """Takes secrets out of log lines (see the module's docstring)."""
+
+    def __init__(self, secrets: Iterable[str | None] = ()) -> None:
+        known = {secret for secret in secrets if secret and len(secret) >= MIN_SECRET_LENGTH}
+        self._known = sorted(known, key=len, reverse=True)  # a secret inside another goes after it
+
+    def text(self, text: str) -> str:
+        for secret in self._known:
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+        text = _JWT.sub(REDACTED, text)
+        text = _URL_QUERY.sub(r"\1?" + REDACTED, text)
+        text = _BEARER.sub(r"\1" + REDACTED, text)
+        return _ASSIGNED.sub(lambda match: match.group(0)[:match.end(1) - match.start(0)] + REDACTED, text)
+
+    def line(self, line: dict[str, Any]) -> dict[str, Any]:
+        """``line`` with every string redacted (a new dict)."""
+        return {key: REDACTED if isinstance(value, str) and _SECRET_FIELD.search(key) else self._value(value)
+                for key, value in line.items()}
+
+    def _value(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, dict):
+            return self.line(value)
+        if isinstance(value, list):
+            return [self._value(item) for item in value]
+        return value
+
+
+def flat_line(record: Mapping[str, Any], *, env: str | None) -> dict[str, Any]:
+    """A loguru record in the flat schema, not yet redacted."""
+    line = {RENAMED_FIELDS.get(key, key): _plain(value) for key, value in record["extra"].items()}
+    line["logger"] = record["name"]
+    exception = record["exception"]
+    error = line.get("error")
+    if exception is not None and exception.type is not None:
+        error = _cut(str(exception.value) or exception.type.__name__)
+        line["error_type"] = exception.type.__name__
+        line["traceback"] = _cut("".join(traceback.format_exception(exception.type, exception.value,
+                                                                      exception.traceback)))
+    core = core_fields(record["level"].name, record["message"], record["time"], env=env,
+                       user_id=line.get("user_id"), room_name=line.get("room_name"), error=error)
+    return {**core, **{key: value for key, value in line.items() if key not in core}}
+
+
+def core_fields(level: str, message: str, when: datetime.datetime, *, env: str | None, user_id: Any = None,
+                room_name: Any = None, error: Any = None) -> dict[str, Any]:
+    """The top-level fields every line has."""
+    return {"dt": rfc3339_utc(when), "level": LEVEL_NAMES.get(level, level.lower()), "message": _cut(message),
+            "service": SERVICE, "env": env, "user_id": user_id, "room_name": room_name, "error": error}
+
+
+def rfc3339_utc(when: datetime.datetime) -> str:
+    return when.astimezone(datetime.timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def encode(line: dict[str, Any]) -> str:
+    """One line of JSON (no newline)."""
+    return json.dumps(line, ensure_ascii=False, separators=(",", ":"), default=str)
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as JSON holds it: containers kept, other objects as their text, long strings cut."""
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    if isinstance(value, Mapping):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_plain(item) for item in value]
+    return _cut(str(value))
+
+
+def _cut(text: str) -> str:
+    if len(text) <= MAX_STRING:
+        return text
+    return f"{text[:MAX_STRING]}... [{len(text) - MAX_STRING} more characters cut]"
