@@ -24,8 +24,9 @@ from actors.livekit.dev_server import DevLiveKit, free_port, start_dev_livekit
 from actors.livekit.token import token_expiry
 from actors.grpc.front_door import MIC_BATCH
 from actors.session.messages import SIMULATED_SCENARIOS
-from bridge_harness import (about_user, bridge_identity, cloud, counter_of, join_request, numbered_pcm, phone_in_room,
-                            running_bridge)
+from actors.livekit.room import joined_room
+from bridge_harness import (about_user, bridge_identity, cloud, counter_of, join_request, list_participants, numbered_pcm,
+                            phone_in_room, running_bridge, token)
 from proto.mentra.livekit import bridge as pb
 from proto.mentra.livekit.bridge import debug as debug_pb
 
@@ -392,3 +393,41 @@ def test_the_token_expiry_is_read_without_verifying_and_unreadable_tokens_have_n
     token = api.AccessToken("key", secret).with_ttl(datetime.timedelta(seconds=60)).to_jwt()
     assert abs(token_expiry(token) - (time.time() + 60)) < 5
     assert token_expiry("not-a-jwt") is None and token_expiry("a.b.c") is None
+
+
+async def test_a_link_that_livekit_ended_does_not_rejoin(bridge, livekit) -> None:
+    """Three users at once: LiveKit removes one's participant, another
+    connection takes over another's identity (DUPLICATE_IDENTITY), and the
+    third's room is deleted. None rejoins: each session ends and GetStatus
+    says why, and LiveKit keeps no bridge participant of theirs."""
+    from bridge_harness import _room_service, remove_participant
+
+    async def delete_room(room: str) -> None:
+        await _room_service(livekit, lambda rooms: rooms.delete_room(api.DeleteRoomRequest(room=room)))
+
+    async def evict(user: str) -> None:
+        # Another connection of the bridge's identity, which it holds a moment and leaves.
+        async with joined_room(livekit.url, token(livekit, bridge_identity(user), f"room-{user}"),
+                               connect_timeout=10, teardown_timeout=5, on_data=lambda *_: None, subscribe={}):
+            pass
+
+    endings = {"removed": ("PARTICIPANT_REMOVED", lambda user: remove_participant(
+                   livekit, f"room-{user}", bridge_identity(user))),
+               "evicted": ("DUPLICATE_IDENTITY", evict),
+               "deleted": ("ROOM_DELETED", lambda user: delete_room(f"room-{user}"))}
+
+    async def end(client, user: str, reason: str, ending) -> None:
+        assert (await client.join(join_request(livekit, user))).success
+        await ending(user)
+        with trio.fail_after(15):
+            while await session_node(client, user) is not None:
+                await trio.sleep(0.05)
+        status = await client.status(user)
+        assert not status.connected and reason in status.last_disconnect_reason, (user, status)
+        await trio.sleep(1.5)  # longer than the link's longest rejoin backoff (1 s)
+        assert bridge_identity(user) not in await list_participants(livekit, f"room-{user}"), user
+        assert await session_node(client, user) is None
+
+    async with cloud(bridge.address) as client, trio.open_nursery() as nursery:
+        for user, (reason, ending) in endings.items():
+            nursery.start_soon(end, client, f"final-{user}", reason, ending)
