@@ -65,8 +65,9 @@ lock: venv
     .venv/bin/pip install --quiet uv==0.13.9
     .venv/bin/uv pip compile pyproject.toml --extra test --extra bench --python-version 3.11 -o requirements.lock
 
-# (iproute2 sets up the tests' loopback-only network namespace; espeak-ng speaks in `just demo` and its test.)
-# From Debian: libopus (which opuslib loads), iproute2 and espeak-ng.
+# (iproute2 sets up the tests' loopback-only network namespace; espeak-ng speaks in `just demo` and its test;
+# Node.js and npm run the cloud's own client stack in tests/test_node_cloud.py.)
+# From Debian: libopus (which opuslib loads), iproute2, espeak-ng, Node.js and npm.
 system-packages: venv
     #!/usr/bin/env bash
     set -euo pipefail
@@ -74,6 +75,8 @@ system-packages: venv
     {{python}} -c "import opuslib" 2>/dev/null || missing+=(libopus0)
     command -v ip >/dev/null || missing+=(iproute2)
     command -v espeak-ng >/dev/null || missing+=(espeak-ng)
+    command -v node >/dev/null || missing+=(nodejs)
+    command -v npm >/dev/null || missing+=(npm)
     if [ ${#missing[@]} -gt 0 ]; then
         echo "installing ${missing[*]} (needs root or sudo)"
         sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
@@ -105,14 +108,11 @@ grpcurl:
         rm -f {{grpcurl}}-*.built && touch {{grpcurl}}-{{grpcurl_version}}.built
     fi
 
-# (Skipped, and its test with it, on a machine without Node.js.)
-# The cloud's own gRPC client stack (@grpc/grpc-js), for tests/test_node_cloud.py.
-node-client:
+# The cloud's own gRPC client stack (@grpc/grpc-js), for tests/test_node_cloud.py (Node.js and npm: system-packages).
+node-client: system-packages
     #!/usr/bin/env bash
     set -euo pipefail
     cd tests/node_cloud
-    if ! command -v npm >/dev/null; then
-        echo "npm not found: tests/test_node_cloud.py will be skipped"
-    elif [ ! -d node_modules ] || [ package-lock.json -nt node_modules ]; then
+    if [ ! -d node_modules ] || [ package-lock.json -nt node_modules ]; then
         npm ci --silent --no-audit --no-fund
     fi

@@ -18,7 +18,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpclib.client
@@ -382,12 +382,13 @@ class AudioStream:
             self.stream._maybe_raise()
             raise
 
-    async def status(self) -> grpclib.const.Status:
+    async def status(self, on_chunk: Callable[[pb.AudioChunk], None] = lambda chunk: None) -> grpclib.const.Status:
         """Wait for the call to end and return its status (from its trailers
-        too, when the server had sent messages before it)."""
+        too, when the server had sent messages before it); ``on_chunk`` sees
+        each message that arrives meanwhile."""
         try:
-            while await self.recv() is not None:
-                pass
+            while (chunk := await self.recv()) is not None:
+                on_chunk(chunk)
             await aio_as_trio(self._trailing_status)()
         except grpclib.exceptions.GRPCError as error:
             return error.status
@@ -403,6 +404,12 @@ class AudioStream:
             with contextlib.suppress(grpclib.exceptions.StreamTerminatedError, grpclib.exceptions.ProtocolError,
                                      h2.exceptions.StreamClosedError):
                 await stream.end()
+        if not stream._end_done:
+            # Ending our side failed: the server closed the connection right after its trailers (a bridge
+            # that exits once its streams ended). The trailers are in; read them.
+            trailers = await stream._stream.recv_trailers()
+            stream._raise_for_grpc_status(*stream._process_grpc_status(dict(trailers)))
+            return
         await stream.recv_trailing_metadata()
 
 

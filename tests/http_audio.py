@@ -1,4 +1,4 @@
-"""A real HTTP server on 127.0.0.1 that serves the tests' audio, and misbehaves on request.
+"""A real HTTP server on 127.0.0.1 (or another local address) that serves the tests' audio, and misbehaves on request.
 
 It runs the standard library's threading HTTP server in a thread of its own,
 so it answers while the test's Trio loop waits. Paths:
@@ -26,7 +26,7 @@ from collections.abc import Iterator
 
 
 class AudioHTTPServer:
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1") -> None:
         self.files: dict[str, tuple[str, bytes]] = {}
         self.requests: list[str] = []
         self._stop = threading.Event()
@@ -45,9 +45,9 @@ class AudioHTTPServer:
                 except (BrokenPipeError, ConnectionResetError):
                     pass
 
-        self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd = http.server.ThreadingHTTPServer((host, 0), Handler)
         self._httpd.daemon_threads = True
-        self.base = f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        self.base = f"http://{host}:{self._httpd.server_address[1]}"
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
 
     def add(self, name: str, body: bytes, content_type: str) -> str:
@@ -143,8 +143,8 @@ class AudioHTTPServer:
 
 
 @contextlib.contextmanager
-def audio_http_server() -> Iterator[AudioHTTPServer]:
-    server = AudioHTTPServer()
+def audio_http_server(host: str = "127.0.0.1") -> Iterator[AudioHTTPServer]:
+    server = AudioHTTPServer(host)
     server.start()
     try:
         yield server

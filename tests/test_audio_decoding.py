@@ -4,7 +4,10 @@ into frames of the right pitch and length."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import subprocess
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -158,12 +161,51 @@ def test_urls_are_reported_without_query_or_credentials() -> None:
     assert redacted("https://user:pw@tts.example:8443/a/b.mp3?token=s3cret#x") == "https://tts.example:8443/a/b.mp3"
 
 
-async def test_the_private_address_guard_refuses_loopback_and_redirects_to_it() -> None:
+async def test_redirects_are_followed_and_the_private_address_guard_refuses_loopback() -> None:
     with audio_http_server() as server:
         url = server.add("a.wav", wav(tone(8_000, 0.1, 440.0), 8_000, channels=1), "audio/wav")
-        async with open_audio_url(url, FetchLimits()) as download:  # off by default
-            assert download.content_length is not None
+        async with open_audio_url(server.url("/redirect/2/a.wav"), FetchLimits()) as download:  # guard off
+            assert download.url == url and download.content_length is not None
+        assert server.requests == ["/redirect/2/a.wav", "/redirect/1/a.wav", "/files/a.wav"]
+        server.requests.clear()
         with pytest.raises(FetchError, match="private address"):
             async with open_audio_url(url, FetchLimits(refuse_private_addresses=True)):
                 pass
-        assert server.requests == ["/files/a.wav"]  # the refused request was never sent
+        assert server.requests == []  # the refused request was never sent
+
+
+#: Shared address space (RFC 6598): neither private, loopback nor link-local to the guard.
+PUBLIC_LOOKING = "100.64.0.1"
+
+
+@contextlib.contextmanager
+def public_looking_address_on_loopback() -> Iterator[str]:
+    """PUBLIC_LOOKING on the loopback interface for the block, so that a
+    server there passes the private-address guard while its traffic stays on
+    lo. Only inside the tests' own network namespace (tests/isolated), whose
+    addresses are the tests' to change."""
+    if subprocess.run(["ip", "link", "show", "lk-veth0"], capture_output=True).returncode != 0:
+        pytest.fail("this test adds an address to the loopback interface of the tests' private network "
+                    "namespace: run it with tests/isolated (as `just test` does)")
+    subprocess.run(["ip", "addr", "add", f"{PUBLIC_LOOKING}/32", "dev", "lo"], check=True)
+    try:
+        yield PUBLIC_LOOKING
+    finally:
+        subprocess.run(["ip", "addr", "del", f"{PUBLIC_LOOKING}/32", "dev", "lo"], check=True)
+
+
+async def test_the_private_address_guard_refuses_a_redirect_to_loopback() -> None:
+    """BRIDGE_PLAYBACK_REFUSE_PRIVATE: a public server's redirect to a
+    private address is refused before the request is sent."""
+    guarded = FetchLimits(refuse_private_addresses=True)
+    body = wav(tone(8_000, 0.1, 440.0), 8_000, channels=1)
+    with public_looking_address_on_loopback() as address, audio_http_server(address) as public, \
+            audio_http_server() as private:
+        public_url = public.add("a.wav", body, "audio/wav")
+        private_url = private.add("a.wav", body, "audio/wav")
+        async with open_audio_url(public_url, guarded) as download:  # the guard lets the public server through
+            assert download.content_length == len(body)
+        with pytest.raises(FetchError, match="private address"):
+            async with open_audio_url(public.url(f"/redirect-to?location={private_url}"), guarded):
+                pass
+        assert private.requests == []

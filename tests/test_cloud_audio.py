@@ -94,11 +94,9 @@ async def test_leaving_or_replacing_the_session_ends_its_stream_cleanly(bridge, 
 
 
 async def test_a_bridge_stopped_while_a_track_is_published_leaves_the_room(bridge_settings, livekit) -> None:
-    """At shutdown the links leave their rooms while their sessions unpublish
-    their tracks; the room is left either way. (When a session's unpublish
-    won the race, the link's own unpublish of that track failed and the room
-    stayed joined: seen as a suite's leftover rooms reconnecting to a stopped
-    server; this test does not win that race on demand.)"""
+    """The bridge stopped with a session's track published leaves the room
+    (the race between the session's unpublish and the link's leave is forced
+    in the test below)."""
     import trio_asyncio
 
     from actors.bridge import run_bridge
@@ -125,3 +123,39 @@ async def _published(client, user: str) -> int:
     tree = await client.actor_tree()
     [session] = [node for node in tree["children"][0]["children"] if node["name"] == f"session:{user}"]
     return session["counters"]["published_tracks"]
+
+
+async def test_a_room_is_left_even_when_its_track_was_unpublished_meanwhile(livekit) -> None:
+    """The race a session can win at shutdown, forced: between the leave's
+    list of published tracks and its own unpublish of one, the session
+    unpublishes it, so the leave's unpublish fails ("not found"). The room
+    must still be disconnected (before the fix it stayed joined for good)."""
+    import trio_asyncio
+
+    from actors.livekit.room import joined_room
+    from bridge_harness import list_participants, token
+
+    identity, room_name = "racing-agent", "room-racing"
+    async with trio_asyncio.open_loop():
+        async with joined_room(livekit.url, token(livekit, identity, room_name), connect_timeout=10,
+                               teardown_timeout=5, on_data=lambda *_: None, subscribe={}) as room:
+            source = rtc.AudioSource(16000, 1)
+            track = rtc.LocalAudioTrack.create_audio_track("tts", source)
+            await aio_as_trio(room.local_participant.publish_track)(track, rtc.TrackPublishOptions())
+            assert len(room.local_participant.track_publications) == 1
+            unpublish = room.local_participant.unpublish_track
+            failures: list[Exception] = []
+
+            async def session_wins_the_race(sid: str) -> None:
+                await unpublish(sid)  # the session's unpublish, first
+                try:
+                    await unpublish(sid)  # then the leave's own
+                except Exception as error:
+                    failures.append(error)
+                    raise
+
+            room.local_participant.unpublish_track = session_wins_the_race
+        assert failures, "the race was not run: the leave unpublished nothing"
+        with trio.fail_after(10):
+            while identity in await list_participants(livekit, room_name):
+                await trio.sleep(0.1)

@@ -22,7 +22,11 @@ from livekit import api
 
 from actors.livekit.dev_server import DevLiveKit, free_port, start_dev_livekit
 from actors.livekit.token import token_expiry
-from bridge_harness import about_user, bridge_identity, cloud, join_request, phone_in_room, running_bridge
+from actors.grpc.front_door import MIC_BATCH
+from actors.session.messages import SIMULATED_SCENARIOS
+from actors.livekit.room import joined_room
+from bridge_harness import (about_user, bridge_identity, cloud, counter_of, join_request, list_participants, numbered_pcm,
+                            phone_in_room, running_bridge, token)
 from proto.mentra.livekit import bridge as pb
 from proto.mentra.livekit.bridge import debug as debug_pb
 
@@ -138,26 +142,106 @@ async def test_a_dropped_room_is_rejoined_and_the_stream_carries_on(bridge, live
     assert node["restarts"] == 0  # healed inside the session, no restart
 
 
-@pytest.mark.parametrize("scenario", ["SIGNAL_RECONNECT", "FULL_RECONNECT"])
-async def test_the_sdks_own_fault_scenarios_heal_and_the_stream_carries_on(bridge, livekit, scenario) -> None:
-    user = f"simulated-{scenario.lower()}"
-    async with cloud(bridge.address) as client, talking_user(client, livekit, user) as stream:
-        assert scenario in await inject(client, user, f"simulate:{scenario}")
-        await trio.sleep(1.0)
-        await receive_packets(stream, 10, timeout=20)
-        with trio.fail_after(20):
-            while not (await client.status(user)).connected:
-                await trio.sleep(0.1)
+#: What the user's link sees of each of the SDK's fault scenarios (GetStatus' last disconnect reason): an
+#: interrupted connection the SDK restores (or, not back within BRIDGE_SDK_RECONNECT_GRACE, the link
+#: rejoins by itself), or LiveKit's leave, after which the link rejoins.
+SCENARIO_SEEN_AS = {
+    "SIGNAL_RECONNECT": ("RECONNECTING", "SDK_RECONNECT_SLOW"),
+    "NODE_FAILURE": ("RECONNECTING", "SDK_RECONNECT_SLOW"),
+    "MIGRATION": ("RECONNECTING", "SDK_RECONNECT_SLOW"),
+    "FULL_RECONNECT": ("RECONNECTING", "SDK_RECONNECT_SLOW"),
+    "DISCONNECT_SIGNAL_ON_RESUME": ("RECONNECTING", "SDK_RECONNECT_SLOW"),
+    "SERVER_LEAVE": ("SERVER_SHUTDOWN",),
+}
 
 
-async def test_a_slow_consumer_loses_only_the_oldest_audio_and_catches_up(bridge, livekit) -> None:
-    user = "slowpoke"
-    async with cloud(bridge.address) as client, talking_user(client, livekit, user, interval=0.01) as stream:
-        await inject(client, user, "slow-consumer", seconds=3.0)
-        await trio.sleep(3.5)
-        await receive_packets(stream, 80)  # what the buffer held, then live audio again
-        node = await session_node(client, user)
-    assert node["counters"]["mic_buffer_dropped"] > 0  # 3 s of packets overflowed its 50
+async def test_each_of_the_sdks_own_fault_scenarios_reaches_the_link_heals_and_the_stream_carries_on(
+        bridge, livekit) -> None:
+    """All six at once, one user each: each must reach the user's link (a
+    disconnect or interruption recorded after it was injected, of the kind
+    the scenario makes), and the link must be connected again with audio
+    flowing on the same StreamAudio."""
+    assert set(SCENARIO_SEEN_AS) == set(SIMULATED_SCENARIOS)
+    seen: dict[str, pb.BridgeStatusResponse] = {}
+
+    async def run(client, scenario: str) -> None:
+        user = f"simulated-{scenario.lower().replace('_', '-')}"
+        async with talking_user(client, livekit, user) as stream:
+            injected_at_ms = time.time() * 1000
+            assert scenario in await inject(client, user, f"simulate:{scenario}")
+            with trio.fail_after(30):
+                while (status := await client.status(user)).last_disconnect_at < injected_at_ms \
+                        or not status.connected:
+                    await trio.sleep(0.1)
+            seen[scenario] = status
+            await receive_packets(stream, 10, timeout=20)
+
+    async with cloud(bridge.address) as client, trio.open_nursery() as nursery:
+        for scenario in SCENARIO_SEEN_AS:
+            nursery.start_soon(run, client, scenario)
+    wrong = {scenario: status.last_disconnect_reason for scenario, status in seen.items()
+             if not status.last_disconnect_reason.startswith(SCENARIO_SEEN_AS[scenario])}
+    assert not wrong, wrong
+
+
+async def test_a_slow_consumer_loses_only_the_oldest_audio_in_order_and_catches_up(bridge, livekit) -> None:
+    """The phone numbers its packets (100 a second); the cloud's stream
+    stalls for 3 s while the user's buffer holds 50. What reaches the cloud
+    is in order, each packet once; what is missing is one run, the packets
+    the buffer dropped (give or take the network's losses, counted apart);
+    and no packet delivered from the buffer is older than its 50 (plus those
+    in flight) when it arrives: the oldest were dropped, not the newest."""
+    user, capacity, in_flight = "slowpoke", 50, 100
+    sent = 0
+    received: list[tuple[int, int]] = []  # (counter, how many the phone had sent when it arrived)
+
+    async def talk(phone) -> None:
+        nonlocal sent
+        while True:
+            await phone.send_mic(sent, numbered_pcm(sent))
+            sent += 1
+            await trio.sleep(0.01)
+
+    async def receive_until(stream, done) -> None:
+        with trio.fail_after(30):
+            while not done():
+                chunk = await stream.recv()
+                assert chunk is not None, "the stream ended"
+                received.append((counter_of(chunk), sent))
+
+    async with cloud(bridge.address) as client, phone_in_room(livekit, user) as phone, \
+            trio.open_nursery() as nursery:
+        assert (await client.join(join_request(livekit, user))).success
+        nursery.start_soon(talk, phone)
+        async with client.audio_stream(user) as stream:
+            await receive_until(stream, lambda: len(received) >= 20)
+            before = (await session_node(client, user))["counters"]
+            assert before["mic_buffer_capacity"] == capacity
+            await inject(client, user, "slow-consumer", seconds=3.0)
+            stalled_until = trio.current_time() + 3.0
+            await receive_until(stream, lambda: trio.current_time() > stalled_until + 1.0)
+            after = (await session_node(client, user))["counters"]
+        nursery.cancel_scope.cancel()
+    counters = [counter for counter, _ in received]
+    assert counters == sorted(set(counters)), "out of order or twice"
+    dropped = after["mic_buffer_dropped"] - before["mic_buffer_dropped"]
+    lost = after["mic_packets_lost"] - before["mic_packets_lost"]
+    assert dropped > 0  # 3 s of packets (up to 300) overflowed its 50
+    got = set(counters)
+    missing = [counter for counter in range(counters[0], counters[-1]) if counter not in got]
+    runs: list[list[int]] = []
+    for counter in missing:
+        if runs and runs[-1][-1] == counter - 1:
+            runs[-1].append(counter)
+        else:
+            runs.append([counter])
+    longest = max(runs, key=len)
+    assert dropped <= len(longest) <= dropped + lost, (dropped, lost, [(run[0], len(run)) for run in runs])
+    assert len(missing) - len(longest) <= lost, (dropped, lost, [(run[0], len(run)) for run in runs])
+    # The stream's sender stalls holding the batch it took (at most MIC_BATCH packets); the rest came
+    # from the buffer, which must have kept the newest.
+    stale = [(counter, had_sent) for counter, had_sent in received if had_sent - counter > capacity + in_flight]
+    assert len(stale) <= MIC_BATCH, f"delivered {len(stale)} packets older than the buffer, e.g. {stale[:3]}"
 
 
 async def test_zombies_are_reaped_and_status_says_so_for_a_while(bridge_settings, livekit, log_records) -> None:
@@ -309,3 +393,41 @@ def test_the_token_expiry_is_read_without_verifying_and_unreadable_tokens_have_n
     token = api.AccessToken("key", secret).with_ttl(datetime.timedelta(seconds=60)).to_jwt()
     assert abs(token_expiry(token) - (time.time() + 60)) < 5
     assert token_expiry("not-a-jwt") is None and token_expiry("a.b.c") is None
+
+
+async def test_a_link_that_livekit_ended_does_not_rejoin(bridge, livekit) -> None:
+    """Three users at once: LiveKit removes one's participant, another
+    connection takes over another's identity (DUPLICATE_IDENTITY), and the
+    third's room is deleted. None rejoins: each session ends and GetStatus
+    says why, and LiveKit keeps no bridge participant of theirs."""
+    from bridge_harness import _room_service, remove_participant
+
+    async def delete_room(room: str) -> None:
+        await _room_service(livekit, lambda rooms: rooms.delete_room(api.DeleteRoomRequest(room=room)))
+
+    async def evict(user: str) -> None:
+        # Another connection of the bridge's identity, which it holds a moment and leaves.
+        async with joined_room(livekit.url, token(livekit, bridge_identity(user), f"room-{user}"),
+                               connect_timeout=10, teardown_timeout=5, on_data=lambda *_: None, subscribe={}):
+            pass
+
+    endings = {"removed": ("PARTICIPANT_REMOVED", lambda user: remove_participant(
+                   livekit, f"room-{user}", bridge_identity(user))),
+               "evicted": ("DUPLICATE_IDENTITY", evict),
+               "deleted": ("ROOM_DELETED", lambda user: delete_room(f"room-{user}"))}
+
+    async def end(client, user: str, reason: str, ending) -> None:
+        assert (await client.join(join_request(livekit, user))).success
+        await ending(user)
+        with trio.fail_after(15):
+            while await session_node(client, user) is not None:
+                await trio.sleep(0.05)
+        status = await client.status(user)
+        assert not status.connected and reason in status.last_disconnect_reason, (user, status)
+        await trio.sleep(1.5)  # longer than the link's longest rejoin backoff (1 s)
+        assert bridge_identity(user) not in await list_participants(livekit, f"room-{user}"), user
+        assert await session_node(client, user) is None
+
+    async with cloud(bridge.address) as client, trio.open_nursery() as nursery:
+        for user, (reason, ending) in endings.items():
+            nursery.start_soon(end, client, f"final-{user}", reason, ending)

@@ -171,3 +171,40 @@ async def test_at_max_sessions_a_new_user_is_refused_but_replacements_and_freed_
             assert (await client.join(join_request(livekit, refused))).success  # a place was freed
             counters = (await client.actor_tree())["children"][0]["counters"]
     assert counters["refused_joins_at_capacity"] == 1 and counters["sessions"] == 2
+
+
+async def test_a_join_past_its_timeout_is_deadline_exceeded_and_a_users_queue_is_capped(
+        bridge_settings, livekit) -> None:
+    """A JoinRoom whose LiveKit never answers waits at most BRIDGE_JOIN_TIMEOUT
+    (DEADLINE_EXCEEDED); the same user's calls queued behind it are capped by
+    BRIDGE_MAX_PENDING_COMMANDS_PER_USER (RESOURCE_EXHAUSTED at once). (That
+    other users are served meanwhile: test_session_lifecycle.py.)"""
+    from test_session_lifecycle import silent_server
+
+    settings = dataclasses.replace(bridge_settings, join_timeout=1.0, connect_timeout=3.0,
+                                   max_pending_commands_per_user=2)
+    user = "queued"
+    async with running_bridge(settings) as bridge, cloud(bridge.address) as client, \
+            trio.open_nursery() as servers:
+        silent_port = await servers.start(silent_server)
+        stranded = join_request(livekit, user, livekit_url=f"ws://127.0.0.1:{silent_port}")
+        outcomes: list[Status] = []
+
+        async def join() -> None:
+            try:
+                await client.join(stranded)
+                outcomes.append(Status.OK)
+            except GRPCError as error:
+                outcomes.append(error.status)
+
+        async with trio.open_nursery() as joins:
+            joins.start_soon(join)  # runs: its connect hangs
+            await trio.sleep(0.2)
+            for _ in range(3):  # two wait behind it, the third is one too many
+                joins.start_soon(join)
+            with trio.fail_after(0.9):  # refused before the running join's timeout
+                while Status.RESOURCE_EXHAUSTED not in outcomes:
+                    await trio.sleep(0.02)
+        assert sorted(outcomes, key=lambda status: status.value) == [Status.DEADLINE_EXCEEDED] * 3 + [
+            Status.RESOURCE_EXHAUSTED], outcomes
+        servers.cancel_scope.cancel()

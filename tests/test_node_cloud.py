@@ -24,10 +24,15 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 NODE_CLIENT = os.path.join(HERE, "node_cloud")
 PROTO = os.path.join(os.path.dirname(HERE), "proto", "livekit_bridge.proto")
 
-pytestmark = pytest.mark.skipif(
-    not os.path.isdir(os.path.join(NODE_CLIENT, "node_modules")) or shutil.which("node") is None,
-    reason="node or tests/node_cloud/node_modules missing (just test installs them)",
-)
+
+
+@pytest.fixture(autouse=True)
+def node_client_installed() -> None:
+    """Nothing else runs the cloud's own client stack: without it these tests fail, they never skip."""
+    if shutil.which("node") is None:
+        pytest.fail("Node.js is not installed: `just setup` installs it (apt), or install nodejs and npm")
+    if not os.path.isdir(os.path.join(NODE_CLIENT, "node_modules")):
+        pytest.fail("tests/node_cloud/node_modules is missing: `just setup` installs it (npm ci in tests/node_cloud)")
 
 
 async def test_the_node_cloud_client_speaks_the_contract(bridge, livekit) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -75,7 +76,8 @@ async def test_sigterm_drains_streams_end_unavailable_health_says_not_serving_an
                     with pytest.raises(GRPCError) as refused:
                         await client.status("drained")
                     assert refused.value.status == Status.UNAVAILABLE
-                    # The audio stream ends last, once the room is left.
+                    # The audio stream ends last (test_a_draining_stream_ends_only_once_its_room_is_left).
+                    assert bridge_identity("drained") in await list_participants(livekit, "room-drained")
                     with trio.fail_after(10):
                         assert await stream.status() == Status.UNAVAILABLE
                 exit_code = await trio.to_thread.run_sync(lambda: process.wait(timeout=30))
@@ -192,3 +194,119 @@ async def test_an_open_listener_starts_when_told_it_is_insecure_and_dev_binds_lo
         assert (await grpcurl("127.0.0.2:" + address.split(":")[1], "list")).returncode != 0
     finally:
         assert stop(dev) == 0
+
+
+def bridge_on_socket(socket_path, livekit, **env: str) -> subprocess.Popen:
+    """``bridge_main.py serve`` on a Unix socket, in a process group of its own (as a service manager starts it)."""
+    return subprocess.Popen([sys.executable, os.path.join(REPO, "bridge_main.py"), "serve"],
+                            env=dict(os.environ, LIVEKIT_GRPC_SOCKET=str(socket_path), LIVEKIT_URL=livekit.url, **env),
+                            cwd=REPO, start_new_session=True)
+
+
+async def test_sigint_drains_and_a_second_signal_exits_at_once(livekit, tmp_path) -> None:
+    from proto.mentra.livekit import bridge as pb
+
+    socket_path = tmp_path / "interrupted.sock"
+    # A drain that would last a minute: only the second signal can end it soon.
+    process = bridge_on_socket(socket_path, livekit, BRIDGE_DRAIN_GRACE="60")
+    try:
+        async with trio_asyncio.open_loop(), cloud(f"unix:{socket_path}") as client:
+            assert (await join_once_listening(client, join_request(livekit, "interrupted"))).success
+            process.send_signal(signal.SIGINT)  # Ctrl-C
+            with trio.fail_after(10):
+                while (await client.health()).status != pb.HealthCheckResponseServingStatus.NOT_SERVING:
+                    await trio.sleep(0.05)
+            with pytest.raises(GRPCError) as refused:
+                await client.status("interrupted")
+            assert refused.value.status == Status.UNAVAILABLE
+            assert process.poll() is None  # draining, not gone
+            process.send_signal(signal.SIGTERM)
+            assert await trio.to_thread.run_sync(lambda: process.wait(timeout=10)) == 1
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+async def test_sigterm_to_the_whole_process_group_drains_before_the_workers_go(livekit, tmp_path) -> None:
+    """A service manager (or Ctrl-C in a terminal) signals the whole process
+    group: the SDK worker processes ignore it, so the phone's audio still
+    flows while the bridge drains, and the bridge ends them after the rooms
+    are left."""
+    from bridge_harness import phone_in_room
+
+    socket_path, user = tmp_path / "group.sock", "grouped"
+    process = bridge_on_socket(socket_path, livekit, BRIDGE_SDK_WORKERS="2", BRIDGE_DRAIN_GRACE="1.5")
+    try:
+        async with trio_asyncio.open_loop(), cloud(f"unix:{socket_path}") as client, \
+                phone_in_room(livekit, user) as phone, trio.open_nursery() as nursery:
+            nursery.start_soon(phone.keep_talking)
+            assert (await join_once_listening(client, join_request(livekit, user))).success
+            tree = await client.actor_tree()
+            workers = [child["details"]["pid"] for child in tree["children"][0]["children"]
+                       if child["kind"] == "SdkWorker"]
+            assert len(workers) == 2 and all(workers), workers
+            async with client.audio_stream(user) as stream:
+                with trio.fail_after(20):
+                    assert await stream.recv() is not None
+                os.killpg(process.pid, signal.SIGTERM)
+                await trio.sleep(1.0)  # inside the drain grace: a worker the signal killed is gone by now
+                during = (await client.actor_tree())["children"][0]["children"]
+                assert [(child["details"]["pid"], child["restarts"]) for child in during
+                        if child["kind"] == "SdkWorker"] == [(pid, 0) for pid in workers]
+                assert [child["counters"]["rejoins"] for child in during if child["name"] == f"link:{user}"] == [0]
+                heard_after_signal = []
+                with trio.fail_after(15):
+                    assert await stream.status(heard_after_signal.append) == Status.UNAVAILABLE
+                assert len(heard_after_signal) >= 5  # 1.5 s of drain grace: the worker holding the room still ran
+            nursery.cancel_scope.cancel()
+        assert await trio.to_thread.run_sync(lambda: process.wait(timeout=30)) == 0
+        for pid in workers:
+            assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z", pid
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+async def test_a_draining_stream_ends_only_once_its_room_is_left(livekit, tmp_path) -> None:
+    """The SDK worker process holding the user's room is stopped (SIGSTOP)
+    as the drain begins: the room cannot be left, so the StreamAudio stays
+    open, past the drain grace, until the worker runs again and the room is
+    left; then it ends UNAVAILABLE. (LiveKit itself lists a participant for
+    some 0.1 s after the SDK has left, so its list cannot tell the order.)"""
+    socket_path, user = tmp_path / "held.sock", "held"
+    process = bridge_on_socket(socket_path, livekit, BRIDGE_SDK_WORKERS="1", BRIDGE_DRAIN_GRACE="0.2")
+    worker_pid = None
+    try:
+        async with trio_asyncio.open_loop(), cloud(f"unix:{socket_path}") as client:
+            assert (await join_once_listening(client, join_request(livekit, user))).success
+            tree = await client.actor_tree()
+            [worker_pid] = [child["details"]["pid"] for child in tree["children"][0]["children"]
+                            if child["kind"] == "SdkWorker"]
+            async with client.audio_stream(user) as stream:
+                with trio.fail_after(10):
+                    while (await client.health()).active_streams != 1:  # the call has reached the session
+                        await trio.sleep(0.02)
+                async with trio.open_nursery() as nursery:
+                    ended = trio.Event()
+
+                    async def until_it_ends() -> None:
+                        assert await stream.status() == Status.UNAVAILABLE
+                        ended.set()
+
+                    nursery.start_soon(until_it_ends)
+                    os.kill(worker_pid, signal.SIGSTOP)
+                    process.send_signal(signal.SIGTERM)
+                    await trio.sleep(2.0)  # the drain grace ten times over; well inside BRIDGE_TEARDOWN_TIMEOUT (5 s)
+                    assert not ended.is_set(), "the stream ended while the bridge was still in the room"
+                    assert bridge_identity(user) in await list_participants(livekit, f"room-{user}")
+                    os.kill(worker_pid, signal.SIGCONT)
+                    with trio.fail_after(10):
+                        await ended.wait()
+            assert await trio.to_thread.run_sync(lambda: process.wait(timeout=30)) == 0
+            await until_room_is_empty(livekit, f"room-{user}")
+    finally:
+        if worker_pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker_pid, signal.SIGCONT)
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)

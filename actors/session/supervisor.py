@@ -98,10 +98,16 @@ class SessionSupervisor(Actor):
         self._ended: dict[str, tuple[float, int, str]] = {}
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        # The children (links, sessions, workers) run in a shielded scope of
+        # their own: cancelling this supervisor must not cancel them all at
+        # once, or a session would end its stream while its link is still
+        # in the room. They are stopped in order on the way out, below.
+        children_scope = trio.CancelScope(shield=True)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            children = await nursery.start(_nursery_in, children_scope)
             # A session's own teardown is bounded (leave, stream end); this is the backstop.
-            self._supervisor = Supervisor(nursery, on_exit=self._on_exit, on_restart=count_restart,
+            self._supervisor = Supervisor(children, on_exit=self._on_exit, on_restart=count_restart,
                                           teardown_timeout=self._settings.teardown_timeout * 3)
             SESSIONS.set_function(lambda: len(self._sessions))
             nursery.start_soon(self._reap_unattended_sessions)
@@ -125,6 +131,7 @@ class SessionSupervisor(Actor):
                     with trio.move_on_after(self._settings.teardown_timeout):
                         for abandoned in self._abandoned_connects.values():
                             await abandoned.settle(self._settings.teardown_timeout)
+                children_scope.cancel()
 
     async def handle(self, message: Any) -> None:
         if isinstance(message, (Join, Leave)):
@@ -457,3 +464,11 @@ class SessionSupervisor(Actor):
             message.reply.send(None)
         except MailboxFull as error:
             message.reply.fail(error)
+
+
+async def _nursery_in(scope: trio.CancelScope, task_status: trio.TaskStatus[trio.Nursery]) -> None:
+    """A nursery inside ``scope``, open until ``scope`` is cancelled."""
+    with scope:
+        async with trio.open_nursery() as nursery:
+            task_status.started(nursery)
+            await trio.sleep_forever()
