@@ -1,0 +1,20 @@
+"""The main script of the frozen bundle (deploy/livekit-bridge.spec).
+
+``./livekit-bridge [serve|dev|tree] [options]`` is ``python bridge_main.py``;
+``./livekit-bridge __sdk_worker_process__ FD NAME LOG_LEVEL LOG_FORMAT`` is an
+SDK worker process, as the bridge starts it (actors/sdk_workers/command.py).
+"""
+
+import sys
+
+from actors.sdk_workers.command import WORKER_ARGUMENT
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == [WORKER_ARGUMENT]:
+        from actors.sdk_workers.worker_process import main as run_worker
+
+        run_worker(sys.argv[2:])
+        sys.exit(0)
+    from bridge_main import main
+
+    sys.exit(main())
