@@ -54,16 +54,17 @@ venv:
     stamp=.venv/.installed-$(cat pyproject.toml requirements.lock | sha256sum | cut -c1-16)
     if [ ! -f "$stamp" ]; then
         python3 -m venv .venv
-        .venv/bin/pip install --quiet --upgrade pip
-        .venv/bin/pip install --quiet -r requirements.lock
-        .venv/bin/pip install --quiet --no-deps -e .
+        # (python -m pip: a copied virtualenv's bin/pip may still name the original's python)
+        {{python}} -m pip install --quiet --upgrade pip
+        {{python}} -m pip install --quiet -r requirements.lock
+        {{python}} -m pip install --quiet --no-deps -e .
         rm -f .venv/.installed-* && touch "$stamp"
     fi
 
 # Re-resolve requirements.lock from pyproject.toml (after changing a pin there), with uv.
 lock: venv
-    .venv/bin/pip install --quiet uv==0.13.9
-    .venv/bin/uv pip compile pyproject.toml --extra test --extra bench --python-version 3.11 -o requirements.lock
+    {{python}} -m pip install --quiet uv==0.13.9
+    {{python}} -m uv pip compile pyproject.toml --extra test --extra bench --extra deploy --python-version 3.11 -o requirements.lock
 
 # (iproute2 sets up the tests' loopback-only network namespace; espeak-ng speaks in `just demo` and its test.)
 # From Debian: libopus (which opuslib loads), iproute2 and espeak-ng.
