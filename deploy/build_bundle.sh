@@ -7,10 +7,15 @@
 #   deploy/build_bundle.sh [PYTHON]     (default .venv/bin/python)
 #
 # PYTHON's environment must hold the bridge's packages at their pins
-# (requirements.lock); PyInstaller is installed into it at its pin.
+# (requirements.lock); PyInstaller is installed into it at its pin, and
+# binutils from apt when objdump is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${1:-.venv/bin/python}
+if ! command -v objdump >/dev/null; then  # PyInstaller reads shared libraries with it
+    sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+    $sudo apt-get update -qq && $sudo apt-get install -y -qq --no-install-recommends binutils >/dev/null
+fi
 "$python" -m pip install --quiet --disable-pip-version-check -c requirements.lock pyinstaller pyinstaller-hooks-contrib altgraph
 rm -rf build/bundle/livekit-bridge
 "$python" -m PyInstaller --noconfirm --log-level WARN --distpath build/bundle --workpath build/pyinstaller \
