@@ -4,8 +4,9 @@ No container registry is reachable from the test machines, so the Debian
 base images are made here from Debian's own packages with mmdebstrap, and the
 Python packages an image installs come from a wheelhouse made on the host
 before the build (pip inside a build cannot reach PyPI: builds run with no
-network). Both are cached in the git-ignored ``.cache/`` folder, keyed by what
-they are made from, so a warm machine makes neither again.
+network). The bases are cached in the git-ignored ``.cache/`` folder, the
+wheels in ``wheelhouse/`` (git-ignored too), keyed by what they are made from,
+so a warm machine makes neither again.
 
 Making a base or the wheelhouse needs the network (Debian's and PyPI's
 servers), which the tests' namespace (``tests/isolated``) does not have:
@@ -41,10 +42,9 @@ CACHE = REPO / ".cache"
 #: Root file systems made by mmdebstrap, as tarballs podman imports.
 BASES = CACHE / "bases"
 #: Wheels of the bridge's runtime dependencies (and the setuptools that builds
-#: the bridge's own wheel), for a build with no network. Inside the build
-#: context (``.dockerignore`` lets it through) so the Dockerfile can use it.
-WHEELHOUSE = CACHE / "wheelhouse"
-WHEELHOUSE_IN_CONTEXT = WHEELHOUSE.relative_to(REPO).as_posix()
+#: the bridge's own wheel), for a build with no network: the Dockerfile
+#: installs from them alone when there are any (wheelhouse/README.md).
+WHEELHOUSE = REPO / "wheelhouse"
 
 #: The podman this machine can run: runc (crun is not installed with it here)
 #: and cgroupfs (no systemd to manage cgroups).
@@ -171,23 +171,24 @@ def build_requirements() -> list[str]:
 
 def wheelhouse(*, make: bool = False) -> pathlib.Path:
     """The folder of wheels the Dockerfile installs from with no network
-    (``--build-arg WHEELHOUSE=.cache/wheelhouse``): the runtime dependencies at
-    requirements.lock's versions, and the build backend. Made again when
-    pyproject.toml or requirements.lock changes.
+    (``wheelhouse/``): the runtime dependencies at requirements.lock's
+    versions, and the build backend. Made again when those pins or
+    requirements.lock change.
 
     Raises:
         ContainersNotReady: missing or stale and not ``make``.
         subprocess.CalledProcessError: pip failed (it needs PyPI).
     """
-    key = hashlib.sha256((REPO / "pyproject.toml").read_bytes() + (REPO / "requirements.lock").read_bytes())
+    key = hashlib.sha256(json.dumps([runtime_requirements(), build_requirements()]).encode()
+                         + (REPO / "requirements.lock").read_bytes())
     stamp = WHEELHOUSE / f".made-{key.hexdigest()[:16]}"
     if stamp.exists():
         return WHEELHOUSE
     if not make:
         raise ContainersNotReady("the wheelhouse is missing or older than requirements.lock: run `just image-test` "
                                  "(or `python tests/containers.py wheelhouse`) on a machine with network")
-    shutil.rmtree(WHEELHOUSE, ignore_errors=True)
-    WHEELHOUSE.mkdir(parents=True)
+    for made in [*WHEELHOUSE.glob("*.whl"), *WHEELHOUSE.glob(".made-*")]:
+        made.unlink()
     # The host's Python is 3.11 on glibc, as bookworm's: its wheels are the image's.
     pip_wheel = [sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(WHEELHOUSE)]
     subprocess.run([*pip_wheel, "--constraint", str(REPO / "requirements.lock"), *runtime_requirements()],
