@@ -45,7 +45,12 @@ proto: venv
     {{python}} -m proto.generate
 
 # Everything the bridge and its tests need.
-setup: venv system-packages livekit-server grpcurl node-client
+setup: venv system-packages livekit-server grpcurl node-client image-tools
+
+# (Also part of `just test`; args as pytest's.)
+# The image tests alone: the standalone image and the drop-in bundle built and run with podman.
+image-test *args: venv system-packages livekit-server node-client image-tools
+    tests/isolated {{python}} -m pytest -m image {{args}}
 
 # The virtualenv with exactly the locked packages (requirements.lock), refreshed when it or pyproject.toml changes.
 venv:
@@ -117,3 +122,19 @@ node-client:
     elif [ ! -d node_modules ] || [ package-lock.json -nt node_modules ]; then
         npm ci --silent --no-audit --no-fund
     fi
+
+# (The bases go to the git-ignored .cache/bases/, the wheels to wheelhouse/; both are reused until their recipe changes.)
+# For the image tests: podman, runc and mmdebstrap from Debian; Debian bases made with mmdebstrap; the wheelhouse.
+image-tools: venv
+    #!/usr/bin/env bash
+    set -euo pipefail
+    missing=()
+    command -v podman >/dev/null || missing+=(podman)
+    command -v runc >/dev/null || missing+=(runc)
+    command -v mmdebstrap >/dev/null || missing+=(mmdebstrap)
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "installing ${missing[*]} (needs root or sudo)"
+        sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+        $sudo apt-get update -qq && $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+    {{python}} tests/containers.py prepare >/dev/null

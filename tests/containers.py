@@ -20,7 +20,7 @@ runtime, the cgroupfs cgroup manager and explicit open-file and process limits
 ``--network=host``: inside ``tests/isolated`` that is the namespace's
 loopback, so their traffic stays there.
 
-    python tests/containers.py prepare            the bridge's base and the wheelhouse
+    python tests/containers.py prepare            the bases of PREPARED_BASES and the wheelhouse
     python tests/containers.py base [PACKAGE...]  a bookworm base with these packages; prints its name
     python tests/containers.py wheelhouse         the wheelhouse; prints its folder
 """
@@ -75,6 +75,10 @@ _SLIM = ("--dpkgopt=path-exclude=/usr/share/doc/*", "--dpkgopt=path-include=/usr
 #: (offline, the base must hold it already): the build stage's python3-venv,
 #: the runtime's python3, libopus0 (opuslib) and ca-certificates.
 PYTHON_RUNTIME = ("python3", "python3-venv", "libopus0", "ca-certificates")
+#: The bases `prepare` makes (`just image-tools`), for the tests that use them:
+#: the standalone image's (tests/test_image.py) and one with no Python at all
+#: (tests/test_dropin.py). A test needing another adds its packages here.
+PREPARED_BASES = (PYTHON_RUNTIME, ())
 
 
 class ContainersNotReady(Exception):
@@ -258,7 +262,8 @@ def _main(argv: list[str]) -> int:
     command, *rest = argv or ["prepare"]
     try:
         if command == "prepare":
-            print(debian_base(PYTHON_RUNTIME, make=True))
+            for packages in PREPARED_BASES:
+                print(debian_base(packages, make=True))
             print(wheelhouse(make=True))
         elif command == "base":
             print(debian_base(rest, make=True))
