@@ -10,9 +10,11 @@ so a warm machine makes neither again.
 
 Making a base or the wheelhouse needs the network (Debian's and PyPI's
 servers), which the tests' namespace (``tests/isolated``) does not have:
-``python tests/containers.py prepare`` (run by ``just image-test`` before the
-tests) makes them; inside the tests ``debian_base`` and ``wheelhouse`` only
-find them, and raise ``ContainersNotReady`` saying what to run when missing.
+``python tests/containers.py prepare`` (run by ``just image-tools``, part of
+``just setup``) makes them; inside the tests ``debian_base`` and ``wheelhouse``
+only find them, and raise ``ContainersNotReady`` saying what to run when
+missing. Tests that build or run containers carry ``pytest.mark.image``, so
+that ``just image-test`` runs them alone.
 
 Every podman call goes through ``podman_command``: this machine needs the runc
 runtime, the cgroupfs cgroup manager and explicit open-file and process limits
@@ -146,7 +148,7 @@ def debian_base(packages: Sequence[str] = (), *, make: bool = False) -> str:
     if not tarball.exists():
         if not make:
             raise ContainersNotReady(f"the Debian base with {list(packages) or 'no extra packages'} is not made "
-                                     f"yet: run `just image-test` (or `python tests/containers.py base "
+                                     f"yet: run `just image-tools` (or `python tests/containers.py base "
                                      f"{' '.join(packages)}`) on a machine with network")
         if shutil.which("mmdebstrap") is None:
             raise ContainersNotReady("mmdebstrap is not installed: run `just image-tools`")
@@ -189,7 +191,7 @@ def wheelhouse(*, make: bool = False) -> pathlib.Path:
     if stamp.exists():
         return WHEELHOUSE
     if not make:
-        raise ContainersNotReady("the wheelhouse is missing or older than requirements.lock: run `just image-test` "
+        raise ContainersNotReady("the wheelhouse is missing or older than requirements.lock: run `just image-tools` "
                                  "(or `python tests/containers.py wheelhouse`) on a machine with network")
     for made in [*WHEELHOUSE.glob("*.whl"), *WHEELHOUSE.glob(".made-*")]:
         made.unlink()

@@ -2,9 +2,10 @@
 holds, that its defaults start and its health turns SERVING, that the cloud's
 own client hears a phone through it, and that `podman stop` drains it.
 
-Run by `just image-test`, which installs podman and mmdebstrap and makes the
-Debian base and the wheelhouse first (tests/containers.py); the containers
-share the tests' loopback-only namespace (--network=host).
+Part of `just test` (`just image-test` runs them alone); `just image-tools`
+installs podman and mmdebstrap and makes the Debian base and the wheelhouse
+first (tests/containers.py). The containers share the tests' loopback-only
+namespace (--network=host).
 """
 
 from __future__ import annotations

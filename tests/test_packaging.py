@@ -17,8 +17,8 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parent.parent
 #: What is copied to build from: the tree without what builds leave behind
 #: (a stale build/ would put files in the wheel that its package list lacks).
-NOT_SOURCE = shutil.ignore_patterns(".git", ".venv", ".cache", ".tools", "node_modules", "build", "*.egg-info",
-                                    "__pycache__", ".pytest_cache", "results", "demo-output")
+NOT_SOURCE = shutil.ignore_patterns(".git", ".venv", ".cache", ".tools", "node_modules", "build", "dist", "*.egg-info",
+                                    "__pycache__", ".pytest_cache", "results", "demo-output", "wheelhouse")
 SHIPPED = ("actors", "proto")
 
 
