@@ -48,7 +48,7 @@ proto: venv
 setup: venv system-packages livekit-server grpcurl node-client image-tools
 
 # (Also part of `just test`; args as pytest's.)
-# The image tests alone: the standalone image and the drop-in bundle built and run with podman.
+# The image tests alone: those marked `image` (pytest.mark.image), which build and run containers with podman.
 image-test *args: venv system-packages livekit-server node-client image-tools
     tests/isolated {{python}} -m pytest -m image {{args}}
 
