@@ -20,4 +20,7 @@ fi
 rm -rf build/bundle/livekit-bridge
 "$python" -m PyInstaller --noconfirm --log-level WARN --distpath build/bundle --workpath build/pyinstaller \
     deploy/livekit-bridge.spec
+# The interpreter's library may carry debug symbols (pyenv's: 22 MB, 6 MB without). Only it is
+# stripped: the wheels' libraries were patched by auditwheel, and strip breaks them (numpy's OpenBLAS).
+strip --strip-unneeded build/bundle/livekit-bridge/livekit-bridge.d/libpython3*.so*
 echo "built build/bundle/livekit-bridge ($(du -sh build/bundle/livekit-bridge | cut -f1))"
