@@ -45,12 +45,17 @@ proto: venv
     {{python}} -m proto.generate
 
 # Everything the bridge and its tests need.
-setup: venv system-packages livekit-server grpcurl node-client image-tools
+setup: venv system-packages livekit-server grpcurl node-client image-tools bundle
 
 # (Also part of `just test`; args as pytest's.)
 # The image tests alone: those marked `image` (pytest.mark.image), which build and run containers with podman.
-image-test *args: venv system-packages livekit-server node-client image-tools
+image-test *args: venv system-packages livekit-server node-client image-tools bundle
     tests/isolated {{python}} -m pytest -m image {{args}}
+
+# (Kept while its sources are unchanged; the cloud image's stage, deploy/Dockerfile.stage, runs the same script.)
+# The drop-in for the cloud's image: the bridge frozen by PyInstaller into build/bundle/livekit-bridge/.
+bundle: venv
+    deploy/build_bundle.sh {{python}}
 
 # The virtualenv with exactly the locked packages (requirements.lock), refreshed when it or pyproject.toml changes.
 venv:

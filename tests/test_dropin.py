@@ -1,7 +1,9 @@
-"""The drop-in bundle in the cloud image's layout (an image test: `just image-test`).
+"""The drop-in bundle in the cloud image's layout (an image test: part of
+`just test`, and of `just image-test`).
 
 A Debian image with no Python of its own holds the bundle built on the host
-(`just bundle`), copied into /app as deploy/Dockerfile.stage's COPY line does,
+(deploy/build_bundle.sh, which `just bundle` runs and which keeps a bundle of
+the same sources), copied into /app as deploy/Dockerfile.stage's COPY line does,
 and runs the cloud's own start.sh unchanged (tests/cloud_image/): it starts
 ``./livekit-bridge &`` with LIVEKIT_GRPC_SOCKET=/tmp/livekit-bridge.sock,
 waits up to 10 s for the socket, starts "the cloud" (a stand-in for bun) and
@@ -43,12 +45,14 @@ IMAGE = "localhost/livekit-bridge-dropin-test:latest"
 SOCKET_IN_CONTAINER = "/tmp/livekit-bridge.sock"
 _names = itertools.count()
 
+pytestmark = pytest.mark.image
+
 
 @pytest.fixture(scope="module")
 def image(tmp_path_factory: pytest.TempPathFactory) -> str:
     """The cloud-like image with the bundle in /app (built anew: the bundle may have changed)."""
-    if not (BUNDLE / "livekit-bridge").exists():
-        pytest.fail(f"no bundle at {BUNDLE}: build it with `just bundle` (`just image-test` does)")
+    # (Built by `just bundle` in `just setup`; built here again only if the sources changed since.)
+    subprocess.run([REPO / "deploy" / "build_bundle.sh"], check=True, timeout=900)
     if not os.path.isdir(os.path.join(NODE_CLIENT, "node_modules")) or shutil.which("node") is None:
         pytest.fail("the cloud's client needs node and tests/node_cloud/node_modules (`just node-client`)")
     context = tmp_path_factory.mktemp("cloud-image")
