@@ -11,6 +11,9 @@ from actors.sdk_workers.command import WORKER_ARGUMENT
 
 if __name__ == "__main__":
     if sys.argv[1:2] == [WORKER_ARGUMENT]:
+        if len(sys.argv) != 6:
+            sys.exit(f"livekit-bridge: {WORKER_ARGUMENT} starts one of the bridge's SDK worker processes (the "
+                     f"bridge passes it a socket); it is not a command to run by hand")
         from actors.sdk_workers.worker_process import main as run_worker
 
         run_worker(sys.argv[2:])
