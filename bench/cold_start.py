@@ -61,12 +61,12 @@ def _accepts(path: str) -> bool:
         return True
 
 
-def one_start(command: list[str], cwd: pathlib.Path, workers: int, extra_env: dict[str, str]) -> dict[str, float]:
+def one_start(command: list[str], cwd: pathlib.Path, workers: int) -> dict[str, float]:
     """Start ``command`` once and time it (seconds, see the module's docstring)."""
     with tempfile.TemporaryDirectory(prefix="cold-start-") as folder:
         path = os.path.join(folder, "livekit-bridge.sock")
         env = dict(os.environ, LIVEKIT_GRPC_SOCKET=path, LOG_FORMAT="json", LOG_LEVEL="info",
-                   BRIDGE_SDK_WORKERS=str(workers), **extra_env)
+                   BRIDGE_SDK_WORKERS=str(workers))
         ready_at: list[float] = []
         started = time.monotonic()
         process = subprocess.Popen(command, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -116,13 +116,13 @@ def drop_page_cache() -> None:
     pathlib.Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
-def measure(label: str, command: list[str], cwd: pathlib.Path, runs: int, workers: int, drop_caches: bool,
-            extra_env: dict[str, str] | None = None) -> list[dict[str, float]]:
+def measure(label: str, command: list[str], cwd: pathlib.Path, runs: int, workers: int,
+            drop_caches: bool) -> list[dict[str, float]]:
     results = []
     for _ in range(runs):
         if drop_caches:
             drop_page_cache()
-        results.append(one_start(command, cwd, workers, extra_env or {}))
+        results.append(one_start(command, cwd, workers))
     print(f"\n{label}: {runs} runs, {workers} SDK workers" + (", page cache dropped before each" if drop_caches
                                                                  else ""))
     for key in results[0]:
