@@ -165,6 +165,9 @@ async def test_the_cloud_reaches_the_bundle_through_start_sh_and_hears_the_phone
                 assert process["argv"][:2] == ["/app/livekit-bridge", "__sdk_worker_process__"], process
                 assert "BRIDGE_AUTH_TOKEN" not in container.environ(worker["details"]["pid"])
             assert container.environ(bridge)["BRIDGE_AUTH_TOKEN"] == "not-for-workers"
+            # The bundle's other commands (their imports are found by PyInstaller too).
+            health = container.exec("./livekit-bridge health")
+            assert (health.returncode, health.stdout) == (0, "SERVING\n"), health
 
             # The cloud's own client: join, the phone's audio, a playback (PyAV in the bundle), leave.
             with audio_http_server() as server:
