@@ -1,6 +1,6 @@
-"""Command line of the LiveKit bridge.
+"""Command line of the LiveKit bridge: `livekit-bridge` once installed, or `python bridge_main.py`.
 
-    python bridge_main.py serve    the bridge alone (TCP beyond loopback needs BRIDGE_AUTH_TOKEN or
+    livekit-bridge [serve]         the bridge alone (TCP beyond loopback needs BRIDGE_AUTH_TOKEN or
                                    BRIDGE_INSECURE=1; LIVEKIT_GRPC_SOCKET serves a Unix socket)
     python bridge_main.py dev      a local livekit-server (dev mode, loopback) plus the bridge, on
                                    loopback unless BRIDGE_HOST says otherwise;
@@ -8,9 +8,12 @@
                                    uses that server instead and starts none
     python bridge_main.py tree     print a running bridge's live actor tree
                                    (--json, --watch [SECONDS], --user ID)
+    livekit-bridge health          exit 0 if a running bridge answers SERVING to grpc.health.v1
+                                   Health/Check, 1 otherwise (--timeout SECONDS); for HEALTHCHECK
 
 Every setting below is read from its environment variable or its flag (the
-flag wins); a bad value stops start-up with a message naming it.
+flag wins); a bad value stops start-up with a message naming it. `tree` and
+`health` reach the bridge with the same settings: run them with its environment.
 """
 
 from __future__ import annotations
@@ -83,7 +86,7 @@ def dev(settings: BridgeSettings) -> None:
         return
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="bridge-dev-livekit-"))
     livekit = start_dev_livekit(workdir, port=7880)
-    from actors.operations.tree_command import dial_address
+    from actors.operations.bridge_client import dial_address
 
     try:
         where = dial_address(settings)
@@ -106,10 +109,9 @@ def dev(settings: BridgeSettings) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bridge_main.py", usage="%(prog)s [serve|dev|tree] [options]",
-                                     description=__doc__,
+    parser = argparse.ArgumentParser(usage="%(prog)s [serve|dev|tree|health] [options]", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["serve", "dev", "tree"], nargs="?", default="serve",
+    parser.add_argument("command", choices=["serve", "dev", "tree", "health"], nargs="?", default="serve",
                         help="what to run (default serve)")
     parser.add_argument("--version", action=_Version, nargs=0, help="show the bridge's version and those of "
                         "what it is built on, and exit")
@@ -118,33 +120,29 @@ def main(argv: list[str] | None = None) -> int:
     tree_flags.add_argument("--watch", type=float, nargs="?", const=1.0, metavar="SECONDS",
                             help="redraw every SECONDS (default 1) until Ctrl-C")
     tree_flags.add_argument("--user", metavar="ID", help="only this user's session")
+    parser.add_argument_group("health").add_argument(
+        "--timeout", type=float, default=3.0, metavar="SECONDS",
+        help="how long health waits for the answer (default 3)")
     add_flags(parser, BridgeSettings)
     args = parser.parse_args(argv)
     try:
         settings = BridgeSettings.load(os.environ, args)
-        if args.command != "tree":
+        if args.command in ("serve", "dev"):
             settings = settings.for_command(args.command)
         configure_logging(level=settings.log_level, log_format=settings.log_format, env=settings.log_env,
                           secrets=settings.secret_values)
     except (SettingsError, LogSettingError) as error:
         print(f"bridge: {error}", file=sys.stderr)
         return 2
-    if args.command != "tree" and settings.log_shipping_url is not None:
+    if args.command in ("serve", "dev") and settings.log_shipping_url is not None:
         from actors.operations.log_shipping import start_log_shipping
 
         start_log_shipping(settings)  # buffering from here on, so the lines before listening go too; run_bridge sends
-    if args.command != "tree" and settings.open_to_the_network:
+    if args.command in ("serve", "dev") and settings.open_to_the_network:
         logger.warning("serving TCP on {}:{} without BRIDGE_AUTH_TOKEN (BRIDGE_INSECURE is set): anyone who "
                        "reaches the port may call", settings.listen_host, settings.port)
-    if args.command == "tree":
-        from actors.operations.tree_command import TreeUnavailable, print_tree
-
-        try:
-            print_tree(settings, as_json=args.json, watch=args.watch, user=args.user)
-        except TreeUnavailable as error:
-            print(f"bridge: {error}", file=sys.stderr)
-            return 1
-        return 0
+    if args.command in ("tree", "health"):
+        return _ask_the_running_bridge(args, settings)
     try:
         {"serve": serve, "dev": dev}[args.command](settings)
     except OSError as error:  # the listener's address: in use, or not this machine's
@@ -159,6 +157,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bridge: {refused}", file=sys.stderr)
         return 2
     return 0
+
+
+def _ask_the_running_bridge(args: argparse.Namespace, settings: BridgeSettings) -> int:
+    """`tree` or `health`: 0 when the bridge answered (health: SERVING), else 1 with the reason on stderr."""
+    from actors.operations.bridge_client import BridgeUnavailable
+
+    try:
+        if args.command == "tree":
+            from actors.operations.tree_command import print_tree
+
+            print_tree(settings, as_json=args.json, watch=args.watch, user=args.user)
+            return 0
+        from actors.operations.health_command import health_status
+
+        status = health_status(settings, timeout=args.timeout)
+    except BridgeUnavailable as error:
+        print(f"bridge: {error}", file=sys.stderr)
+        return 1
+    print(status)
+    return 0 if status == "SERVING" else 1
 
 
 class _Version(argparse.Action):

@@ -45,7 +45,17 @@ proto: venv
     {{python}} -m proto.generate
 
 # Everything the bridge and its tests need.
-setup: venv system-packages livekit-server grpcurl node-client
+setup: venv system-packages livekit-server grpcurl node-client image-tools bundle
+
+# (Also part of `just test`; args as pytest's.)
+# The image tests alone: those marked `image` (pytest.mark.image), which build and run containers with podman.
+image-test *args: venv system-packages livekit-server node-client image-tools bundle
+    tests/isolated {{python}} -m pytest -m image {{args}}
+
+# (Kept while its sources are unchanged; the cloud image's stage, deploy/Dockerfile.stage, runs the same script.)
+# The drop-in for the cloud's image: the bridge frozen by PyInstaller into build/bundle/livekit-bridge/.
+bundle: venv
+    deploy/build_bundle.sh {{python}}
 
 # The virtualenv with exactly the locked packages (requirements.lock), refreshed when it or pyproject.toml changes.
 venv:
@@ -54,16 +64,17 @@ venv:
     stamp=.venv/.installed-$(cat pyproject.toml requirements.lock | sha256sum | cut -c1-16)
     if [ ! -f "$stamp" ]; then
         python3 -m venv .venv
-        .venv/bin/pip install --quiet --upgrade pip
-        .venv/bin/pip install --quiet -r requirements.lock
-        .venv/bin/pip install --quiet --no-deps -e .
+        # (python -m pip: a copied virtualenv's bin/pip may still name the original's python)
+        {{python}} -m pip install --quiet --upgrade pip
+        {{python}} -m pip install --quiet -r requirements.lock
+        {{python}} -m pip install --quiet --no-deps -e .
         rm -f .venv/.installed-* && touch "$stamp"
     fi
 
 # Re-resolve requirements.lock from pyproject.toml (after changing a pin there), with uv.
 lock: venv
-    .venv/bin/pip install --quiet uv==0.13.9
-    .venv/bin/uv pip compile pyproject.toml --extra test --extra bench --python-version 3.11 -o requirements.lock
+    {{python}} -m pip install --quiet uv==0.13.9
+    {{python}} -m uv pip compile pyproject.toml --extra test --extra bench --extra deploy --python-version 3.11 -o requirements.lock
 
 # (iproute2 sets up the tests' loopback-only network namespace; espeak-ng speaks in `just demo` and its test;
 # Node.js and npm run the cloud's own client stack in tests/test_node_cloud.py.)
@@ -116,3 +127,19 @@ node-client: system-packages
     if [ ! -d node_modules ] || [ package-lock.json -nt node_modules ]; then
         npm ci --silent --no-audit --no-fund
     fi
+
+# (The bases go to the git-ignored .cache/bases/, the wheels to wheelhouse/; both are reused until their recipe changes.)
+# For the image tests: podman, runc and mmdebstrap from Debian; Debian bases made with mmdebstrap; the wheelhouse.
+image-tools: venv
+    #!/usr/bin/env bash
+    set -euo pipefail
+    missing=()
+    command -v podman >/dev/null || missing+=(podman)
+    command -v runc >/dev/null || missing+=(runc)
+    command -v mmdebstrap >/dev/null || missing+=(mmdebstrap)
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "installing ${missing[*]} (needs root or sudo)"
+        sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+        $sudo apt-get update -qq && $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+    {{python}} tests/containers.py prepare >/dev/null

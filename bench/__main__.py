@@ -30,7 +30,10 @@ bench/results/. Then the single-session benchmarks, printed as a table:
   of the other process, the hop's cost (bench/processes.py);
 - where a burst of 20 joins spends its CPU, by thread and in the main
   thread by library, with SDK worker processes and without
-  (bench/join_profile.py).
+  (bench/join_profile.py);
+- the drop-in bundle's cold start in the cloud image's layout: to a
+  listening socket and to its SDK workers ready, beside `python
+  bridge_main.py` (bench/cold_start.py; `just bundle` builds the bundle).
 Numbers depend on the machine; compare runs on the same one.
 """
 
@@ -60,7 +63,7 @@ from bench.ladder import RESULTS, RungPlan, ladder, percentile as nearest_rank  
 from bench.profile_summary import perf_summary, summarize  # noqa: E402
 from bench.stamps import STAMP  # noqa: E402
 from bench.playback import playback_latency  # noqa: E402
-from bench import cloud_restart, heal, join_profile, processes  # noqa: E402
+from bench import cloud_restart, cold_start, heal, join_profile, processes  # noqa: E402
 
 JOINS = 30
 PACKETS = 300
@@ -192,6 +195,7 @@ def main() -> None:
         processes.main(["--users", "20", "50"])
         join_profile.main(["--users", "20", "--label", "workers"])
         join_profile.main(["--users", "20", "--label", "in-process", "--bridge-env", "BRIDGE_SDK_WORKERS=0"])
+        cold_start.main(["--python"])
 
 
 if __name__ == "__main__":

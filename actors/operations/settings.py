@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..runtime import Backoff
 from .configuration import SettingsError, declared, load, setting
+from .cpu_quota import usable_cpus
 
 if TYPE_CHECKING:
     from ..session.playback import PlaybackLimits
@@ -73,8 +74,9 @@ class BridgeSettings:
         "packets come late): while rooms connect the SDK "
         "delays every other room's packets, so join storms go through a few at a time", group=LIVEKIT, minimum=1)
     sdk_workers: int | None = setting(
-        None, "BRIDGE_SDK_WORKERS", "SDK worker processes the users' rooms are spread over (unset: one per core "
-        "the bridge may use, none on a single core; 0: the rooms are joined in the bridge's own process); one "
+        None, "BRIDGE_SDK_WORKERS", "SDK worker processes the users' rooms are spread over (unset: one per CPU "
+        "the bridge may use, its cgroup's CPU quota counted (a container's --cpus), none on a single one; 0: the "
+        "rooms are joined in the bridge's own process); one "
         "process uses about one core of the SDK's native threads, and a join storm in one stalls only its own "
         "rooms", group=LIVEKIT, minimum=0, maximum=64)
     join_timeout: float = setting(120.0, "BRIDGE_JOIN_TIMEOUT", "longest a JoinRoom may wait, queued behind "
@@ -235,12 +237,12 @@ class BridgeSettings:
     @property
     def sdk_worker_processes(self) -> int:
         """How many SDK worker processes run: BRIDGE_SDK_WORKERS, or when it is
-        unset one per core this process may use (none on a single core,
-        where a worker would only add the hop)."""
+        unset one per CPU this process may use, its cgroup's CPU quota
+        counted (none on a single CPU, where a worker would only add the hop)."""
         if self.sdk_workers is not None:
             return self.sdk_workers
-        cores = len(os.sched_getaffinity(0))
-        return cores if cores > 1 else 0
+        cpus = usable_cpus()
+        return cpus if cpus > 1 else 0
 
     @property
     def uses_external_livekit(self) -> bool:

@@ -39,11 +39,9 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-import pathlib
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
@@ -59,10 +57,9 @@ from ..operations.log_shipping import ship_worker_lines, shipping_active
 from ..operations.metrics import MIC_DROPPED, ROOM_CONNECT
 from ..operations.settings import BridgeSettings
 from ..runtime import Actor, Reply, only_cancelled
+from .command import worker_command, worker_environment
 from .frames import FrameChannel, Outbox
 
-#: Where `python -m actors.sdk_workers.worker_process` is found, however the bridge was started.
-_PROJECT_ROOT = pathlib.Path(__file__).resolve().parents[2]
 #: Longest a new worker process may take to import the SDK and say it is ready.
 START_TIMEOUT = 30.0
 #: A running worker is asked every PING_INTERVAL seconds whether it still
@@ -440,13 +437,12 @@ class SdkWorker(Actor):
 
     async def _start_process(self, theirs: socket.socket) -> trio.Process:
         settings = self._settings
-        command = [sys.executable, "-m", "actors.sdk_workers.worker_process", str(theirs.fileno()), self.name,
-                   settings.log_level, settings.log_format or "", *(["ship-logs"] if shipping_active() else [])]
+        command = worker_command(str(theirs.fileno()), self.name, settings.log_level, settings.log_format or "",
+                                 *(["ship-logs"] if shipping_active() else []))
         # The worker joins with the tokens it is sent; it needs none of the bridge's secrets.
         secrets = {declaration.env for _, declaration, _ in declared(BridgeSettings) if declaration.secret}
-        environment = {name: value for name, value in os.environ.items() if name not in secrets}
-        environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_PROJECT_ROOT),
-                                                                   environment.get("PYTHONPATH")]))
+        environment = worker_environment(
+            {name: value for name, value in os.environ.items() if name not in secrets})
         return await trio.lowlevel.open_process(command, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
                                                 env=environment)
 

@@ -1,11 +1,12 @@
 """The SDK worker process: it holds rooms for the bridge that started it.
 
 Run as ``python -m actors.sdk_workers.worker_process FD NAME LOG_LEVEL LOG_FORMAT [ship-logs]``
-by actors/sdk_workers/worker.py, with FD one end of a socketpair. It joins,
-publishes into and leaves rooms as the bridge asks (the messages are listed
-in worker.py), and sends back each room's microphone packets and events;
-with ``ship-logs``, its log lines too (the bridge ships them: it holds the
-token, the worker does not), beside writing them on its stderr.
+by actors/sdk_workers/worker.py (a frozen bundle runs ``livekit-bridge
+__sdk_worker_process__ FD ...``: see command.py), with FD one end of a
+socketpair. It joins, publishes into and leaves rooms as the bridge asks (the
+messages are listed in worker.py), and sends back each room's microphone
+packets and events; with ``ship-logs``, its log lines too (the bridge ships
+them: it holds the token, the worker does not), beside writing them on its stderr.
 
 It guarantees: when the bridge closes the connection, or dies, every room it
 holds is left (tracks unpublished, disconnected) before it exits. It ignores
