@@ -17,12 +17,12 @@ run *args: setup
 
 # (It runs in a network namespace whose only addresses are loopback: tests/isolated.)
 # Install what is missing, then run the whole suite.
-test *args: setup
+test *args: setup test-tools
     tests/isolated {{python}} -m pytest {{args}}
 
 # (Args: --quick for a 2-minute smoke run; --help for the rest. Results: bench/results/.)
 # Benchmarks: the load ladder beside the SDK's floor, join/replace/leave, PlayAudio to first sound.
-bench *args: setup
+bench *args: setup test-tools
     tests/isolated {{python}} -m bench {{args}}
 
 # (Args: --out DIR, --sentence TEXT, --reply TEXT. Files: demo-output/<time>/.)
@@ -44,8 +44,11 @@ chaos *args: setup
 proto: venv
     {{python}} -m proto.generate
 
-# Everything the bridge and its tests need.
-setup: venv system-packages livekit-server grpcurl node-client image-tools bundle
+# What the bridge needs to run: the virtualenv, Debian's packages, livekit-server.
+setup: venv system-packages livekit-server
+
+# What the tests and the bench need besides: grpcurl, the cloud's grpc-js client, podman and its bases, the drop-in bundle.
+test-tools: grpcurl node-client image-tools bundle
 
 # (Also part of `just test`; args as pytest's.)
 # The image tests alone: those marked `image` (pytest.mark.image), which build and run containers with podman.
@@ -76,9 +79,8 @@ lock: venv
     {{python}} -m pip install --quiet uv==0.13.9
     {{python}} -m uv pip compile pyproject.toml --extra test --extra bench --extra deploy --python-version 3.11 -o requirements.lock
 
-# (iproute2 sets up the tests' loopback-only network namespace; espeak-ng speaks in `just demo` and its test;
-# Node.js and npm run the cloud's own client stack in tests/test_node_cloud.py.)
-# From Debian: libopus (which opuslib loads), iproute2, espeak-ng, Node.js and npm.
+# (iproute2 sets up the tests' loopback-only network namespace; espeak-ng speaks in `just demo` and its test.)
+# From Debian: libopus (which opuslib loads), iproute2 and espeak-ng.
 system-packages: venv
     #!/usr/bin/env bash
     set -euo pipefail
@@ -86,8 +88,6 @@ system-packages: venv
     {{python}} -c "import opuslib" 2>/dev/null || missing+=(libopus0)
     command -v ip >/dev/null || missing+=(iproute2)
     command -v espeak-ng >/dev/null || missing+=(espeak-ng)
-    command -v node >/dev/null || missing+=(nodejs)
-    command -v npm >/dev/null || missing+=(npm)
     if [ ${#missing[@]} -gt 0 ]; then
         echo "installing ${missing[*]} (needs root or sudo)"
         sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
@@ -119,10 +119,19 @@ grpcurl:
         rm -f {{grpcurl}}-*.built && touch {{grpcurl}}-{{grpcurl_version}}.built
     fi
 
-# The cloud's own gRPC client stack (@grpc/grpc-js), for tests/test_node_cloud.py (Node.js and npm: system-packages).
-node-client: system-packages
+# (Node.js and npm from Debian when missing: the tests that use it never skip.)
+# The cloud's own gRPC client stack (@grpc/grpc-js), for tests/test_node_cloud.py and the bench.
+node-client:
     #!/usr/bin/env bash
     set -euo pipefail
+    missing=()
+    command -v node >/dev/null || missing+=(nodejs)
+    command -v npm >/dev/null || missing+=(npm)
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "installing ${missing[*]} (needs root or sudo)"
+        sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+        $sudo apt-get update -qq && $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
     cd tests/node_cloud
     if [ ! -d node_modules ] || [ package-lock.json -nt node_modules ]; then
         npm ci --silent --no-audit --no-fund
