@@ -267,6 +267,35 @@ async def test_sigterm_to_the_whole_process_group_drains_before_the_workers_go(l
             os.killpg(process.pid, signal.SIGKILL)
 
 
+async def test_a_signal_to_the_process_group_while_the_sdk_workers_start_reaches_none_of_them(
+        livekit, tmp_path) -> None:
+    """The group's SIGTERM as the bridge starts its SDK worker processes:
+    they ignore it only once their Python has loaded, so they run in a group
+    of their own; none dies of it, nothing crashes, and the bridge drains
+    and exits 0."""
+    from bench.proc_stats import family
+
+    log = tmp_path / "bridge.log"
+    with open(log, "wb") as stderr:
+        process = subprocess.Popen([sys.executable, os.path.join(REPO, "bridge_main.py"), "serve"],
+                                   env=dict(os.environ, LIVEKIT_GRPC_SOCKET=str(tmp_path / "early.sock"),
+                                            LIVEKIT_URL=livekit.url, BRIDGE_SDK_WORKERS="2",
+                                            BRIDGE_DRAIN_GRACE="0.2"),
+                                   cwd=REPO, start_new_session=True, stderr=stderr)
+    try:
+        with trio.fail_after(20):
+            while len(family(process.pid)) < 3:  # the bridge and both workers, still importing
+                await trio.sleep(0.005)
+        os.killpg(process.pid, signal.SIGTERM)
+        assert await trio.to_thread.run_sync(lambda: process.wait(timeout=30)) == 0
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    text = log.read_text()
+    assert "SIGTERM received" in text
+    assert "exited before it was ready" not in text and "crashed" not in text, text
+
+
 async def test_a_draining_stream_ends_only_once_its_room_is_left(livekit, tmp_path) -> None:
     """The SDK worker process holding the user's room is stopped (SIGSTOP)
     as the drain begins: the room cannot be left, so the StreamAudio stays

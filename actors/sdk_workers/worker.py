@@ -443,8 +443,10 @@ class SdkWorker(Actor):
         secrets = {declaration.env for _, declaration, _ in declared(BridgeSettings) if declaration.secret}
         environment = worker_environment(
             {name: value for name, value in os.environ.items() if name not in secrets})
+        # A process group of its own: a signal to the bridge's group (Ctrl-C, a service manager's
+        # stop) must not reach a worker still starting, before it ignores SIGINT and SIGTERM.
         return await trio.lowlevel.open_process(command, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
-                                                env=environment)
+                                                env=environment, process_group=0)
 
     async def _end_process(self, process: trio.Process, channel: FrameChannel) -> None:
         """Close the connection (the process leaves its rooms and exits);
