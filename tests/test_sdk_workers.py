@@ -15,6 +15,7 @@ import sys
 
 import trio
 import trio_asyncio
+from grpclib.const import Status
 from prometheus_client import REGISTRY
 
 from actors.operations.tree_view import render
@@ -228,6 +229,68 @@ async def test_a_hung_worker_is_killed_and_started_again(bridge_settings, liveki
             resumed = talker.sent
             assert (await receive_until(stream, resumed + 5))[-6:] == list(range(resumed, resumed + 6))
             nursery.cancel_scope.cancel()
+
+
+async def test_a_worker_dying_more_than_10_times_a_minute_ends_the_sessions_and_joinroom_brings_them_back(
+        bridge_settings, livekit, monkeypatch) -> None:
+    """README: such a worker takes the session supervisor down with it, and
+    the root supervisor starts it anew. End to end: the user's StreamAudio
+    ends, the bridge is no longer in the room, GetStatus knows no session,
+    and the cloud's next JoinRoom joins on fresh workers and carries audio.
+    The production policy's count and window; its backoff shortened, so
+    that eleven deaths take seconds, not half a minute."""
+    from actors.runtime import Backoff
+    from actors.session import room_hosts
+
+    monkeypatch.setattr(room_hosts, "WORKER_POLICY", dataclasses.replace(
+        room_hosts.WORKER_POLICY, backoff=Backoff(initial=0.01, maximum=0.05)))
+    settings = dataclasses.replace(bridge_settings, sdk_workers=1)
+    user = "crash-looped"
+    async with running_bridge(settings) as bridge, cloud(bridge.address) as client, \
+            phone_in_room(livekit, user) as phone, trio.open_nursery() as nursery:
+        assert (await client.join(join_request(livekit, user))).success
+        talker = Talker(phone)
+        nursery.start_soon(talker.run)
+        async with client.audio_stream(user) as stream:
+            await receive_until(stream, 5)
+            ended = trio.Event()
+            outcome = []
+
+            async def read_to_the_end() -> None:
+                outcome.append(await stream.status())
+                ended.set()
+
+            nursery.start_soon(read_to_the_end)
+            killed: list[int] = []
+            with trio.fail_after(60):
+                while len(killed) < 11:  # ten restarts, and one death more
+                    (worker,) = await running_workers(client, 1)
+                    if worker["details"]["pid"] not in killed:
+                        killed.append(worker["details"]["pid"])
+                        os.kill(killed[-1], signal.SIGKILL)
+                    await trio.sleep(0.02)
+            with trio.fail_after(10):
+                await ended.wait()
+        # Ended UNAVAILABLE, as when a bridge drains: the cloud's client joins again only after an error.
+        assert outcome == [Status.UNAVAILABLE]
+        with trio.fail_after(30):
+            while True:
+                (sessions,) = find((await client.actor_tree())["children"], lambda node: node["name"] == "sessions")
+                if sessions["restarts"] == 1 and sessions["state"] == "running":
+                    break
+                await trio.sleep(0.05)
+        assert "sdk-worker:1 was given up on after 11 ends within 60 s" in sessions["last_error"]
+        assert await list_participants(livekit, f"room-{user}") == [user]
+        status = await client.status(user)
+        assert not status.connected
+        await wait_until_gone(killed)
+        assert (await client.join(join_request(livekit, user))).success
+        async with client.audio_stream(user) as stream:
+            resumed = talker.sent
+            assert (await receive_until(stream, resumed + 5))[-6:] == list(range(resumed, resumed + 6))
+        (worker,) = await running_workers(client, 1)
+        assert worker["restarts"] == 0 and worker["details"]["pid"] not in killed
+        nursery.cancel_scope.cancel()
 
 
 async def test_a_worker_gets_none_of_the_bridges_secrets(bridge_settings, livekit, monkeypatch) -> None:
