@@ -17,6 +17,7 @@ import trio
 import trio_asyncio
 from grpclib.const import Status
 from prometheus_client import REGISTRY
+from trio_asyncio import aio_as_trio
 
 from actors.operations.tree_view import render
 from bench.proc_stats import family
@@ -324,3 +325,61 @@ async def test_a_worker_exits_when_the_bridge_is_killed(livekit, tmp_path) -> No
     finally:
         if process.poll() is None:
             process.kill()
+
+
+async def test_a_worker_whose_bridge_stops_reading_keeps_10000_packets_and_counts_the_rest(livekit, tmp_path) -> None:
+    """The bridge as a process of its own, stopped (SIGSTOP) while a phone
+    sends into its worker faster than anything would: the worker keeps
+    10,000 packets for it, drops the rest and counts them, and once the
+    bridge runs again it gets what was kept, the count, and the phone's
+    next packets. Four users listen to the one phone in one room, so the
+    worker receives each packet four times (5,000 sent, 20,000 received)."""
+    socket_path = tmp_path / "stopped.sock"
+    process = subprocess.Popen(
+        [sys.executable, os.path.join(REPO, "bridge_main.py"), "serve", "--livekit-grpc-socket", str(socket_path),
+         "--livekit-url", livekit.url, "--sdk-workers", "1"], cwd=REPO)
+    phone_id, users = "unread", [f"unread-{n}" for n in range(4)]
+
+    def received(tree: dict) -> int:
+        return sum(session["counters"]["mic_packets_received"]
+                   for session in find(tree["children"], lambda node: node["name"].startswith("session:unread-")))
+
+    try:
+        async with trio_asyncio.open_loop(), cloud(f"unix:{socket_path}") as client, \
+                phone_in_room(livekit, phone_id) as phone:
+            for user in users:
+                joined = await join_once_listening(
+                    client, join_request(livekit, user, f"room-{phone_id}", target_identity=phone_id))
+                assert joined.success, joined.error
+            async with client.audio_stream(users[0]) as stream:
+                await phone.send_mic(0, numbered_pcm(0))
+                await receive_until(stream, 0)
+                received_before = received(await client.actor_tree())
+
+                async def burst() -> None:  # small packets, as fast as the SDK takes them
+                    for index in range(5_000):
+                        await phone.room.local_participant.publish_data(bytes([index % 256, 0, 0]), reliable=False)
+
+                os.kill(process.pid, signal.SIGSTOP)
+                try:
+                    await aio_as_trio(burst)()
+                    await trio.sleep(0.5)  # the last of them reach the worker
+                finally:
+                    os.kill(process.pid, signal.SIGCONT)
+                with trio.fail_after(30):
+                    while True:
+                        tree = await client.actor_tree()
+                        (worker,) = find(tree["children"], lambda node: node["kind"] == "SdkWorker")
+                        if dropped := worker["counters"]["mic_packets_dropped_in_worker"]:
+                            break
+                        await trio.sleep(0.1)
+                kept = received(tree) - received_before
+                # (More than 10,000 when packets were on their way in a frame or the socket as it stopped.)
+                assert kept >= 10_000 and 0 < dropped <= 20_000 - 10_000, (kept, dropped)
+                await phone.send_mic(7, numbered_pcm(424242))  # and the phone's next packets are forwarded
+                with trio.fail_after(20):
+                    while not ((chunk := await stream.recv()).pcm_data[8:] and counter_of(chunk) == 424242):
+                        pass
+    finally:
+        process.kill()
+        process.wait()
