@@ -236,8 +236,9 @@ async def test_a_worker_dying_more_than_10_times_a_minute_ends_the_sessions_and_
         bridge_settings, livekit, monkeypatch) -> None:
     """README: such a worker takes the session supervisor down with it, and
     the root supervisor starts it anew. End to end: the user's StreamAudio
-    ends, the bridge is no longer in the room, GetStatus knows no session,
-    and the cloud's next JoinRoom joins on fresh workers and carries audio.
+    ends UNAVAILABLE (so the cloud joins again), the bridge is no longer in
+    the room, GetStatus knows no session, and the cloud's next JoinRoom
+    joins on fresh workers and carries audio.
     The production policy's count and window; its backoff shortened, so
     that eleven deaths take seconds, not half a minute."""
     from actors.runtime import Backoff
