@@ -14,6 +14,7 @@ import json
 import os
 import pathlib
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -253,14 +254,15 @@ async def listener_in_room(livekit: DevLiveKit, user_id: str, identity: str | No
 class Cloud:
     """The cloud's gRPC client: one HTTP/2 connection, as the Node cloud keeps."""
 
-    def __init__(self, address: str, metadata: dict[str, str] | None = None) -> None:
+    def __init__(self, address: str, metadata: dict[str, str] | None = None,
+                 tls: ssl.SSLContext | None = None) -> None:
         #: Sent with every call (e.g. the authorization of a bridge with BRIDGE_AUTH_TOKEN).
         self.metadata = metadata
         if address.startswith("unix:"):
             self.channel = grpclib.client.Channel(path=address[len("unix:"):])
         else:
             host, port = address.rsplit(":", 1)
-            self.channel = grpclib.client.Channel(host, int(port))
+            self.channel = grpclib.client.Channel(host, int(port), ssl=tls)
 
     async def close(self) -> None:
         self.channel.close()
@@ -414,8 +416,9 @@ class AudioStream:
 
 
 @contextlib.asynccontextmanager
-async def cloud(address: str, metadata: dict[str, str] | None = None) -> AsyncIterator[Cloud]:
-    client = Cloud(address, metadata)
+async def cloud(address: str, metadata: dict[str, str] | None = None,
+                tls: ssl.SSLContext | None = None) -> AsyncIterator[Cloud]:
+    client = Cloud(address, metadata, tls)
     try:
         yield client
     finally:

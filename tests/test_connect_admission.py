@@ -36,13 +36,28 @@ def test_a_window_nobody_fills_while_users_stream_goes_back_to_the_start() -> No
 async def test_the_admission_follows_the_links_delays_and_counts_halvings() -> None:
     admission = ConnectAdmission(AdmissionRule(ceiling=8, interval=0.05))
     delays: list[float | None] = [None]
+    asked = 0
+
+    def links_delays(now: float) -> list[float | None]:
+        nonlocal asked
+        asked += 1
+        return delays
+
+    async def intervals(count: int) -> None:
+        """Return once the admission has set its window ``count`` more times
+        (it does at once after asking the links)."""
+        until = asked + count
+        with trio.fail_after(5):
+            while asked < until:
+                await trio.sleep(0.01)
+
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(admission.run, lambda now: delays)
-        await trio.sleep(0.12)
+        nursery.start_soon(admission.run, links_delays)
+        await intervals(2)
         assert admission.window == 8  # nobody streams
         delays[:] = [0.01, 0.5]  # one streaming link's packets come half a second late
-        await trio.sleep(0.12)
-        assert admission.window <= 4 and admission.halvings >= 1
+        await intervals(1)
+        assert admission.window == 4 and admission.halvings == 1
         delays[:] = [0.01]
         narrowed = admission.window
         connects = [object() for _ in range(narrowed)]

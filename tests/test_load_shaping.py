@@ -23,7 +23,8 @@ from actors.bridge import run_bridge
 from actors.livekit.dev_server import free_port
 from actors.livekit.room import joined_room
 from actors.livekit.sdk_core import stop_forwarding_sdk_logs
-from bridge_harness import cloud, forged, join_request, phone_in_room, running_bridge, token
+from actors.session.supervisor import SessionSupervisor
+from bridge_harness import cloud, expect_status, forged, join_request, phone_in_room, running_bridge, token
 
 
 async def test_connects_beyond_the_slots_wait_their_turn(livekit) -> None:
@@ -171,6 +172,46 @@ async def test_at_max_sessions_a_new_user_is_refused_but_replacements_and_freed_
             assert (await client.join(join_request(livekit, refused))).success  # a place was freed
             counters = (await client.actor_tree())["children"][0]["counters"]
     assert counters["refused_joins_at_capacity"] == 1 and counters["sessions"] == 2
+
+
+async def test_a_join_that_finds_the_session_supervisors_mailbox_full_is_resource_exhausted(
+        bridge_settings, livekit, monkeypatch) -> None:
+    """A call that finds the session supervisor's mailbox full is refused
+    RESOURCE_EXHAUSTED at once, and those already in it are answered once it
+    drains. An overloaded supervisor is stood for by one held inside a
+    message, with a mailbox of 2 (4096 in production)."""
+    holding, held, release = False, trio.Event(), trio.Event()
+    handle = SessionSupervisor.handle
+
+    async def held_up(self: SessionSupervisor, message: object) -> None:
+        if holding:
+            held.set()
+            await release.wait()
+        await handle(self, message)
+
+    monkeypatch.setattr(SessionSupervisor, "handle", held_up)
+    monkeypatch.setattr(SessionSupervisor, "mailbox_capacity", 2)
+    answered: dict[int, bool] = {}
+    async with running_bridge(bridge_settings) as bridge, cloud(bridge.address) as client:
+        async def status(caller: int) -> None:
+            answered[caller] = (await client.status(f"nobody-{caller}")).connected
+
+        async with trio.open_nursery() as calls:
+            holding = True
+            calls.start_soon(status, 0)
+            with trio.fail_after(10):
+                await held.wait()  # the supervisor holds the first call's message
+                calls.start_soon(status, 1)
+                calls.start_soon(status, 2)
+                while bridge.sessions.actor.mailbox.depth < 2:
+                    await trio.sleep(0.01)
+            with trio.fail_after(5):  # at once, not after a timeout
+                refusal = await expect_status(Status.RESOURCE_EXHAUSTED, client.join(join_request(livekit, "over")))
+            assert "the bridge is overloaded: mailbox full (2 messages waiting)" in refusal, refusal
+            holding = False
+            release.set()
+        assert answered == {0: False, 1: False, 2: False}
+        assert (await client.join(join_request(livekit, "over"))).success  # drained, it takes calls again
 
 
 async def test_a_join_past_its_timeout_is_deadline_exceeded_and_a_users_queue_is_capped(

@@ -15,7 +15,9 @@ import sys
 
 import trio
 import trio_asyncio
+from grpclib.const import Status
 from prometheus_client import REGISTRY
+from trio_asyncio import aio_as_trio
 
 from actors.operations.tree_view import render
 from bench.proc_stats import family
@@ -230,6 +232,69 @@ async def test_a_hung_worker_is_killed_and_started_again(bridge_settings, liveki
             nursery.cancel_scope.cancel()
 
 
+async def test_a_worker_dying_more_than_10_times_a_minute_ends_the_sessions_and_joinroom_brings_them_back(
+        bridge_settings, livekit, monkeypatch) -> None:
+    """README: such a worker takes the session supervisor down with it, and
+    the root supervisor starts it anew. End to end: the user's StreamAudio
+    ends UNAVAILABLE (so the cloud joins again), the bridge is no longer in
+    the room, GetStatus knows no session, and the cloud's next JoinRoom
+    joins on fresh workers and carries audio.
+    The production policy's count and window; its backoff shortened, so
+    that eleven deaths take seconds, not half a minute."""
+    from actors.runtime import Backoff
+    from actors.session import room_hosts
+
+    monkeypatch.setattr(room_hosts, "WORKER_POLICY", dataclasses.replace(
+        room_hosts.WORKER_POLICY, backoff=Backoff(initial=0.01, maximum=0.05)))
+    settings = dataclasses.replace(bridge_settings, sdk_workers=1)
+    user = "crash-looped"
+    async with running_bridge(settings) as bridge, cloud(bridge.address) as client, \
+            phone_in_room(livekit, user) as phone, trio.open_nursery() as nursery:
+        assert (await client.join(join_request(livekit, user))).success
+        talker = Talker(phone)
+        nursery.start_soon(talker.run)
+        async with client.audio_stream(user) as stream:
+            await receive_until(stream, 5)
+            ended = trio.Event()
+            outcome = []
+
+            async def read_to_the_end() -> None:
+                outcome.append(await stream.status())
+                ended.set()
+
+            nursery.start_soon(read_to_the_end)
+            killed: list[int] = []
+            with trio.fail_after(60):
+                while len(killed) < 11:  # ten restarts, and one death more
+                    (worker,) = await running_workers(client, 1)
+                    if worker["details"]["pid"] not in killed:
+                        killed.append(worker["details"]["pid"])
+                        os.kill(killed[-1], signal.SIGKILL)
+                    await trio.sleep(0.02)
+            with trio.fail_after(10):
+                await ended.wait()
+        # Ended UNAVAILABLE, as when a bridge drains: the cloud's client joins again only after an error.
+        assert outcome == [Status.UNAVAILABLE]
+        with trio.fail_after(30):
+            while True:
+                (sessions,) = find((await client.actor_tree())["children"], lambda node: node["name"] == "sessions")
+                if sessions["restarts"] == 1 and sessions["state"] == "running":
+                    break
+                await trio.sleep(0.05)
+        assert "sdk-worker:1 was given up on after 11 ends within 60 s" in sessions["last_error"]
+        assert await list_participants(livekit, f"room-{user}") == [user]
+        status = await client.status(user)
+        assert not status.connected
+        await wait_until_gone(killed)
+        assert (await client.join(join_request(livekit, user))).success
+        async with client.audio_stream(user) as stream:
+            resumed = talker.sent
+            assert (await receive_until(stream, resumed + 5))[-6:] == list(range(resumed, resumed + 6))
+        (worker,) = await running_workers(client, 1)
+        assert worker["restarts"] == 0 and worker["details"]["pid"] not in killed
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_worker_gets_none_of_the_bridges_secrets(bridge_settings, livekit, monkeypatch) -> None:
     monkeypatch.setenv("BRIDGE_AUTH_TOKEN", "not-for-workers")
     monkeypatch.setenv("LIVEKIT_API_SECRET", "not-for-workers-either")
@@ -261,3 +326,61 @@ async def test_a_worker_exits_when_the_bridge_is_killed(livekit, tmp_path) -> No
     finally:
         if process.poll() is None:
             process.kill()
+
+
+async def test_a_worker_whose_bridge_stops_reading_keeps_10000_packets_and_counts_the_rest(livekit, tmp_path) -> None:
+    """The bridge as a process of its own, stopped (SIGSTOP) while a phone
+    sends into its worker faster than anything would: the worker keeps
+    10,000 packets for it, drops the rest and counts them, and once the
+    bridge runs again it gets what was kept, the count, and the phone's
+    next packets. Four users listen to the one phone in one room, so the
+    worker receives each packet four times (5,000 sent, 20,000 received)."""
+    socket_path = tmp_path / "stopped.sock"
+    process = subprocess.Popen(
+        [sys.executable, os.path.join(REPO, "bridge_main.py"), "serve", "--livekit-grpc-socket", str(socket_path),
+         "--livekit-url", livekit.url, "--sdk-workers", "1"], cwd=REPO)
+    phone_id, users = "unread", [f"unread-{n}" for n in range(4)]
+
+    def received(tree: dict) -> int:
+        return sum(session["counters"]["mic_packets_received"]
+                   for session in find(tree["children"], lambda node: node["name"].startswith("session:unread-")))
+
+    try:
+        async with trio_asyncio.open_loop(), cloud(f"unix:{socket_path}") as client, \
+                phone_in_room(livekit, phone_id) as phone:
+            for user in users:
+                joined = await join_once_listening(
+                    client, join_request(livekit, user, f"room-{phone_id}", target_identity=phone_id))
+                assert joined.success, joined.error
+            async with client.audio_stream(users[0]) as stream:
+                await phone.send_mic(0, numbered_pcm(0))
+                await receive_until(stream, 0)
+                received_before = received(await client.actor_tree())
+
+                async def burst() -> None:  # small packets, as fast as the SDK takes them
+                    for index in range(5_000):
+                        await phone.room.local_participant.publish_data(bytes([index % 256, 0, 0]), reliable=False)
+
+                os.kill(process.pid, signal.SIGSTOP)
+                try:
+                    await aio_as_trio(burst)()
+                    await trio.sleep(0.5)  # the last of them reach the worker
+                finally:
+                    os.kill(process.pid, signal.SIGCONT)
+                with trio.fail_after(30):
+                    while True:
+                        tree = await client.actor_tree()
+                        (worker,) = find(tree["children"], lambda node: node["kind"] == "SdkWorker")
+                        if dropped := worker["counters"]["mic_packets_dropped_in_worker"]:
+                            break
+                        await trio.sleep(0.1)
+                kept = received(tree) - received_before
+                # (More than 10,000 when packets were on their way in a frame or the socket as it stopped.)
+                assert kept >= 10_000 and 0 < dropped <= 20_000 - 10_000, (kept, dropped)
+                await phone.send_mic(7, numbered_pcm(424242))  # and the phone's next packets are forwarded
+                with trio.fail_after(20):
+                    while not ((chunk := await stream.recv()).pcm_data[8:] and counter_of(chunk) == 424242):
+                        pass
+    finally:
+        process.kill()
+        process.wait()

@@ -368,7 +368,7 @@ class FrontDoor:
     async def _stream_audio(self, stream: grpclib.server.Stream) -> None:
         """One consumer per user: this call ends cleanly (OK) when a newer
         StreamAudio of the same user replaces it, or when the session is left
-        or replaced."""
+        or replaced; UNAVAILABLE when the bridge lost the session."""
         first = await self._read(stream)
         if first is None:
             return
@@ -392,6 +392,8 @@ class FrontDoor:
             lease.released.set()
         if lease.refusal is not None:
             raise GRPCError(Status.INVALID_ARGUMENT, lease.refusal)
+        if lease.lost is not None:
+            raise GRPCError(Status.UNAVAILABLE, lease.lost)
 
     async def _send_mic_audio(self, stream: grpclib.server.Stream, lease: StreamLease, user_id: str) -> None:
         # What waits is sent together: one crossing into asyncio for a

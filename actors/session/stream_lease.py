@@ -36,7 +36,8 @@ class StreamLease:
     a newer stream replaces this one or when the session itself ends, so the
     call returns cleanly, and its teardown waits for ``released`` only if the
     lease was claimed (an asker that gave up never claims it). ``refusal``
-    says why, when the session ended the stream because of bad input.
+    says why, when the session ended the stream because of bad input;
+    ``lost``, when the bridge lost the session through no wish of the cloud's.
     """
 
     def __init__(self, mic: DropOldestBuffer[MicChunk], publish: trio.MemorySendChannel[CloudChunk]) -> None:
@@ -46,6 +47,8 @@ class StreamLease:
         self.claimed = False
         self.released = trio.Event()
         self.refusal: str | None = None
+        #: Why the stream is to end UNAVAILABLE (the cloud then joins again), when the bridge lost the session.
+        self.lost: str | None = None
         #: Until when (trio.current_time()) the stream's sender holds back: an injected slow consumer.
         self.stalled_until = 0.0
 

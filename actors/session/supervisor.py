@@ -409,7 +409,12 @@ class SessionSupervisor(Actor):
         user's command order; GetStatus says why at once."""
         actor = child.actor
         if isinstance(actor, SdkWorker):
-            return  # restarted by its policy, or given up on, which takes this supervisor down
+            if child.given_up is not None and child.policy.escalate:
+                # This supervisor goes down with it, and every session with it.
+                for link in self._links.values():
+                    link.actor.line.mark_lost(f"the bridge lost its sessions ({child.name} was given up on); "
+                                              "call JoinRoom again")
+            return  # else restarted by its policy
         user_id = actor.user_id
         if isinstance(actor, RoomLink):
             actor.line.close()

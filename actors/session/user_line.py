@@ -79,6 +79,12 @@ class UserLine:
             waited.shield = True
             await lease.released.wait()
 
+    def mark_lost(self, why: str) -> None:
+        """The bridge is losing this session (``why``): its stream, when it
+        ends, ends UNAVAILABLE, so the cloud joins the user again."""
+        if self.lease is not None:
+            self.lease.lost = why
+
     def close(self) -> None:
         """The session is gone for good: end the stream and refuse more audio."""
         if self.lease is not None:
