@@ -131,20 +131,28 @@ def start_phones_sending(processes: list[subprocess.Popen]) -> None:
 
 
 @contextlib.contextmanager
-def bridge_process(livekit: DevLiveKit, env: dict[str, str], extra: dict[str, str]) -> Iterator[tuple[subprocess.Popen, str, int]]:
+def bridge_process(livekit: DevLiveKit, env: dict[str, str], extra: dict[str, str],
+                   unix_socket: str | None = None) -> Iterator[tuple[subprocess.Popen, str, int]]:
+    """The bridge as deployed (`bridge_main.py serve`), listening on TCP, or on
+    ``unix_socket`` when given: (process, its address, its metrics port)."""
     port, metrics_port = free_port(), free_port()
     bridge_env = dict(env, PORT=str(port), BRIDGE_HOST="127.0.0.1", METRICS_PORT=str(metrics_port),
                       BRIDGE_LOG_LEVEL="WARNING", BRIDGE_IDLE_SESSION_TTL="600", **extra)
+    if unix_socket:
+        bridge_env["LIVEKIT_GRPC_SOCKET"] = unix_socket
+    family, target = (socket.AF_UNIX, unix_socket) if unix_socket else (socket.AF_INET, ("127.0.0.1", port))
     process = subprocess.Popen([sys.executable, str(ROOT / "bridge_main.py"), "serve"], env=bridge_env, cwd=ROOT)
     try:
         deadline = time.monotonic() + 30
         while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+            with contextlib.suppress(OSError), socket.socket(family, socket.SOCK_STREAM) as probe:
+                probe.settimeout(1)
+                probe.connect(target)
                 break
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("the bridge did not start listening")
             time.sleep(0.1)
-        yield process, f"127.0.0.1:{port}", metrics_port
+        yield process, f"unix:{unix_socket}" if unix_socket else f"127.0.0.1:{port}", metrics_port
     finally:
         process.terminate()
         try:

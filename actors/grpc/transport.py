@@ -22,7 +22,13 @@ from h2.settings import SettingCodes
 from loguru import logger
 from trio_asyncio import aio_as_trio
 
-from .listener import listener_address, open_listener
+from .listener import listen_queue_length, listener_address, open_listener
+
+#: Connections taken from the listen queue at each wake-up. asyncio accepts
+#: ``backlog`` connections per wake-up and queues their set-up before anything
+#: else waiting; a flood taken in by the thousand stalls every stream for a
+#: second, by sixteens for a few milliseconds at a time.
+ACCEPT_BATCH = 16
 
 
 async def read_message(stream: grpclib.server.Stream, limit: int) -> Any:
@@ -243,7 +249,10 @@ async def serve_grpc(
         listener = open_listener(host=host, port=port, unix_socket=unix_socket)
     address = listener_address(listener)
     over_tls = tls is not None and listener.family != socket.AF_UNIX
-    await aio_as_trio(server.start)(sock=listener, ssl=_tls_context(tls) if over_tls else None)
+    await aio_as_trio(server.start)(sock=listener, backlog=ACCEPT_BATCH, ssl=_tls_context(tls) if over_tls else None)
+    # asyncio's backlog is both its batch and, through listen(), the kernel's
+    # queue: the queue is set back to the longest the system allows.
+    listener.listen(listen_queue_length())
     logger.info("gRPC front door listening on {}", address)
     try:
         task_status.started(address)
