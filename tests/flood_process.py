@@ -19,6 +19,7 @@ connections until stdin closes.
 
 from __future__ import annotations
 
+import errno
 import json
 import selectors
 import socket
@@ -65,8 +66,11 @@ def flood(address: str, count: int, deadline: float = 60.0) -> tuple[dict, list[
         connection.setblocking(False)
         try:
             connection.connect(target)
-        except (BlockingIOError, InterruptedError):
-            pass
+        except BlockingIOError as error:
+            if error.errno == errno.EAGAIN:  # a Unix socket whose listen queue is full refuses at once
+                failed += 1
+                connection.close()
+                continue
         except OSError:
             failed += 1
             connection.close()
@@ -86,8 +90,14 @@ def flood(address: str, count: int, deadline: float = 60.0) -> tuple[dict, list[
                     waiting -= 1
                     selector.unregister(connection)
                     continue
-                if opening[kind]:
-                    connection.send(opening[kind])  # small: fits in an empty socket buffer
+                try:
+                    if opening[kind]:
+                        connection.send(opening[kind])  # small: fits in an empty socket buffer
+                except OSError:
+                    failed += 1
+                    waiting -= 1
+                    selector.unregister(connection)
+                    continue
                 selector.modify(connection, selectors.EVENT_READ, kind)
                 continue
             try:
