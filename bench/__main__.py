@@ -1,12 +1,15 @@
 """Benchmarks of the bridge against a real livekit-server on loopback.
 
-    just bench              everything (about 15 minutes)
+    just bench              everything (tens of minutes: five rungs for each N)
     just bench --quick      a 2-minute smoke run of the ladder (N=10, 100 ms and 20 ms packets)
     just bench --help       the options (a ladder's N values, the bridge's environment, ...)
 
-The load ladder (bench/ladder.py) runs the bridge as its own process beside
-its floor, the bare livekit receiver, at N = 10, 20, 50, 100 users and on
-while it holds; it writes JSON, a Markdown table and a PNG plot under
+The load ladder (bench/ladder.py) runs the bridge as its own process, on TCP
+and on the Unix socket, read by the cloud's own grpc-js client
+(bench/node_cloud_process.mjs), beside two floors: the bare livekit receiver
+at its data callback, and the gRPC floor (the same receiver forwarding over a
+minimal grpclib stream to the same client), at N = 10, 20, 50, 100 users and
+on while it holds; it writes JSON, a Markdown table and a PNG plot under
 bench/results/. Then the single-session benchmarks, printed as a table:
 - join latency: JoinRoom for a user without a session, to its answer;
 - replace latency: JoinRoom for a user with a session (old one torn down first);
@@ -34,6 +37,9 @@ bench/results/. Then the single-session benchmarks, printed as a table:
 - the drop-in bundle's cold start in the cloud image's layout: to a
   listening socket and to its SDK workers ready, beside `python
   bridge_main.py` (bench/cold_start.py; `just bundle` builds the bundle).
+- a flood of 1,800 connections at once while a user streams, on TCP and the
+  Unix socket: how long until all are answered, the streaming user's pause,
+  a JoinRoom meanwhile (bench/flood.py; `python -m bench.flood`).
 Numbers depend on the machine; compare runs on the same one.
 """
 
@@ -63,7 +69,7 @@ from bench.ladder import RESULTS, RungPlan, ladder, percentile as nearest_rank  
 from bench.profile_summary import perf_summary, summarize  # noqa: E402
 from bench.stamps import STAMP  # noqa: E402
 from bench.playback import playback_latency  # noqa: E402
-from bench import cloud_restart, cold_start, heal, join_profile, processes  # noqa: E402
+from bench import cloud_restart, cold_start, flood, heal, join_profile, processes  # noqa: E402
 
 JOINS = 30
 PACKETS = 300
@@ -163,6 +169,14 @@ def main() -> None:
     parser.add_argument("--bridge-env", action="append", default=[], metavar="NAME=VALUE",
                         help="environment for the bridge process, e.g. BRIDGE_MAX_CONCURRENT_CONNECTS=4")
     parser.add_argument("--no-floor", action="store_true", help="measure the bridge alone")
+    parser.add_argument("--listeners", default="tcp,unix",
+                        help="the bridge's listeners, each measured in a rung of its own (default tcp,unix)")
+    parser.add_argument("--cloud", choices=("node", "python"), default="node",
+                        help="the cloud client: the cloud's own grpc-js (default, where Node is installed) or grpclib")
+    parser.add_argument("--no-grpc-floor", action="store_true",
+                        help="skip the gRPC floor (the bare SDK forwarding over a minimal grpclib stream)")
+    parser.add_argument("--storm-window", type=float, default=3.0,
+                        help="seconds after a storm's start in which the streaming users' latency is read")
     parser.add_argument("--floor-max-users", type=int, metavar="N",
                         help="run the floor only up to N users (it collapses past about 50: python-sdks issue 812)")
     parser.add_argument("--ladder-only", action="store_true", help="skip the single-session benchmarks")
@@ -171,21 +185,24 @@ def main() -> None:
                         help="only profile the bridge (py-spy, native frames too) in the steady state of N users")
     args = parser.parse_args()
     bridge_env = tuple(tuple(item.split("=", 1)) for item in args.bridge_env)
+    shape = dict(bridge_env=bridge_env, listeners=tuple(args.listeners.split(",")), cloud=args.cloud,
+                 grpc_floor=not args.no_grpc_floor, storm_window=args.storm_window)
     if args.profile:
         output = RESULTS / f"profile-{args.profile}-{time.strftime('%Y%m%d-%H%M%S')}.speedscope.json"
-        ladder([RungPlan(users=args.profile, steady=args.steady, replacements=1, bridge_env=bridge_env,
-                         profile=output)], floor=False, until_it_breaks=0, label=args.label or "profile")
+        ladder([RungPlan(users=args.profile, steady=args.steady, replacements=1, profile=output,
+                         **dict(shape, grpc_floor=False, listeners=shape["listeners"][:1]))],
+               floor=False, until_it_breaks=0, label=args.label or "profile")
         print(summarize(output), flush=True)
         print("\n### every thread, by library (perf, software clock)\n" + perf_summary(pathlib.Path(f"{output}.perf")))
         print(f"profile: {output} (open in https://www.speedscope.app)", flush=True)
         return
     if args.quick:
-        plans = [RungPlan(users=10, steady=5, warmup=2, replacements=10, bridge_env=bridge_env),
-                 RungPlan(users=10, interval=0.02, steady=5, warmup=2, replacements=10, bridge_env=bridge_env)]
+        plans = [RungPlan(users=10, steady=5, warmup=2, replacements=10, **shape),
+                 RungPlan(users=10, interval=0.02, steady=5, warmup=2, replacements=10, **shape)]
         ladder(plans, floor=not args.no_floor, until_it_breaks=0, label=args.label or "quick")
         return
-    plans = [RungPlan(users=int(n), steady=args.steady, bridge_env=bridge_env) for n in args.users.split(",")]
-    plans.append(RungPlan(users=20, interval=0.02, steady=args.steady, bridge_env=bridge_env))
+    plans = [RungPlan(users=int(n), steady=args.steady, **shape) for n in args.users.split(",")]
+    plans.append(RungPlan(users=20, interval=0.02, steady=args.steady, **shape))
     ladder(plans, floor=not args.no_floor, until_it_breaks=args.until_it_breaks, label=args.label or "ladder",
            floor_max_users=args.floor_max_users)
     if not args.ladder_only:
@@ -196,6 +213,7 @@ def main() -> None:
         join_profile.main(["--users", "20", "--label", "workers"])
         join_profile.main(["--users", "20", "--label", "in-process", "--bridge-env", "BRIDGE_SDK_WORKERS=0"])
         cold_start.main(["--python"])
+        flood.main([])
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """The cloud in a process of its own: every user's JoinRoom and StreamAudio on
 one HTTP/2 connection to the bridge, as the cloud's client holds them.
 
-Usage: python bench/cloud_process.py HOST:PORT   (env LIVEKIT_URL, LIVEKIT_API_KEY, LIVEKIT_API_SECRET)
+Usage: python bench/cloud_process.py HOST:PORT|unix:PATH   (env LIVEKIT_URL, LIVEKIT_API_KEY, LIVEKIT_API_SECRET)
 Commands (bench/receiver_commands.py):
   {"op": "join", "users": [...]}     all at once; each user's StreamAudio opens when its join answers
   {"op": "replace", "users": [...]}  JoinRoom again, one user after the other
@@ -116,8 +116,12 @@ class Cloud:
 
 
 async def main(address: str) -> None:
-    host, port = address.rsplit(":", 1)
-    cloud = Cloud(Channel(host, int(port)))
+    if address.startswith("unix:"):
+        channel = Channel(path=address[len("unix:"):])
+    else:
+        host, port = address.rsplit(":", 1)
+        channel = Channel(host, int(port))
+    cloud = Cloud(channel)
     await serve_commands({"join": cloud.join, "replace": cloud.replace, "leave": cloud.leave,
                           "counters": cloud.counters, "supervisor": cloud.supervisor,
                           "arrivals": cloud.take_arrivals})

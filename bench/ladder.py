@@ -1,8 +1,12 @@
-"""The load ladder: the bridge as deployed, beside its floor, at N users.
+"""The load ladder: the bridge as deployed, beside its floors, at N users.
 
-For each N, twice on the same livekit-server: once with the bridge (its own
-process, `bridge_main.py serve`, fed by bench/cloud_process.py on one HTTP/2
-connection) and once with the floor (bench/floor_process.py, the bare SDK
+For each N, on the same livekit-server, one rung for each target (targets_of):
+the bridge on each of its listeners (its own process, `bridge_main.py serve`,
+fed by the cloud's own grpc-js client, bench/node_cloud_process.mjs, on one
+HTTP/2 connection; bench/cloud_process.py where Node is missing), the gRPC
+floor on each listener (bench/grpc_floor_process.py: the bare SDK forwarding
+each packet over a minimal grpclib stream to the same client, so the gRPC
+leg's own cost is known), and the floor (bench/floor_process.py, the bare SDK
 joining the same rooms and only receiving). Phones run in processes of their
 own (bench/phones_process.py, at most PHONES_PER_PROCESS each), one for each
 of the N streaming users, all sending from the start. One rung:
@@ -65,6 +69,48 @@ class RungPlan:
     bridge_env: tuple[tuple[str, str], ...] = ()
     #: Where py-spy writes a profile of the bridge's steady window (speedscope JSON); None: no profile.
     profile: pathlib.Path | None = None
+    #: The bridge's listeners measured, each in a rung of its own: "tcp", "unix".
+    listeners: tuple[str, ...] = ("tcp",)
+    #: The cloud client: "node" (the cloud's own grpc-js, bench/node_cloud_process.mjs) or "python" (grpclib).
+    cloud: str = "node"
+    #: Also run the gRPC floor (bench/grpc_floor_process.py) on each listener.
+    grpc_floor: bool = True
+
+
+def cloud_command(plan: RungPlan, address: str) -> list[str]:
+    """The cloud client process for ``address``: the cloud's own grpc-js where Node and its
+    packages are installed (`just setup`), else the Python stand-in."""
+    if plan.cloud == "node" and shutil.which("node") and (ROOT / "tests" / "node_cloud" / "node_modules").is_dir():
+        return ["node", str(HERE / "node_cloud_process.mjs"), address]
+    return [sys.executable, "cloud_process.py", address]
+
+
+@contextlib.contextmanager
+def grpc_floor_process(env: dict[str, str], unix_socket: str | None) -> Iterator[tuple[subprocess.Popen, str]]:
+    """The gRPC floor (bench/grpc_floor_process.py) listening on TCP or ``unix_socket``: (process, address)."""
+    address = f"unix:{unix_socket}" if unix_socket else f"127.0.0.1:{free_port()}"
+    process = subprocess.Popen([sys.executable, "grpc_floor_process.py", address], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, env=env, text=True, cwd=HERE)
+    try:
+        if process.stdout.readline().strip() != "ready":
+            raise RuntimeError("the gRPC floor did not start")
+        yield process, address
+    finally:
+        with contextlib.suppress(Exception):
+            process.stdin.close()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def targets_of(plan: RungPlan, floor: bool) -> list[str]:
+    """The rungs run for ``plan``: the bridge and the gRPC floor on each listener, then the floor."""
+    targets = [f"bridge-{listener}" for listener in plan.listeners]
+    if plan.grpc_floor:
+        targets += [f"grpc-floor-{listener}" for listener in plan.listeners]
+    return targets + (["floor"] if floor else [])
 
 
 class Commanded:
@@ -131,20 +177,28 @@ def start_phones_sending(processes: list[subprocess.Popen]) -> None:
 
 
 @contextlib.contextmanager
-def bridge_process(livekit: DevLiveKit, env: dict[str, str], extra: dict[str, str]) -> Iterator[tuple[subprocess.Popen, str, int]]:
+def bridge_process(livekit: DevLiveKit, env: dict[str, str], extra: dict[str, str],
+                   unix_socket: str | None = None) -> Iterator[tuple[subprocess.Popen, str, int]]:
+    """The bridge as deployed (`bridge_main.py serve`), listening on TCP, or on
+    ``unix_socket`` when given: (process, its address, its metrics port)."""
     port, metrics_port = free_port(), free_port()
     bridge_env = dict(env, PORT=str(port), BRIDGE_HOST="127.0.0.1", METRICS_PORT=str(metrics_port),
                       BRIDGE_LOG_LEVEL="WARNING", BRIDGE_IDLE_SESSION_TTL="600", **extra)
+    if unix_socket:
+        bridge_env["LIVEKIT_GRPC_SOCKET"] = unix_socket
+    family, target = (socket.AF_UNIX, unix_socket) if unix_socket else (socket.AF_INET, ("127.0.0.1", port))
     process = subprocess.Popen([sys.executable, str(ROOT / "bridge_main.py"), "serve"], env=bridge_env, cwd=ROOT)
     try:
         deadline = time.monotonic() + 30
         while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+            with contextlib.suppress(OSError), socket.socket(family, socket.SOCK_STREAM) as probe:
+                probe.settimeout(1)
+                probe.connect(target)
                 break
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("the bridge did not start listening")
             time.sleep(0.1)
-        yield process, f"127.0.0.1:{port}", metrics_port
+        yield process, f"unix:{unix_socket}" if unix_socket else f"127.0.0.1:{port}", metrics_port
     finally:
         process.terminate()
         try:
@@ -203,8 +257,9 @@ def stage_buckets(metrics_port: int) -> dict[str, list[tuple[float, float]]]:
 def stage_quantiles(before: dict, after: dict,
                     quantiles: tuple[tuple[str, float], ...] = (("p50", 0.5), ("p99", 0.99)),
                     ) -> dict[str, dict[str, float]]:
-    """Upper bounds (ms) of each series' ``quantiles`` between two scrapes
-    (histogram_buckets); series without observations are left out."""
+    """Each series' ``quantiles`` (ms) between two scrapes (histogram_buckets),
+    interpolated linearly inside the bucket that holds them, as Prometheus'
+    histogram_quantile does; series without observations are left out."""
     result = {}
     for stage, buckets in after.items():
         earlier = dict(before.get(stage, []))
@@ -214,8 +269,16 @@ def stage_quantiles(before: dict, after: dict,
             continue
         bounds = {}
         for name, q in quantiles:
-            bound = next(b for b, c in deltas if c >= q * total)
-            bounds[name] = bound * 1000 if math.isfinite(bound) else float("inf")
+            rank = q * total
+            lower, below = 0.0, 0.0
+            for bound, count in deltas:
+                if count >= rank:
+                    break
+                lower, below = bound, count
+            if not math.isfinite(bound):
+                bounds[name] = lower * 1000  # past the last bound: at least that
+            else:
+                bounds[name] = round((lower + (bound - lower) * (rank - below) / max(1e-9, count - below)) * 1000, 3)
         bounds["n"] = total
         result[stage] = bounds
     return result
@@ -229,8 +292,8 @@ def percentile(samples: list[float], q: float) -> float:
 def latency_summary(samples: list[float]) -> dict[str, float]:
     if not samples:
         return {"n": 0}
-    return {"n": len(samples), "p50": statistics.median(samples), "p99": percentile(samples, 0.99),
-            "max": max(samples)}
+    return {"n": len(samples), "p50": statistics.median(samples), "p90": percentile(samples, 0.9),
+            "p99": percentile(samples, 0.99), "max": max(samples)}
 
 
 def latencies(arrivals: dict[str, list], users: set[str], start_ns: int, end_ns: int) -> list[float]:
@@ -252,21 +315,29 @@ def missing(arrivals: dict[str, list], users: set[str], start_ns: int, end_ns: i
 
 
 def run_rung(livekit: DevLiveKit, target: str, plan: RungPlan, tag: str) -> dict[str, Any]:
-    """One rung of the ladder for ``target`` ("bridge" or "floor")."""
+    """One rung of the ladder for ``target`` ("bridge-tcp", "bridge-unix", "grpc-floor-tcp",
+    "grpc-floor-unix" or "floor"; see targets_of)."""
     n = plan.users
     group_a = [f"{tag}-{target}-a{i}" for i in range(n)]
     group_b = [f"{tag}-{target}-b{i}" for i in range(n)]
     env = dict(os.environ, LIVEKIT_URL=livekit.url, LIVEKIT_API_KEY=livekit.api_key,
                LIVEKIT_API_SECRET=livekit.api_secret, PYTHONPATH=str(ROOT))
     result: dict[str, Any] = {"target": target, "users": n, "interval_ms": plan.interval * 1000}
+    kind, _, listener = target.rpartition("-") if target != "floor" else ("floor", "", "")
     with contextlib.ExitStack() as stack:
-        if target == "bridge":
+        unix_socket = (str(pathlib.Path(stack.enter_context(tempfile.TemporaryDirectory())) / "bridge.sock")
+                       if listener == "unix" else None)
+        if kind == "bridge":
             process, address, metrics_port = stack.enter_context(
-                bridge_process(livekit, env, dict(plan.bridge_env)))
-            receiver = Commanded([sys.executable, "cloud_process.py", address], env)
-        else:
+                bridge_process(livekit, env, dict(plan.bridge_env), unix_socket))
+        elif kind == "grpc-floor":
+            (process, address), metrics_port = stack.enter_context(grpc_floor_process(env, unix_socket)), None
+        if kind == "floor":
             receiver = Commanded([sys.executable, "floor_process.py"], env)
             process, metrics_port = receiver.process, None
+        else:
+            receiver = Commanded(cloud_command(plan, address), env)
+            result["cloud"] = "node" if receiver.process.args[0] == "node" else "python"
         stack.callback(receiver.stop)
         pid = process.pid
         time.sleep(1)
@@ -291,7 +362,7 @@ def run_rung(livekit: DevLiveKit, target: str, plan: RungPlan, tag: str) -> dict
         stages_before = stage_buckets(metrics_port) if metrics_port else {}
         threads_before, cpu_before, idle_before = cpu_by_thread(pid), cpu_seconds(pid), machine_idle()
         steady_start = time.monotonic_ns()
-        with profiled(pid, plan.profile if target == "bridge" else None, plan.steady):
+        with profiled(pid, plan.profile if kind == "bridge" else None, plan.steady):
             time.sleep(plan.steady)
         steady_end = time.monotonic_ns()
         threads_after, cpu_after = cpu_by_thread(pid), cpu_seconds(pid)
@@ -326,7 +397,7 @@ def run_rung(livekit: DevLiveKit, target: str, plan: RungPlan, tag: str) -> dict
         result["storm_latency_ms"] = latency_summary(latencies(arrivals, set_a, storm_start, storm_end))
         expected, lost = missing(arrivals, set_a, steady_start, storm_end)
         result["packets_expected"], result["packets_missing"] = expected, lost
-        if target == "bridge":
+        if kind == "bridge":
             result["stages_steady_ms"] = stage_quantiles(stages_before, stages_steady)
             result["stages_storm_ms"] = stage_quantiles(stages_steady, stages_storm)
             counters = receiver.ask("counters")
@@ -373,10 +444,8 @@ def ladder(plans: list[RungPlan], *, floor: bool, until_it_breaks: int, label: s
         floor_broke_at: dict[float, int] = {}
         while index < len(plans):
             plan = plans[index]
-            targets = ["bridge"]
-            if floor and plan.users <= min(floor_broke_at.get(plan.interval, plan.users),
-                                           floor_max_users or plan.users):
-                targets.append("floor")
+            targets = targets_of(plan, floor and plan.users <= min(floor_broke_at.get(plan.interval, plan.users),
+                                                                   floor_max_users or plan.users))
             for target in targets:
                 print(f"ladder: {target}, N={plan.users}, packets every {plan.interval * 1000:.0f} ms", flush=True)
                 try:
@@ -391,7 +460,7 @@ def ladder(plans: list[RungPlan], *, floor: bool, until_it_breaks: int, label: s
                                           result["steady_latency_ms"].get("p99", float("inf")) > FLOOR_GIVES_UP_MS):
                     floor_broke_at.setdefault(plan.interval, plan.users)
                     print(f"ladder: the floor no longer keeps up at N={plan.users}; not run above it", flush=True)
-            bridge_result = next(r for r in reversed(results) if r["target"] == "bridge")
+            bridge_result = next(r for r in reversed(results) if r["target"].startswith("bridge"))
             largest = max(p.users for p in plans if p.interval == plan.interval)
             if plan.users == largest and plan.users + 50 <= until_it_breaks and holds(bridge_result):
                 plans.insert(index + 1, dataclasses.replace(plan, users=plan.users + 50))

@@ -13,8 +13,10 @@ between processes for every microphone packet. Measured here with the floor
 - isolation: N users stream into process A (their phones talk); N more join
   either A itself or another process B; A's users' latency p99 in the 3 s
   after the storm began;
-- the hop: a 3.2 KB packet through a Unix socket to another process and its
-  reply, CPU per packet on both sides.
+- the hop: a 3.2 KB packet through a bare Unix socket to another process and
+  a 1-byte reply (the floor of a hop), and a ping through a real SDK worker
+  process with the bridge's frames and both event loops (bench/worker_hop.py),
+  CPU per packet on both sides.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from typing import Any
 from actors.livekit.dev_server import DevLiveKit, start_dev_livekit
 from bench.ladder import Commanded, latencies, latency_summary, phones, start_phones_sending
 from bench.proc_stats import cpu_seconds
+from bench import worker_hop
 
 HERE = pathlib.Path(__file__).resolve().parent
 STORM_WINDOW = 3.0
@@ -140,8 +143,9 @@ def main(argv: list[str] | None = None) -> int:
         livekit.stop()
     trip = hop()
     print("\n".join(lines))
-    print(f"\nthe hop, 3.2 KB over a Unix socket and back: {trip['round_trip_us']:.0f} us a round trip; CPU "
+    print(f"\nthe hop, 3.2 KB over a bare Unix socket and back: {trip['round_trip_us']:.0f} us a round trip; CPU "
           f"{trip['sender_cpu_us']:.0f} us sending, {trip['receiver_cpu_us']:.0f} us receiving, per packet")
+    worker_hop.main([])
     return 0
 
 

@@ -6,24 +6,38 @@ import pathlib
 from typing import Any
 
 
-def _pair(bridge: dict | None, floor: dict | None, key: str, sub: str | None = None, fmt: str = "{:.1f}") -> str:
+STAGES = ("ffi_to_trio", "worker_hop", "queued", "grpc_write", "to_kernel")
+
+
+def _cells(results: dict[str, dict], targets: list[str], key: str, sub: str | None = None,
+           fmt: str = "{:.1f}") -> str:
     def one(result: dict | None) -> str:
         if result is None or key not in result:
             return "-"
         value = result[key] if sub is None else result[key].get(sub)
         return "-" if value is None else fmt.format(value)
-    return f"{one(bridge)} / {one(floor)}"
+    return " / ".join(one(results.get(target)) for target in targets)
+
+
+def stage_sum(result: dict, window: str, quantile: str = "p50") -> float:
+    """The bridge's stages' ``quantile`` (ms), summed: what the bridge says it adds to a packet."""
+    return sum(stage.get(quantile, 0.0) for stage in result.get(f"stages_{window}_ms", {}).values())
 
 
 def markdown(results: list[dict[str, Any]], title: str) -> str:
-    """One row per N; each cell is "bridge / floor" where both were measured."""
+    """One column per N; each cell lists the targets measured, in the order the header says."""
     by_n: dict[int, dict[str, dict]] = {}
+    targets: list[str] = []
     for result in results:
         by_n.setdefault(result["users"], {})[result["target"]] = result
+        if result["target"] not in targets:
+            targets.append(result["target"])
+    clouds = sorted({r["cloud"] for r in results if "cloud" in r})
     rows = [
         ("CPU ms per session-second", "cpu_ms_per_session_second", None, "{:.1f}"),
         ("RSS MiB per session", "rss_mib_per_session", None, "{:.2f}"),
         ("steady latency p50 ms", "steady_latency_ms", "p50", "{:.1f}"),
+        ("steady latency p90 ms", "steady_latency_ms", "p90", "{:.1f}"),
         ("steady latency p99 ms", "steady_latency_ms", "p99", "{:.1f}"),
         ("steady latency max ms", "steady_latency_ms", "max", "{:.0f}"),
         ("storm: streaming users' p50 ms", "storm_latency_ms", "p50", "{:.1f}"),
@@ -41,36 +55,46 @@ def markdown(results: list[dict[str, Any]], title: str) -> str:
         ("machine idle during the storm", "machine_idle_storm", None, "{:.0%}"),
     ]
     ns = sorted(by_n)
-    lines = [f"## {title}", "", "Each cell: bridge / floor (the bare livekit receiver).", "",
+    lines = [f"## {title}", "", f"Each cell: {' / '.join(targets)}. Latency: phone send -> "
+             f"the cloud client's data callback ({', '.join(clouds) or 'no'} cloud client) for the bridge and "
+             "the gRPC floor (the bare SDK forwarding over a minimal grpclib stream), the data callback for "
+             "the floor.", "",
              "| | " + " | ".join(f"N={n}" for n in ns) + " |", "|---|" + "---|" * len(ns)]
     for label, key, sub, fmt in rows:
-        cells = [_pair(by_n[n].get("bridge"), by_n[n].get("floor"), key, sub, fmt) for n in ns]
+        cells = [_cells(by_n[n], targets, key, sub, fmt) for n in ns]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    lines += ["", "Bridge only:", "", "| | " + " | ".join(f"N={n}" for n in ns) + " |", "|---|" + "---|" * len(ns)]
-    bridge_rows = [
-        ("packets: expected / missing / LiveKit lost / bridge dropped",
-         lambda r: f"{r['packets_expected']} / {r['packets_missing']} / {r['livekit_lost']} / {r['bridge_dropped']}"),
-        ("JoinRoom failures: N at once / storm", lambda r: f"{r['join_failed']} / {r['storm_failed']}"),
-        ("JoinRoom p50 / p99 ms (N at once)", lambda r: f"{r['join_ms']['p50']:.0f} / {r['join_ms']['p99']:.0f}"),
-        ("replace p50 / p99 ms", lambda r: f"{r['replace_ms']['p50']:.0f} / {r['replace_ms']['p99']:.0f}"),
-        ("LeaveRoom p50 / p99 ms", lambda r: f"{r['leave_ms']['p50']:.0f} / {r['leave_ms']['p99']:.0f}"),
-    ]
-    for stage in ("ffi_to_trio", "queued", "grpc_write"):
-        for window in ("steady", "storm"):
-            bridge_rows.append((f"stage {stage}, {window}: p50 / p99 ms (bucket bounds)",
-                                lambda r, s=stage, w=window: "{} / {}".format(
-                                    r[f"stages_{w}_ms"].get(s, {}).get("p50", "-"),
-                                    r[f"stages_{w}_ms"].get(s, {}).get("p99", "-"))))
-    broken = {n: by_n[n]["bridge"]["broke"] for n in ns if "broke" in by_n[n].get("bridge", {})}
-    for label, cell in bridge_rows:
-        cells = [cell(by_n[n]["bridge"]) if "bridge" in by_n[n] and n not in broken else "-" for n in ns]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    for n, why in sorted(broken.items()):
-        lines += ["", f"The bridge broke at N={n}: {why}"]
-    lines += ["", "CPU ms per session-second by thread (bridge / floor):", ""]
+    for bridge in (t for t in targets if t.startswith("bridge")):
+        lines += ["", f"{bridge} only:", "", "| | " + " | ".join(f"N={n}" for n in ns) + " |",
+                  "|---|" + "---|" * len(ns)]
+        bridge_rows = [
+            ("packets: expected / missing / LiveKit lost / bridge dropped",
+             lambda r: f"{r['packets_expected']} / {r['packets_missing']} / {r['livekit_lost']} / {r['bridge_dropped']}"),
+            ("JoinRoom failures: N at once / storm", lambda r: f"{r['join_failed']} / {r['storm_failed']}"),
+            ("JoinRoom p50 / p99 ms (N at once)", lambda r: f"{r['join_ms']['p50']:.0f} / {r['join_ms']['p99']:.0f}"),
+            ("replace p50 / p99 ms", lambda r: f"{r['replace_ms']['p50']:.0f} / {r['replace_ms']['p99']:.0f}"),
+            ("LeaveRoom p50 / p99 ms", lambda r: f"{r['leave_ms']['p50']:.0f} / {r['leave_ms']['p99']:.0f}"),
+        ]
+        for stage in STAGES:
+            for window in ("steady", "storm"):
+                bridge_rows.append((f"stage {stage}, {window}: p50 / p99 ms",
+                                    lambda r, s=stage, w=window: "{} / {}".format(
+                                        r[f"stages_{w}_ms"].get(s, {}).get("p50", "-"),
+                                        r[f"stages_{w}_ms"].get(s, {}).get("p99", "-"))))
+        if "floor" in targets:
+            # What the stages account for: the bridge's p50 less the floor's, beside the stages' p50s summed.
+            bridge_rows.append(("steady p50 less the floor's / stages' p50 summed, ms", lambda r: "{:.2f} / {:.2f}".format(
+                r["steady_latency_ms"]["p50"] - by_n[r["users"]]["floor"]["steady_latency_ms"].get("p50", float("nan")),
+                stage_sum(r, "steady")) if "floor" in by_n[r["users"]] else "-"))
+        broken = {n: by_n[n][bridge]["broke"] for n in ns if "broke" in by_n[n].get(bridge, {})}
+        for label, cell in bridge_rows:
+            cells = [cell(by_n[n][bridge]) if bridge in by_n[n] and n not in broken else "-" for n in ns]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        for n, why in sorted(broken.items()):
+            lines += ["", f"{bridge} broke at N={n}: {why}"]
+    lines += ["", "CPU ms per session-second by thread:", ""]
     for n in ns:
         parts = []
-        for target in ("bridge", "floor"):
+        for target in targets:
             threads = by_n[n].get(target, {}).get("cpu_ms_per_session_second_by_thread", {})
             parts.append(f"{target}: " + ", ".join(f"{name.strip()} {ms:.1f}" for name, ms in
                                                     sorted(threads.items(), key=lambda kv: -kv[1]) if ms >= 0.1))
@@ -86,7 +110,9 @@ def plot(results: list[dict[str, Any]], path: pathlib.Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     figure, (latency_axes, cpu_axes) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for target, colour in (("bridge", "tab:blue"), ("floor", "tab:gray")):
+    colours = iter(("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:gray"))
+    for target in dict.fromkeys(r["target"] for r in results):
+        colour = next(colours, "black")
         rows = sorted((r for r in results if r["target"] == target and "broke" not in r), key=lambda r: r["users"])
         if not rows:
             continue

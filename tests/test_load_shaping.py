@@ -122,7 +122,10 @@ async def test_metrics_show_the_audio_path_sessions_joins_and_calls(bridge_setti
                 during = await trio.to_thread.run_sync(scrape, port)
             await client.leave("metered")
         after = await trio.to_thread.run_sync(scrape, port)
-    for stage in ("ffi_to_trio", "queued", "grpc_write"):
+    stages = ["ffi_to_trio", "queued", "grpc_write", "to_kernel"]
+    if settings.sdk_workers != 0:  # (None: the default, one per core)
+        stages.append("worker_hop")
+    for stage in stages:
         assert grown(before, after, "bridge_mic_stage_seconds_count", stage=stage) >= 10, stage
     assert grown(before, after, "bridge_mic_packets_total", outcome="received") >= 10
     assert grown(before, after, "bridge_mic_packets_total", outcome="forwarded") >= 10

@@ -31,7 +31,7 @@ from proto.runtime_messages import AudioChunk
 from ..audio.fetch import FetchError, check_url
 from ..operations.live_objects import add_worker_counts, live_objects
 from ..operations.metrics import (JOIN_TOKEN_IDENTITY_UNEXPECTED, MIC_FORWARDED, MIC_GRPC_WRITE, MIC_QUEUED,
-                                  RPC_SECONDS, STREAMS)
+                                  MIC_TO_KERNEL, RPC_SECONDS, STREAMS)
 from ..operations.settings import BridgeSettings
 from ..runtime import ActorGone, Child, MailboxFull
 from ..session.messages import (FAULT_KINDS, SIMULATED_SCENARIOS, AtCapacity, AttachStream, CountWorkerObjects, Fault,
@@ -41,7 +41,7 @@ from ..session.playback import PlaybackEvent, PlaybackRequest
 from ..session.stream_lease import CloudChunk, StreamLease
 from .join_token import TokenRefused, admit_join_token, expected_identity
 from .standard_services import with_standard_services
-from .transport import read_message, serve_grpc
+from .transport import read_message, serve_grpc, until_in_kernel
 
 SERVICE = "/mentra.livekit.bridge.LiveKitBridge/"
 DEBUG_SERVICE = "/mentra.livekit.bridge.debug.BridgeDebug/"
@@ -416,12 +416,12 @@ class FrontDoor:
             # cancelled midway; a client that stops reading for longer is dropped.
             with trio.CancelScope(shield=True) as sending:
                 sending.deadline = trio.current_time() + SEND_GRACE_SECONDS
-                await aio_as_trio(_send_each)(stream, messages)
+                written_at, in_kernel_at = await aio_as_trio(_send_each)(stream, messages)
             if sending.cancelled_caught:
                 raise GRPCError(Status.UNAVAILABLE, f"client of user {user_id!r} stopped reading audio")
-            written = time.monotonic() - sending_at
             for _ in chunks:
-                MIC_GRPC_WRITE.observe(written)
+                MIC_GRPC_WRITE.observe(written_at - sending_at)
+                MIC_TO_KERNEL.observe(in_kernel_at - written_at)
             MIC_FORWARDED.inc(len(chunks))
 
     async def _publish_client_audio(self, stream: grpclib.server.Stream, lease: StreamLease,
@@ -440,9 +440,14 @@ class FrontDoor:
             chunk = await self._read(stream)
 
 
-async def _send_each(stream: grpclib.server.Stream, messages: list[AudioChunk]) -> None:
+async def _send_each(stream: grpclib.server.Stream, messages: list[AudioChunk]) -> tuple[float, float]:
+    """Send ``messages``: (when gRPC had written them, when the kernel had
+    them), by time.monotonic(); the way back to Trio is no stage of theirs."""
     for message in messages:
         await stream.send_message(message)
+    written_at = time.monotonic()
+    await until_in_kernel(stream)
+    return written_at, time.monotonic()
 
 
 def _play_event(event: PlaybackEvent) -> pb.PlayAudioEvent:

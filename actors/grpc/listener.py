@@ -19,8 +19,9 @@ from loguru import logger
 
 #: The socket's mode: the bridge's user and group may connect, nobody else.
 SOCKET_MODE = 0o660
-#: Connections the kernel queues while the process is busy (a cloud reconnecting all at once).
-BACKLOG = 1024
+#: Where Linux says the longest listen queue it allows (net.core.somaxconn,
+#: per network namespace); a longer request is cut to it.
+_SOMAXCONN = pathlib.Path("/proc/sys/net/core/somaxconn")
 
 
 class SocketPathError(Exception):
@@ -64,9 +65,24 @@ def open_listener(*, host: str, port: int, unix_socket: str | None) -> socket.so
         if family == socket.AF_INET6:
             listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         listener.bind((host.strip("[]"), port))
-    listener.listen(BACKLOG)
+    listener.listen(listen_queue_length())
     listener.setblocking(False)
     return listener
+
+
+def listen_queue_length() -> int:
+    """The longest listen queue the system allows (net.core.somaxconn; 4096,
+    Linux's default since 5.4, where it cannot be read).
+
+    The kernel completes connections while the process is busy (starting, or
+    taking in a flood) and holds them in this queue; one that arrives to a
+    full queue is dropped, and its client waits a second or more for a
+    retransmit, or, idle behind a SYN cookie, waits for an answer forever.
+    """
+    try:
+        return max(1, int(_SOMAXCONN.read_text()))
+    except (OSError, ValueError):
+        return 4096
 
 
 def listener_address(listener: socket.socket) -> str:

@@ -22,7 +22,13 @@ from h2.settings import SettingCodes
 from loguru import logger
 from trio_asyncio import aio_as_trio
 
-from .listener import listener_address, open_listener
+from .listener import listen_queue_length, listener_address, open_listener
+
+#: Connections taken from the listen queue at each wake-up. asyncio accepts
+#: ``backlog`` connections per wake-up and queues their set-up before anything
+#: else waiting; a flood taken in by the thousand stalls every stream for a
+#: second, by sixteens for a few milliseconds at a time.
+ACCEPT_BATCH = 16
 
 
 async def read_message(stream: grpclib.server.Stream, limit: int) -> Any:
@@ -147,8 +153,45 @@ class _BearerTokenRequired:
         return checked
 
 
+#: How often a sender whose bytes wait in a full connection's send buffer looks again.
+_KERNEL_POLL_SECONDS = 0.001
+
+
+class _CountedTransport:
+    """A connection's transport as grpclib writes to it, counting the bytes
+    written, so that a sender can tell when its own have left asyncio's send
+    buffer for the kernel (at once, unless the socket was full)."""
+
+    def __init__(self, transport: Any) -> None:
+        self._transport = transport
+        self.written = 0
+
+    def write(self, data: bytes) -> None:
+        self.written += len(data)
+        self._transport.write(data)
+
+    def handed_to_kernel(self) -> int:
+        return self.written - self._transport.get_write_buffer_size()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+async def until_in_kernel(stream: grpclib.server.Stream) -> None:
+    """Return once every byte written so far on ``stream``'s connection has
+    been handed to the kernel, or the connection is closing. (Over TLS: once
+    encrypted and handed to the socket's transport.)"""
+    transport = stream._stream.connection._transport
+    if not isinstance(transport, _CountedTransport):
+        return
+    written = transport.written
+    while transport.handed_to_kernel() < written and not transport.is_closing():
+        await asyncio.sleep(_KERNEL_POLL_SECONDS)
+
+
 class _ManyStreamsProtocol(H2Protocol):
-    """grpclib's protocol with h2's limit of 100 concurrent streams lifted.
+    """grpclib's protocol with h2's limit of 100 concurrent streams lifted,
+    writing through a _CountedTransport.
 
     The cloud multiplexes every user's StreamAudio on one HTTP/2 connection;
     past the limit its calls would wait forever for a free stream.
@@ -157,7 +200,7 @@ class _ManyStreamsProtocol(H2Protocol):
     max_concurrent_streams = 100
 
     def connection_made(self, transport: Any) -> None:
-        super().connection_made(transport)
+        super().connection_made(_CountedTransport(transport))
         self.connection._connection.update_settings(
             {SettingCodes.MAX_CONCURRENT_STREAMS: self.max_concurrent_streams}
         )
@@ -243,7 +286,10 @@ async def serve_grpc(
         listener = open_listener(host=host, port=port, unix_socket=unix_socket)
     address = listener_address(listener)
     over_tls = tls is not None and listener.family != socket.AF_UNIX
-    await aio_as_trio(server.start)(sock=listener, ssl=_tls_context(tls) if over_tls else None)
+    await aio_as_trio(server.start)(sock=listener, backlog=ACCEPT_BATCH, ssl=_tls_context(tls) if over_tls else None)
+    # asyncio's backlog is both its batch and, through listen(), the kernel's
+    # queue: the queue is set back to the longest the system allows.
+    listener.listen(listen_queue_length())
     logger.info("gRPC front door listening on {}", address)
     try:
         task_status.started(address)

@@ -19,9 +19,11 @@ import trio
 from livekit import rtc
 from livekit.rtc._ffi_client import FfiClient, FfiHandle, FfiQueue
 
-#: on_data(sender_identity, payload, received_at): received_at is time.monotonic()
-#: in the SDK's callback thread, when the packet reached the process.
-DataCallback = Callable[[str, bytes, float], None]
+#: on_data(sender_identity, payload, received_at[, forwarded_at]): received_at is
+#: time.monotonic() in the SDK's callback thread, when the packet reached the process;
+#: forwarded_at, given only for a room an SDK worker process holds, is when the
+#: worker's Trio thread sent it on to the bridge (one CLOCK_MONOTONIC on one machine).
+DataCallback = Callable[..., None]
 
 
 def receive_only_own_events(room: rtc.Room, on_data: DataCallback,

@@ -19,18 +19,25 @@ from typing import Any
 import prometheus_client
 from loguru import logger
 
-#: Seconds; fine at the low end, where the audio path lives, up to the join-storm stalls.
-_STAGE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+#: Seconds; fine at the low end, where the audio path lives (a stage of a packet is tens of
+#: microseconds to a few milliseconds), up to the join-storm stalls.
+_STAGE_BUCKETS = (0.00005, 0.0001, 0.00015, 0.0002, 0.0003, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005,
+                  0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
 MIC_STAGE_SECONDS = prometheus_client.Histogram(
     "bridge_mic_stage_seconds",
-    "Time a microphone packet spends in each stage of the bridge: ffi_to_trio (the SDK's callback thread "
-    "to the Trio thread), queued (waiting for the user's StreamAudio sender), grpc_write (handing it to gRPC).",
+    "Time a microphone packet spends in each stage from the SDK's callback to the kernel's socket: ffi_to_trio "
+    "(the SDK's callback thread to the Trio thread of the process that holds the room), worker_hop (with SDK "
+    "worker processes: from the worker's Trio thread to the bridge's, over their socket), queued (waiting for "
+    "the user's StreamAudio sender), grpc_write (into asyncio and through gRPC's write), to_kernel (until the "
+    "connection's send buffer has handed it to the kernel: zero unless the socket was full).",
     ["stage"], buckets=_STAGE_BUCKETS,
 )
 MIC_FFI_TO_TRIO = MIC_STAGE_SECONDS.labels("ffi_to_trio")
+MIC_WORKER_HOP = MIC_STAGE_SECONDS.labels("worker_hop")
 MIC_QUEUED = MIC_STAGE_SECONDS.labels("queued")
 MIC_GRPC_WRITE = MIC_STAGE_SECONDS.labels("grpc_write")
+MIC_TO_KERNEL = MIC_STAGE_SECONDS.labels("to_kernel")
 
 ROOM_CONNECT_SECONDS = prometheus_client.Histogram(
     "bridge_room_connect_seconds",

@@ -26,7 +26,7 @@ none):
                       ("ping", request)
                       ("cancel", None, request)        (the bridge stopped waiting for it)
     worker -> bridge: ("ready",)                       ("reply", request, ok, value or error)
-                      ("data", key, sender, payload, received_at)
+                      ("data", key, sender, payload, received_at, forwarded_at)
                       ("event", key, name, detail, connected)
                       ("participants", key, identities)
                       ("settled", abandoned_id)
@@ -174,7 +174,7 @@ class WorkerConnection:
         if kind == "data":
             room = self.rooms.get(message[1])
             if room is not None:
-                room.on_data(message[2], message[3], message[4])
+                room.on_data(message[2], message[3], message[4], message[5])
         elif kind == "reply":
             reply = self._waiting.get(message[1])
             if reply is not None:

@@ -21,6 +21,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from typing import Any
 
 import trio
@@ -107,7 +108,7 @@ class RoomsHeld:
                 async with self._host.open_room(
                         url, token, connect_timeout=connect_timeout, teardown_timeout=teardown_timeout,
                         on_data=lambda sender, payload, received_at: self._outbox.put_droppable(
-                            ("data", key, sender, payload, received_at)),
+                            ("data", key, sender, payload, received_at, time.monotonic())),
                         on_event=lambda name, detail: self._event(key, name, detail)) as room:
                     self._rooms[key] = room
                     self._outbox.put(("reply", request, True,

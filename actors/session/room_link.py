@@ -37,7 +37,7 @@ from loguru import logger
 
 from ..livekit.room_interface import JoinedRoom, RoomHost
 from ..livekit.token import UnreadableToken, read_claims, token_expiry
-from ..operations.metrics import MIC_DROPPED, MIC_FFI_TO_TRIO, MIC_LOST, MIC_RECEIVED
+from ..operations.metrics import MIC_DROPPED, MIC_FFI_TO_TRIO, MIC_LOST, MIC_RECEIVED, MIC_WORKER_HOP
 from ..operations.settings import BridgeSettings
 from ..runtime import Actor
 from .messages import Join, Joined, SessionStatus
@@ -414,7 +414,7 @@ class RoomLink(Actor):
 
     # -- microphone: LiveKit -> the user's line -----------------------------------
 
-    def _on_data(self, sender: str, payload: bytes, received_at: float) -> None:
+    def _on_data(self, sender: str, payload: bytes, received_at: float, forwarded_at: float | None = None) -> None:
         """Runs for every data packet of this room: keep it cheap.
 
         Packets of a named participant other than the target phone are
@@ -445,7 +445,11 @@ class RoomLink(Actor):
         if not pcm:
             line.packets_empty += 1
             return
-        MIC_FFI_TO_TRIO.observe(lag)
+        if forwarded_at is None:
+            MIC_FFI_TO_TRIO.observe(lag)
+        else:  # the SDK's thread to the worker's Trio, then the worker's Trio to this one
+            MIC_FFI_TO_TRIO.observe(forwarded_at - received_at)
+            MIC_WORKER_HOP.observe(queued_at - forwarded_at)
         if line.mic.push(MicChunk(pcm, now_ms(), queued_at)):
             MIC_DROPPED.inc()
 
