@@ -34,6 +34,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from actors.livekit.dev_server import free_port
+
 
 @dataclasses.dataclass(frozen=True)
 class IngestCA:
@@ -157,6 +159,4 @@ def hanging_listener() -> Iterator[str]:
 
 def closed_port() -> str:
     """A host:port where nothing listens (connections are refused)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{probe.getsockname()[1]}"
+    return f"127.0.0.1:{free_port()}"  # (outside the ephemeral range: no outgoing connection takes it meanwhile)

@@ -16,6 +16,7 @@ import trio_asyncio
 
 from actors.bridge import run_bridge
 from actors.grpc.listener import SocketPathError
+from actors.livekit.dev_server import free_port
 from actors.operations.metrics import serve_metrics
 from bridge_harness import (cloud, grpcurl, join_request, nodelay_of_accepted, pcm_packet, phone_in_room,
                             running_bridge)
@@ -149,9 +150,7 @@ async def test_accepted_tcp_connections_have_nagle_off(bridge_settings, over_tls
 async def test_the_metrics_server_has_nagle_off() -> None:
     """A scrape's response is written as headers, then body: with Nagle on,
     the body waits for the scraper's delayed ACK of the headers."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     with serve_metrics(port, "127.0.0.1"), socket.create_connection(("127.0.0.1", port)) as scraper:
         scraper.sendall(b"GET /metrics HTTP/1.1\r\n")  # the request is not finished: the connection stays open
         assert await nodelay_of_accepted(port) == [1]

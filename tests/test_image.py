@@ -14,7 +14,6 @@ import contextlib
 import json
 import os
 import pathlib
-import socket
 import subprocess
 import time
 import uuid
@@ -26,6 +25,7 @@ import trio_asyncio
 from grpclib.const import Status
 
 import containers
+from actors.livekit.dev_server import free_port  # (outside the ephemeral range)
 from bridge_harness import bridge_identity, cloud, join_request, list_participants, numbered_pcm, phone_in_room
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -87,12 +87,6 @@ def container_state(name: str) -> dict:
 def logs(name: str) -> str:
     done = containers.podman("logs", name, check=False)
     return done.stdout + done.stderr
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def test_the_image_runs_the_bridge_as_a_user_with_health_and_a_graceful_stop(image: str) -> None:
