@@ -28,6 +28,18 @@ def pytest_configure(config: pytest.Config) -> None:
                                        "rooms are joined in the bridge's process even with TEST_SDK_WORKERS")
 
 
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """A skipped test fails the run: every test here checks something the
+    README promises, and a missing prerequisite is installed by `just test`
+    (or named by the test's own failure), never skipped in silence."""
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = reporter.stats.get("skipped", []) if reporter is not None else []
+    if skipped and exitstatus == pytest.ExitCode.OK:
+        reporter.write_sep("=", f"{len(skipped)} tests were skipped; the suite allows none: "
+                            f"{', '.join(report.nodeid for report in skipped[:5])}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 @pytest.fixture(scope="session")
 def livekit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevLiveKit]:
     """One real livekit-server for the whole run (started with the loopback-only config)."""
