@@ -159,6 +159,22 @@ async def test_no_token_secret_or_signed_query_reaches_the_ingest_host(bridge_se
     assert "careless: LiveKit said no to [redacted]" in failure["traceback"]
 
 
+async def test_lines_logged_steadily_go_out_in_paced_requests_not_one_every_batch(bridge_settings, ingest) -> None:
+    # 10 lines every 10 ms for a second: BRIDGE_LOG_SHIP_BATCH (10) would start a request every 10 ms, each
+    # costing the bridge about 2 ms of CPU (bench/log_shipping.py); paced, each carries what waited.
+    async with log_shipping.ship_logs(shipping_to(bridge_settings, ingest.host)):
+        for tick in range(100):
+            for index in range(10):
+                logger.info("steady line {}", tick * 10 + index)
+            await trio.sleep(0.01)
+    assert len(ingest.received(starting("steady line "))) == 1000
+    requests = ingest.answered(202)
+    span = requests[-1].at - requests[0].at
+    # Requests start at least MIN_REQUEST_GAP apart (the last one at exit excepted); a second of slack for
+    # the first request's TLS handshake, which delays its arrival, not its start.
+    assert len(requests) <= (span + 1.0) / log_shipping.MIN_REQUEST_GAP + 2, (len(requests), span)
+
+
 #: What each failure is counted as, in bridge_log_batches_failed_total.
 FAILED_AS = {"down": "unreachable", "hang": "unreachable", "500": "server_error", "429": "rate_limited",
              "413": "too_large", "403": "rejected"}
