@@ -34,6 +34,10 @@ bench/results/. Then the single-session benchmarks, printed as a table:
 - the drop-in bundle's cold start in the cloud image's layout: to a
   listening socket and to its SDK workers ready, beside `python
   bridge_main.py` (bench/cold_start.py; `just bundle` builds the bundle).
+- log shipping to Better Stack, on against off in alternating windows:
+  20 users streaming through a bridge at DEBUG, and 1,000 lines/s through
+  the real shipper to a local HTTPS ingest host: the users' latency, CPU,
+  the Trio loop's lag, lines shipped and dropped (bench/log_shipping.py).
 Numbers depend on the machine; compare runs on the same one.
 """
 
@@ -63,7 +67,7 @@ from bench.ladder import RESULTS, RungPlan, ladder, percentile as nearest_rank  
 from bench.profile_summary import perf_summary, summarize  # noqa: E402
 from bench.stamps import STAMP  # noqa: E402
 from bench.playback import playback_latency  # noqa: E402
-from bench import cloud_restart, cold_start, heal, join_profile, processes  # noqa: E402
+from bench import cloud_restart, cold_start, heal, join_profile, log_shipping, processes  # noqa: E402
 
 JOINS = 30
 PACKETS = 300
@@ -196,6 +200,7 @@ def main() -> None:
         join_profile.main(["--users", "20", "--label", "workers"])
         join_profile.main(["--users", "20", "--label", "in-process", "--bridge-env", "BRIDGE_SDK_WORKERS=0"])
         cold_start.main(["--python"])
+        log_shipping.main([])
 
 
 if __name__ == "__main__":

@@ -334,6 +334,12 @@ def streaming_table(results: list[dict[str, Any]], users: int, interval: float) 
             f"{sum(r['bridge_log_lines_dropped_total'] for r in rows):.0f} | "
             f"{sum(r['bridge_log_batches_failed_total'] for r in rows):.0f} | "
             f"{_spread([r['machine_idle'] for r in rows], '{:.0%}')} |")
+    totals = next((r for r in results if r["condition"] == "totals"), None)
+    if totals:
+        lines += ["", f"Over the whole run (start-up and joins included), the shipping bridge shipped "
+                      f"{totals['bridge_log_lines_shipped_total']:.0f} lines, dropped "
+                      f"{totals['bridge_log_lines_dropped_total']:.0f}; "
+                      f"{totals['bridge_log_batches_failed_total']:.0f} requests failed."]
     return "\n".join(lines)
 
 
