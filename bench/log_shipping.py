@@ -1,7 +1,7 @@
 """What shipping log lines to Better Stack costs, with shipping on against off
 in the same run, in alternating windows.
 
-    python -m bench.log_shipping [--windows 4] [--window 10] [--rate 1000]   (part of `just bench`)
+    python -m bench.log_shipping [--blocks 2] [--window 10] [--rate 1000] [--case both]   (in `just bench`)
 
 The ingest host is the tests' HTTPS ingest server (its own CA, trusted through
 SSL_CERT_FILE; it checks the token, decodes each batch and answers 202) in a
@@ -37,7 +37,9 @@ in it), so windows can be short and many; the bridge that idles costs both
 conditions alike. The windows go ABBA ABBA..., so that a drift of the
 machine's load over the run (other work on it) weighs on both conditions
 alike. Compare a difference between the conditions with the spread between
-the windows of one condition: that spread is the noise.
+the windows of one condition: that spread is the noise. Two processes can
+still differ by themselves (bench/reports/log-shipping-2026-12-06.md, run B:
+15 % more CPU in the one that had nothing to ship): compare runs too.
 
 Results: bench/results/log-shipping-<time>.json and .md.
 """
@@ -328,7 +330,8 @@ def streaming_table(results: list[dict[str, Any]], users: int, interval: float) 
             f"| {condition} | {len(rows)} | {sum(r['packets'] for r in rows)} "
             f"({sum(r['packets_missing'] for r in rows)}) | "
             f"{statistics.median(pooled):.1f} | {percentile(pooled, 0.99):.1f} | "
-            f"{_spread([r['p99_ms'] for r in rows], '{:.1f}')} | {_spread([r['cpu_ms_per_s'] for r in rows], '{:.0f}')} | "
+            f"{_spread([r['p99_ms'] for r in rows], '{:.1f}')} | "
+            f"{_spread([r['cpu_ms_per_s'] for r in rows], '{:.0f}')} | "
             f"{_spread([r['lines_written_per_s'] for r in rows], '{:.1f}')} | "
             f"{_spread([r['lines_received_per_s'] for r in rows], '{:.1f}')} | "
             f"{sum(r['bridge_log_lines_dropped_total'] for r in rows):.0f} | "

@@ -178,12 +178,14 @@ async def test_lines_logged_steadily_go_out_in_paced_requests_not_one_every_batc
 
 @pytest.mark.parametrize(("text", "left"), [
     ("joined with eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1In0.c2lnbmF0dXJl now", "joined with [redacted] now"),
-    ("fetching https://tts.example/a.mp3?X-Amz-Date=20261206 failed", "fetching https://tts.example/a.mp3?[redacted] failed"),
+    ("fetching https://tts.example/a.mp3?X-Amz-Date=20261206 failed",
+     "fetching https://tts.example/a.mp3?[redacted] failed"),
     ("wss://livekit.example/rtc?access=abc123def", "wss://livekit.example/rtc?[redacted]"),
     ("header: Bearer abc123def456", "header: Bearer [redacted]"),
     ("PassWord=hunter2hunter2", "PassWord=[redacted]"),
     ("the api key is k3y-of-the-bridge here", "the api key is [redacted] here"),
-    ("user u1 joined room room-u1 (participant cloud-agent:u1)", "user u1 joined room room-u1 (participant cloud-agent:u1)"),
+    ("user u1 joined room room-u1 (participant cloud-agent:u1)",
+     "user u1 joined room room-u1 (participant cloud-agent:u1)"),
 ])
 def test_each_kind_of_secret_is_taken_out_of_a_string_holding_no_other(text: str, left: str) -> None:
     # (A string that seems to hold no secret is searched once, not once per kind: each kind alone is still found.)
