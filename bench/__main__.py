@@ -40,6 +40,10 @@ bench/results/. Then the single-session benchmarks, printed as a table:
 - a flood of 1,800 connections at once while a user streams, on TCP and the
   Unix socket: how long until all are answered, the streaming user's pause,
   a JoinRoom meanwhile (bench/flood.py; `python -m bench.flood`).
+- log shipping to Better Stack, on against off in alternating windows:
+  20 users streaming through a bridge at DEBUG, and 1,000 lines/s through
+  the real shipper to a local HTTPS ingest host: the users' latency, CPU,
+  the Trio loop's lag, lines shipped and dropped (bench/log_shipping.py).
 Numbers depend on the machine; compare runs on the same one.
 """
 
@@ -69,7 +73,7 @@ from bench.ladder import RESULTS, RungPlan, ladder, percentile as nearest_rank  
 from bench.profile_summary import perf_summary, summarize  # noqa: E402
 from bench.stamps import STAMP  # noqa: E402
 from bench.playback import playback_latency  # noqa: E402
-from bench import cloud_restart, cold_start, flood, heal, join_profile, processes  # noqa: E402
+from bench import cloud_restart, cold_start, flood, heal, join_profile, log_shipping, processes  # noqa: E402
 
 JOINS = 30
 PACKETS = 300
@@ -214,6 +218,7 @@ def main() -> None:
         join_profile.main(["--users", "20", "--label", "in-process", "--bridge-env", "BRIDGE_SDK_WORKERS=0"])
         cold_start.main(["--python"])
         flood.main([])
+        log_shipping.main([])
 
 
 if __name__ == "__main__":

@@ -171,23 +171,34 @@ def phones(livekit: DevLiveKit, users: list[str], interval: float, env: dict[str
 
 
 def start_phones_sending(processes: list[subprocess.Popen]) -> None:
+    """The phones send (again, after pause_phones)."""
     for process in processes:
         process.stdin.write("go\n")
         process.stdin.flush()
 
 
+def pause_phones(processes: list[subprocess.Popen]) -> None:
+    """The phones stop sending (within one packet interval) and stay in their rooms."""
+    for process in processes:
+        process.stdin.write("pause\n")
+        process.stdin.flush()
+
+
 @contextlib.contextmanager
 def bridge_process(livekit: DevLiveKit, env: dict[str, str], extra: dict[str, str],
-                   unix_socket: str | None = None) -> Iterator[tuple[subprocess.Popen, str, int]]:
-    """The bridge as deployed (`bridge_main.py serve`), listening on TCP, or on
-    ``unix_socket`` when given: (process, its address, its metrics port)."""
+                   unix_socket: str | None = None, stderr: Any = None
+                   ) -> Iterator[tuple[subprocess.Popen, str, int]]:
+    """The bridge as deployed (`bridge_main.py serve`) at WARNING (LOG_LEVEL in ``extra`` wins), listening on
+    TCP, or on ``unix_socket`` when given, its log lines to ``stderr`` (a file; None: this process's):
+    (process, its address, its metrics port)."""
     port, metrics_port = free_port(), free_port()
     bridge_env = dict(env, PORT=str(port), BRIDGE_HOST="127.0.0.1", METRICS_PORT=str(metrics_port),
                       BRIDGE_LOG_LEVEL="WARNING", BRIDGE_IDLE_SESSION_TTL="600", **extra)
     if unix_socket:
         bridge_env["LIVEKIT_GRPC_SOCKET"] = unix_socket
     family, target = (socket.AF_UNIX, unix_socket) if unix_socket else (socket.AF_INET, ("127.0.0.1", port))
-    process = subprocess.Popen([sys.executable, str(ROOT / "bridge_main.py"), "serve"], env=bridge_env, cwd=ROOT)
+    process = subprocess.Popen([sys.executable, str(ROOT / "bridge_main.py"), "serve"], env=bridge_env, cwd=ROOT,
+                               stderr=stderr)
     try:
         deadline = time.monotonic() + 30
         while True:

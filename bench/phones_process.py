@@ -10,8 +10,9 @@ sender's CLOCK_MONOTONIC in ns, the user's index on the command line and a
 16-bit packet counter. The phones are a load generator made cheap (no SDK
 log forwarding, no room events, sends not awaited) so that they do not starve
 the processes measured on the same two cores. Prints "ready" once every phone is in its room, starts
-sending at a line "go" on stdin and stops at end of input, printing
-"sent USER COUNT" per phone.
+sending at a line "go" on stdin, pauses at the next line (e.g. "pause"; a
+"go" after it resumes, the counters going on) and stops at end of input,
+printing "sent USER COUNT" per phone.
 """
 
 from __future__ import annotations
@@ -47,10 +48,10 @@ def publish_lossy(room: rtc.Room, payload: bytes) -> None:
     FfiClient.instance.request(request)
 
 
-async def send(room: rtc.Room, index: int, interval: float, stop: asyncio.Event) -> int:
+async def send(room: rtc.Room, index: int, interval: float, stop: asyncio.Event, sent: int = 0) -> int:
+    """Send until ``stop``, counting on from ``sent``; returns the count."""
     pcm_bytes = int(16000 * interval) * 2
     filler = bytes(pcm_bytes - STAMP.size)
-    sent = 0
     next_at = time.monotonic()
     while not stop.is_set():
         stamp = STAMP.pack(time.monotonic_ns(), index, sent % 65536)
@@ -72,16 +73,18 @@ async def main(url: str, interval: float, users: list[str]) -> None:
         FfiClient.instance.queue._subscribers.clear()
     print("ready", flush=True)
     loop = asyncio.get_running_loop()
-    await loop.run_in_executor(None, sys.stdin.readline)
-    stop = asyncio.Event()
-    # Spread the phones over one interval, as real phones are.
-    senders = []
-    for index, room in enumerate(rooms):
-        senders.append(asyncio.ensure_future(send(room, index, interval, stop)))
-        await asyncio.sleep(interval / len(rooms))
-    await loop.run_in_executor(None, sys.stdin.read)
-    stop.set()
-    for user, count in zip(users, await asyncio.gather(*senders)):
+    counts = [0] * len(rooms)
+    while (await loop.run_in_executor(None, sys.stdin.readline)).strip() == "go":
+        stop = asyncio.Event()
+        # Spread the phones over one interval, as real phones are.
+        senders = []
+        for index, room in enumerate(rooms):
+            senders.append(asyncio.ensure_future(send(room, index, interval, stop, counts[index])))
+            await asyncio.sleep(interval / len(rooms))
+        await loop.run_in_executor(None, sys.stdin.readline)  # a pause, or the end of input
+        stop.set()
+        counts = list(await asyncio.gather(*senders))
+    for user, count in zip(users, counts):
         print(f"sent {user} {count}", flush=True)
     await asyncio.gather(*(room.disconnect() for room in rooms))
 

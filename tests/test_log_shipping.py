@@ -26,6 +26,7 @@ from loguru import logger
 from prometheus_client import REGISTRY
 
 from actors.operations import log_shipping
+from actors.operations.log_records import Redactor
 from actors.operations.settings import BridgeSettings
 from bridge_harness import (REPO, bridge_identity, cloud, expect_status, forged, join_once_listening, join_request,
                             phone_in_room, running_bridge, token)
@@ -157,6 +158,38 @@ async def test_no_token_secret_or_signed_query_reaches_the_ingest_host(bridge_se
     assert message["message"].count("[redacted]") == 5, message["message"]
     assert failure["error_type"] == "RuntimeError" and "[redacted]" in failure["error"]
     assert "careless: LiveKit said no to [redacted]" in failure["traceback"]
+
+
+async def test_lines_logged_steadily_go_out_in_paced_requests_not_one_every_batch(bridge_settings, ingest) -> None:
+    # 10 lines every 10 ms for a second: BRIDGE_LOG_SHIP_BATCH (10) would start a request every 10 ms, each
+    # costing the bridge about 2 ms of CPU (bench/log_shipping.py); paced, each carries what waited.
+    async with log_shipping.ship_logs(shipping_to(bridge_settings, ingest.host)):
+        for tick in range(100):
+            for index in range(10):
+                logger.info("steady line {}", tick * 10 + index)
+            await trio.sleep(0.01)
+    assert len(ingest.received(starting("steady line "))) == 1000
+    requests = ingest.answered(202)
+    span = requests[-1].at - requests[0].at
+    # Requests start at least MIN_REQUEST_GAP apart (the last one at exit excepted); a second of slack for
+    # the first request's TLS handshake, which delays its arrival, not its start.
+    assert len(requests) <= (span + 1.0) / log_shipping.MIN_REQUEST_GAP + 2, (len(requests), span)
+
+
+@pytest.mark.parametrize(("text", "left"), [
+    ("joined with eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1In0.c2lnbmF0dXJl now", "joined with [redacted] now"),
+    ("fetching https://tts.example/a.mp3?X-Amz-Date=20261206 failed",
+     "fetching https://tts.example/a.mp3?[redacted] failed"),
+    ("wss://livekit.example/rtc?access=abc123def", "wss://livekit.example/rtc?[redacted]"),
+    ("header: Bearer abc123def456", "header: Bearer [redacted]"),
+    ("PassWord=hunter2hunter2", "PassWord=[redacted]"),
+    ("the api key is k3y-of-the-bridge here", "the api key is [redacted] here"),
+    ("user u1 joined room room-u1 (participant cloud-agent:u1)",
+     "user u1 joined room room-u1 (participant cloud-agent:u1)"),
+])
+def test_each_kind_of_secret_is_taken_out_of_a_string_holding_no_other(text: str, left: str) -> None:
+    # (A string that seems to hold no secret is searched once, not once per kind: each kind alone is still found.)
+    assert Redactor(["k3y-of-the-bridge"]).text(text) == left
 
 
 #: What each failure is counted as, in bridge_log_batches_failed_total.

@@ -50,6 +50,10 @@ _URL_QUERY = re.compile(r"((?:https?|wss?)://[^\s?#\"'<>]+)\?[^\s#\"'<>]*", re.I
 _BEARER = re.compile(r"(\bbearer\s+)[^\s\"',;]+", re.IGNORECASE)
 _ASSIGNED = re.compile(_SECRET_NAMES + r"""(["']?\s*[=:]\s*["']?)(?!\[redacted)[^\s"'&,;]{6,}""", re.IGNORECASE)
 _SECRET_FIELD = re.compile(r"(?:^|_)" + _SECRET_NAMES + "$", re.IGNORECASE)
+#: What one of the text patterns above needs to find: a string holding none of these (most) is searched once,
+#: not four times. Redaction took 36 us of a line's 60 (bench/reports/log-shipping-2026-12-06.md), now 14;
+#: a shipping bridge redacts each line twice (stderr and the shipper).
+_MAY_HOLD_A_SECRET = re.compile(r"eyJ|://|(?i:bearer|token|secret|passw|signature|authorization|credential)")
 
 
 class Redactor:
@@ -63,6 +67,8 @@ class Redactor:
         for secret in self._known:
             if secret in text:
                 text = text.replace(secret, REDACTED)
+        if not _MAY_HOLD_A_SECRET.search(text):
+            return text
         text = _JWT.sub(REDACTED, text)
         text = _URL_QUERY.sub(r"\1?" + REDACTED, text)
         text = _BEARER.sub(r"\1" + REDACTED, text)

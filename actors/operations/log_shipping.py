@@ -10,8 +10,9 @@ It guarantees:
   full the oldest line is dropped and counted.
 - One Trio task sends, in the bridge's nursery: a POST of a JSON array to
   https://<host> with ``Authorization: Bearer <token>``, as soon as
-  BRIDGE_LOG_SHIP_BATCH lines wait or every BRIDGE_LOG_SHIP_INTERVAL seconds;
-  a request carries what waits, up to MAX_REQUEST_BYTES.
+  BRIDGE_LOG_SHIP_BATCH lines wait or every BRIDGE_LOG_SHIP_INTERVAL seconds,
+  but no sooner than MIN_REQUEST_GAP after the last request began; a request
+  carries what waits, up to MAX_REQUEST_BYTES.
 - A request that fails with 5xx, 429 or a network error is sent again after
   a backoff (429's Retry-After honoured), its lines held meanwhile; 413
   splits it in halves (a line refused alone is dropped); any other 4xx drops
@@ -59,6 +60,11 @@ if TYPE_CHECKING:
 
 #: The most one request carries (Better Stack takes up to 10 MiB).
 MAX_REQUEST_BYTES = 1024 * 1024
+#: The least time between the starts of two requests. A request costs the
+#: bridge about 2 ms of CPU (httpx, TLS), whatever it carries: at 1,000 lines a
+#: second, one request for every 10 lines cost more than the lines themselves
+#: (bench/reports/log-shipping-2026-12-06.md). Paced, each carries what waited.
+MIN_REQUEST_GAP = 0.1
 #: At exit, the longest the last lines may take to go out.
 FINAL_FLUSH_SECONDS = 2.0
 #: A request's timeouts: connecting (TLS included), and each read or write.
@@ -237,9 +243,11 @@ class LogShipper:
                 while True:
                     await self._wakeup.wait(self._interval)
                     while batch := self.buffer.take(MAX_REQUEST_BYTES):
+                        began = trio.current_time()
                         self._in_hand = batch
                         await self._deliver(client, batch)
                         self._in_hand = []
+                        await trio.sleep_until(began + MIN_REQUEST_GAP)
         finally:
             self._wakeup.disarm()
 
