@@ -282,7 +282,11 @@ async def test_a_worker_dying_more_than_10_times_a_minute_ends_the_sessions_and_
                     break
                 await trio.sleep(0.05)
         assert "sdk-worker:1 was given up on after 11 ends within 60 s" in sessions["last_error"]
-        assert await list_participants(livekit, f"room-{user}") == [user]
+        # The last worker killed may have rejoined the room: LiveKit lets its participant go once it sees the
+        # connection closed, a moment after the kill (a bound here is a generous timeout, not a measure).
+        with trio.fail_after(30):
+            while await list_participants(livekit, f"room-{user}") != [user]:
+                await trio.sleep(0.1)
         status = await client.status(user)
         assert not status.connected
         await wait_until_gone(killed)
