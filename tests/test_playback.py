@@ -39,6 +39,11 @@ def play_request(user: str, url: str, request_id: str, *, track_id: int = 0, **f
     return pb.PlayAudioRequest(request_id=request_id, audio_url=url, user_id=user, track_id=track_id, **fields)
 
 
+def served_tone(audio_server: AudioHTTPServer, name: str, seconds: float, hz: float, **tone_options) -> str:
+    """The URL at which ``audio_server`` serves a 16 kHz mono WAV tone as ``name``."""
+    return audio_server.add(name, wav(tone(16_000, seconds, hz, **tone_options), 16_000, channels=1), "audio/wav")
+
+
 async def start_playing(client, nursery: trio.Nursery, request: pb.PlayAudioRequest) -> PlayCall:
     """Start a PlayAudio call in ``nursery`` and return once its sound has started."""
     call = PlayCall()
@@ -128,7 +133,7 @@ async def test_stop_audio_silences_at_once_and_the_stream_ends_failed_stopped(
     that left the queue would be heard for 3 s more; the 1 s allowed is for
     the way to the listener on a loaded machine, not a measure of it."""
     settings = dataclasses.replace(bridge_settings, track_queue_ms=3000)
-    url = audio_server.add("long.wav", wav(tone(16_000, 10.0, 500.0), 16_000, channels=1), "audio/wav")
+    url = served_tone(audio_server, "long.wav", 10.0, 500.0)
     user = "stopper"
     async with running_bridge(settings) as bridge, cloud(bridge.address) as client, \
             listener_in_room(livekit, user) as heard, trio.open_nursery() as nursery:
@@ -151,9 +156,9 @@ async def test_stop_audio_silences_at_once_and_the_stream_ends_failed_stopped(
 
 
 async def test_two_tracks_mix_and_stop_other_stops_both(bridge, livekit, audio_server) -> None:
-    low = audio_server.add("low.wav", wav(tone(16_000, 8.0, 400.0), 16_000, channels=1), "audio/wav")
-    high = audio_server.add("high.wav", wav(tone(16_000, 8.0, 1100.0), 16_000, channels=1), "audio/wav")
-    short = audio_server.add("short.wav", wav(tone(16_000, 1.0, 700.0), 16_000, channels=1), "audio/wav")
+    low = served_tone(audio_server, "low.wav", 8.0, 400.0)
+    high = served_tone(audio_server, "high.wav", 8.0, 1100.0)
+    short = served_tone(audio_server, "short.wav", 1.0, 700.0)
     user = "mixer"
     async with cloud(bridge.address) as client, listener_in_room(livekit, user) as heard, \
             trio.open_nursery() as nursery:
@@ -188,9 +193,9 @@ async def test_two_tracks_mix_and_stop_other_stops_both(bridge, livekit, audio_s
 
 async def test_a_playback_replaces_the_one_on_its_track_and_stop_audio_names_every_id_it_stopped(
         bridge, livekit, audio_server) -> None:
-    first = audio_server.add("first.wav", wav(tone(16_000, 8.0, 400.0), 16_000, channels=1), "audio/wav")
-    second = audio_server.add("second.wav", wav(tone(16_000, 8.0, 700.0), 16_000, channels=1), "audio/wav")
-    beside = audio_server.add("beside.wav", wav(tone(16_000, 8.0, 1100.0), 16_000, channels=1), "audio/wav")
+    first = served_tone(audio_server, "first.wav", 8.0, 400.0)
+    second = served_tone(audio_server, "second.wav", 8.0, 700.0)
+    beside = served_tone(audio_server, "beside.wav", 8.0, 1100.0)
     user = "replacer"
     async with cloud(bridge.address) as client, listener_in_room(livekit, user) as heard, \
             trio.open_nursery() as nursery:
@@ -221,7 +226,7 @@ async def test_a_playback_replaces_the_one_on_its_track_and_stop_audio_names_eve
 
 
 async def test_hanging_up_a_playaudio_call_does_not_stop_the_sound(bridge, livekit, audio_server) -> None:
-    url = audio_server.add("on-its-own.wav", wav(tone(16_000, 2.0, 500.0), 16_000, channels=1), "audio/wav")
+    url = served_tone(audio_server, "on-its-own.wav", 2.0, 500.0)
     user = "hung-up"
 
     def counted(outcome: str) -> float:
@@ -261,7 +266,7 @@ async def test_every_bad_input_fails_with_its_reason_while_another_track_plays(
     }
     for name, (body, content_type) in files.items():
         audio_server.add(name, body, content_type)
-    background = audio_server.add("background.wav", wav(tone(16_000, 19.0, 440.0), 16_000, channels=1), "audio/wav")
+    background = served_tone(audio_server, "background.wav", 19.0, 440.0)
     cases = {
         "not found": (audio_server.url("/status/404"), "HTTP 404"),
         "server error": (audio_server.url("/status/500"), "HTTP 500"),
@@ -329,8 +334,7 @@ async def test_requests_the_bridge_cannot_take_get_a_failed_event_and_a_status(b
 
 
 async def test_volume_scales_and_clips_and_a_silent_track_is_unpublished(bridge, livekit, audio_server) -> None:
-    url = audio_server.add("quiet.wav", wav(tone(16_000, 1.0, 500.0, amplitude=0.2), 16_000, channels=1),
-                           "audio/wav")
+    url = served_tone(audio_server, "quiet.wav", 1.0, 500.0, amplitude=0.2)
     user = "loudness"
     async with cloud(bridge.address) as client, listener_in_room(livekit, user) as heard:
         assert (await client.join(join_request(livekit, user))).success
@@ -359,7 +363,7 @@ async def test_volume_scales_and_clips_and_a_silent_track_is_unpublished(bridge,
 @pytest.mark.parametrize("ending", ["leave", "replace"])
 async def test_leaving_or_replacing_the_session_stops_its_playbacks_first(
         bridge, livekit, audio_server, ending, log_lines) -> None:
-    url = audio_server.add("ending.wav", wav(tone(16_000, 10.0, 500.0), 16_000, channels=1), "audio/wav")
+    url = served_tone(audio_server, "ending.wav", 10.0, 500.0)
     url += "?signature=do-not-log-me"
     user = f"ending-{ending}"
     async with cloud(bridge.address) as client, listener_in_room(livekit, user) as heard, \
