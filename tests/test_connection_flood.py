@@ -48,7 +48,8 @@ async def test_a_flood_of_connections_is_answered_while_a_user_streams(livekit, 
             async def talk() -> None:
                 nonlocal sent
                 for counter in itertools.count():
-                    await phone.send_mic(counter, numbered_pcm(counter))
+                    with trio.CancelScope(shield=True):  # stopped between packets: `sent` is what went out
+                        await phone.send_mic(counter, numbered_pcm(counter))
                     sent = counter
                     await trio.sleep(0.02)
 
