@@ -269,10 +269,10 @@ async def test_sigterm_to_the_whole_process_group_drains_before_the_workers_go(l
 
 async def test_a_signal_to_the_process_group_while_the_sdk_workers_start_reaches_none_of_them(
         livekit, tmp_path) -> None:
-    """The group's SIGTERM as the bridge starts its SDK worker processes:
-    they ignore it only once their Python has loaded, so they run in a group
-    of their own; none dies of it, nothing crashes, and the bridge drains
-    and exits 0."""
+    """The group's SIGTERM as the bridge starts its SDK worker processes
+    (each is in the bridge's group for a moment after its fork): none dies of
+    it, nothing crashes, and the bridge drains and exits 0. (The window is
+    narrow; test_sdk_workers hammers it.)"""
     from bench.proc_stats import family
 
     log = tmp_path / "bridge.log"

@@ -41,7 +41,6 @@ import itertools
 import os
 import signal
 import socket
-import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
@@ -59,6 +58,7 @@ from ..operations.settings import BridgeSettings
 from ..runtime import Actor, Reply, only_cancelled
 from .command import worker_command, worker_environment
 from .frames import FrameChannel, Outbox
+from .own_group_process import PASSED_FD, OwnGroupProcess
 
 #: Longest a new worker process may take to import the SDK and say it is ready.
 START_TIMEOUT = 30.0
@@ -383,7 +383,7 @@ class SdkWorker(Actor):
         self.slot = slot
         self._settings = settings
         self._connection: WorkerConnection | None = None
-        self._process: trio.Process | None = None
+        self._process: OwnGroupProcess | None = None
         #: Killed by the watchdog (see _kill_if_hung).
         self._hung = False
 
@@ -391,7 +391,7 @@ class SdkWorker(Actor):
         """Report started once the process is ready; crash (WorkerGone) when it exits."""
         ours, theirs = socket.socketpair()
         try:
-            process = await self._start_process(theirs)
+            process = self._start_process(theirs)
         finally:
             theirs.close()
         self._process = process
@@ -421,7 +421,7 @@ class SdkWorker(Actor):
             with trio.CancelScope(shield=True):
                 await self._end_process(process, channel)
 
-    async def _kill_if_hung(self, connection: WorkerConnection, process: trio.Process) -> None:
+    async def _kill_if_hung(self, connection: WorkerConnection, process: OwnGroupProcess) -> None:
         """Ping the process until cancelled; kill it when a ping goes
         unanswered for PING_TIMEOUT seconds (run() then reports it gone)."""
         while True:
@@ -435,20 +435,18 @@ class SdkWorker(Actor):
             process.kill()
             return
 
-    async def _start_process(self, theirs: socket.socket) -> trio.Process:
+    def _start_process(self, theirs: socket.socket) -> OwnGroupProcess:
         settings = self._settings
-        command = worker_command(str(theirs.fileno()), self.name, settings.log_level, settings.log_format or "",
+        command = worker_command(str(PASSED_FD), self.name, settings.log_level, settings.log_format or "",
                                  *(["ship-logs"] if shipping_active() else []))
         # The worker joins with the tokens it is sent; it needs none of the bridge's secrets.
         secrets = {declaration.env for _, declaration, _ in declared(BridgeSettings) if declaration.secret}
         environment = worker_environment(
             {name: value for name, value in os.environ.items() if name not in secrets})
-        # A process group of its own: a signal to the bridge's group (Ctrl-C, a service manager's
-        # stop) must not reach a worker still starting, before it ignores SIGINT and SIGTERM.
-        return await trio.lowlevel.open_process(command, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
-                                                env=environment, process_group=0)
+        # A signal to the bridge's group (Ctrl-C, a service manager's stop) must not reach it.
+        return OwnGroupProcess.spawn(command, environment, theirs.fileno())
 
-    async def _end_process(self, process: trio.Process, channel: FrameChannel) -> None:
+    async def _end_process(self, process: OwnGroupProcess, channel: FrameChannel) -> None:
         """Close the connection (the process leaves its rooms and exits);
         kill it if it has not exited after two teardowns' time."""
         await channel.aclose()

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import signal
 import socket
 import sys
 import time
@@ -35,6 +34,7 @@ from ..livekit.sdk_room import SdkAudioOutput, SdkHost, SdkRoom
 from ..operations.log_setup import configure_logging
 from ..operations.log_shipping import WorkerLines
 from .frames import FrameChannel, Outbox
+from .own_group_process import discard_group_signals_and_unblock
 
 
 class RoomsHeld:
@@ -238,8 +238,8 @@ async def serve_bridge(sock: socket.socket, log_lines: WorkerLines | None = None
 
 def main(argv: list[str]) -> None:
     fd, name, log_level, log_format, *options = argv
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # The bridge drains on a stop of its group; it closes this process's connection when done.
+    discard_group_signals_and_unblock()
     configure_logging(level=log_level, log_format=log_format or None)
     log_lines = None
     if "ship-logs" in options:
