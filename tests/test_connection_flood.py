@@ -54,11 +54,12 @@ async def test_a_flood_of_connections_is_answered_while_a_user_streams(livekit, 
                     await trio.sleep(0.02)
 
             nursery.start_soon(listen)
-            talking = trio.CancelScope()
+            talking, stopped_talking = trio.CancelScope(), trio.Event()
 
             async def talk_until_told() -> None:
                 with talking:
                     await talk()
+                stopped_talking.set()
 
             nursery.start_soon(talk_until_told)
             with trio.fail_after(20):
@@ -81,6 +82,7 @@ async def test_a_flood_of_connections_is_answered_while_a_user_streams(livekit, 
                 if listener == "tcp":  # no connection waited for a retransmit
                     assert listen_overflows() == overflows
                 talking.cancel()
+                await stopped_talking.wait()  # a send under way when told finishes first, and counts
                 last = sent
                 with trio.fail_after(10):
                     while not heard or heard[-1] < last:

@@ -60,5 +60,8 @@ async def test_the_real_bridge_keeps_no_object_per_session(livekit, tmp_path) ->
 async def test_a_bridge_that_keeps_one_object_per_session_fails_the_invariant(livekit, tmp_path) -> None:
     growth = await _heap_growth(livekit, tmp_path, LEAKING_BRIDGE)
     assert growth.leaks, growth.describe()
-    assert growth.per_session == pytest.approx(1.0, abs=0.25), growth.describe()
+    # One planted list per session, from the first round measured to the last; the
+    # total's slope also carries what happens to be in flight (a worker's reply, a deque).
     assert next(iter(growth.grown)) == "builtins.list", growth.describe()
+    assert growth.grown["builtins.list"] >= (ROUNDS - 2) * USERS, growth.describe()
+    assert growth.per_session == pytest.approx(1.0, abs=0.5), growth.describe()

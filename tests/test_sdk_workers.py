@@ -164,6 +164,7 @@ async def test_a_worker_that_dies_is_restarted_and_its_users_rejoin_without_the_
     async with running_bridge(settings) as bridge, cloud(bridge.address) as client, \
             phone_in_room(livekit, "victim") as victim_phone, phone_in_room(livekit, "bystander") as bystander_phone, \
             trio.open_nursery() as nursery:
+        await running_workers(client, 2)  # (a join meanwhile goes to the worker that runs)
         for user in ("victim", "bystander"):
             assert (await client.join(join_request(livekit, user))).success
         victim_host = (await link_in_tree(client, "victim"))["details"]["sdk"]
