@@ -7,7 +7,7 @@ import trio
 
 from actors.session.connect_admission import AdmissionRule, ConnectAdmission, next_window
 
-RULE = AdmissionRule(ceiling=8, start=2, late=0.1, on_time=0.03)
+RULE = AdmissionRule(ceiling=8, start=2, late=0.1, on_time=0.03)  # (not the defaults: the rule is data)
 
 
 def test_nobody_streaming_opens_the_window_to_the_ceiling() -> None:
@@ -78,7 +78,9 @@ async def test_the_admission_follows_the_links_delays_and_counts_halvings() -> N
 
 
 async def test_the_bridges_window_is_the_ceiling_until_a_user_streams_then_its_start(bridge_settings, livekit) -> None:
-    """End to end: the window follows the real links' packets."""
+    """End to end, with two SDK worker processes: the window follows the real
+    links' packets, and the workers share it (a window of each worker's own
+    would show their sum, 8)."""
     import dataclasses
 
     from bridge_harness import cloud, join_request, phone_in_room, running_bridge
@@ -86,8 +88,7 @@ async def test_the_bridges_window_is_the_ceiling_until_a_user_streams_then_its_s
     async def window(client) -> int:
         return (await client.actor_tree())["children"][0]["counters"]["connect_window"]
 
-    # (The bridge's own SDK: with worker processes each has a window, and the tree sums them.)
-    settings = dataclasses.replace(bridge_settings, max_concurrent_connects=4, sdk_workers=0)
+    settings = dataclasses.replace(bridge_settings, max_concurrent_connects=4, sdk_workers=2)
     async with running_bridge(settings) as bridge, cloud(bridge.address) as client:
         async with trio.open_nursery() as nursery:
             for index in range(3):
@@ -103,3 +104,19 @@ async def test_the_bridges_window_is_the_ceiling_until_a_user_streams_then_its_s
         with trio.fail_after(10):  # the phone is gone: nobody streams, the window is the ceiling again
             while await window(client) != 4:
                 await trio.sleep(0.1)
+
+
+def test_the_sdk_worker_processes_share_one_window(bridge_settings) -> None:
+    """Three workers, one set of connect slots: a storm's connects in one
+    process delay the packets of the others too (they share the cores)."""
+    import contextlib
+    import dataclasses
+
+    from actors.session.room_hosts import RoomHosts
+
+    hosts = RoomHosts(dataclasses.replace(bridge_settings, sdk_workers=3, max_concurrent_connects=5))
+    with contextlib.ExitStack() as placed:
+        workers = [placed.enter_context(hosts.placing([])) for _ in range(3)]
+    assert sorted(worker.name for worker in workers) == ["sdk-worker:1", "sdk-worker:2", "sdk-worker:3"]
+    assert len({id(worker.connect_slots) for worker in workers}) == 1
+    assert workers[0].connect_slots.total_tokens == 5

@@ -17,10 +17,10 @@ _KEY_COUNTERS = {
                     ("mic_buffer_dropped", "dropped"), ("playbacks_active", "playing")],
     "RoomLink": [("connected", "connected"), ("rejoins", "rejoins"), ("adoptions", "adopted")],
     "SessionSupervisor": [("sessions", "sessions"), ("joins", "joins"), ("replacements", "replaced"),
-                          ("adoptions", "adopted"), ("failed_joins", "failed"), ("sessions_reaped", "reaped")],
+                          ("adoptions", "adopted"), ("failed_joins", "failed"), ("sessions_reaped", "reaped"),
+                          ("connect_window", "window"), ("connects_waiting", "waiting")],
     "Playback": [("position_ms", "played_ms")],
-    "SdkWorker": [("rooms", "rooms"), ("connect_window", "window"), ("connects_waiting", "waiting"),
-                  ("mic_packets_dropped_in_worker", "dropped")],
+    "SdkWorker": [("rooms", "rooms"), ("mic_packets_dropped_in_worker", "dropped")],
 }
 _KEY_DETAILS = {
     "UserSession": ["link"],

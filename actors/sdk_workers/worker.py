@@ -42,7 +42,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import trio
@@ -327,14 +327,11 @@ class WorkerRoom:
 class WorkerSlot:
     """A RoomHost: the worker process in slot ``index``, whichever incarnation runs now."""
 
-    def __init__(self, index: int, connect_slots: trio.CapacityLimiter | None = None,
-                 admission_counters: Callable[[], dict[str, int]] = dict) -> None:
-        """``connect_slots`` bounds this process's connects in flight;
-        ``admission_counters`` describes them in the tree."""
+    def __init__(self, index: int, connect_slots: trio.CapacityLimiter | None = None) -> None:
+        """``connect_slots`` bounds the connects in flight (shared by every worker: see room_hosts)."""
         self.index = index
         self.name = f"sdk-worker:{index}"
         self.connect_slots = connect_slots
-        self.admission_counters = admission_counters
         #: The running process's connection (None while it (re)starts).
         self.connection: WorkerConnection | None = None
         self._running = trio.Event()
@@ -468,7 +465,7 @@ class SdkWorker(Actor):
     def counters(self) -> dict[str, int]:
         connection = self._connection
         if connection is None:
-            return {"rooms": 0, **self.slot.admission_counters()}
+            return {"rooms": 0}
         return {"rooms": len(connection.rooms), "frames_sent": connection.outbox.frames,
                 "requests_waiting": connection.requests_waiting(),
-                "mic_packets_dropped_in_worker": connection.packets_dropped, **self.slot.admission_counters()}
+                "mic_packets_dropped_in_worker": connection.packets_dropped}

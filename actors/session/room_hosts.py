@@ -1,9 +1,15 @@
 """Where the users' rooms are joined, and which host a new link goes to.
 
 A host is this process's SDK, or (BRIDGE_SDK_WORKERS, by default one per
-core) one of the SDK worker processes. Each host admits its own connects
-(connect_admission.py), set by the lateness of its own links' packets: a
-join storm in one SDK process delays only that process's rooms.
+core) one of the SDK worker processes. The hosts share one connect admission
+(connect_admission.py), set by the lateness of every streaming link's
+packets: the worker processes run on the same cores, so a storm's connects
+in one of them delay the packets of the others too. Measured with the ladder
+(20 users streaming while 20 join, 2 cores, 2 workers; four runs each on the
+Unix socket, alternating), the streaming users' p99 was 65-197 ms with a
+window of each worker's own and 38-90 ms with one shared window and what
+counts as late tightened to 50 ms; the storm's 20 joins took 1.1-2.2 s and
+1.3-2.4 s (bench/reports/storm-window-2026-12-06.md).
 """
 
 from __future__ import annotations
@@ -32,32 +38,27 @@ WORKER_POLICY = RestartPolicy(restart=Restart.PERMANENT, max_restarts=10, within
 
 
 class RoomHosts:
-    """The hosts of one session supervisor, with their connect admissions."""
+    """The hosts of one session supervisor, and the connect admission they share."""
 
     def __init__(self, settings: BridgeSettings) -> None:
         self._settings = settings
-        rule = AdmissionRule(ceiling=settings.max_concurrent_connects)
-        self._admissions: dict[RoomHost, ConnectAdmission] = {}
-        if settings.sdk_worker_processes:
-            for index in range(1, settings.sdk_worker_processes + 1):
-                admission = ConnectAdmission(rule)
-                self._admissions[WorkerSlot(index, admission.slots, admission.counters)] = admission
-        else:
-            admission = ConnectAdmission(rule)
-            self._admissions[SdkHost(connect_slots=admission.slots)] = admission
+        self._admission = ConnectAdmission(AdmissionRule(ceiling=settings.max_concurrent_connects))
+        slots = self._admission.slots
+        self._hosts: list[RoomHost] = (
+            [WorkerSlot(index, slots) for index in range(1, settings.sdk_worker_processes + 1)]
+            if settings.sdk_worker_processes else [SdkHost(connect_slots=slots)])
         #: Links placed on each host that are still joining (not among the links yet).
         self._joining: collections.Counter[RoomHost] = collections.Counter()
 
     def start(self, supervisor: Supervisor, nursery: trio.Nursery, links: Callable[[], Iterable[RoomLink]]) -> None:
-        """Run each host's admission in ``nursery`` (``links()``: the links
+        """Run the connect admission in ``nursery`` (``links()``: the links
         now, whose packets set it), and start the worker processes under
         ``supervisor``, side by side and in the background: a join placed on
         a worker that is not ready yet waits for it (WorkerSlot.open_room),
         so the front door can serve at once. A worker that cannot start at
         all fails ``nursery``."""
-        for host, admission in self._admissions.items():
-            nursery.start_soon(admission.run, _delays_of_links_on(host, links))
-        for host in self._admissions:
+        nursery.start_soon(self._admission.run, lambda now: [link.take_delay(now) for link in links()])
+        for host in self._hosts:
             if isinstance(host, WorkerSlot):
                 nursery.start_soon(self._start_worker, supervisor, host)
 
@@ -71,9 +72,8 @@ class RoomHosts:
         holds the fewest, among those whose SDK runs (a worker being
         restarted is passed over while another runs)."""
         held = collections.Counter(link.host for link in links) + self._joining
-        hosts = list(self._admissions)
-        running = [host for host in hosts if not isinstance(host, WorkerSlot) or host.connection is not None]
-        host = min(running or hosts, key=lambda host: held[host])
+        running = [host for host in self._hosts if not isinstance(host, WorkerSlot) or host.connection is not None]
+        host = min(running or self._hosts, key=lambda host: held[host])
         self._joining[host] += 1
         try:
             yield host
@@ -81,12 +81,8 @@ class RoomHosts:
             self._joining[host] -= 1
 
     def counters(self) -> dict[str, int]:
-        """The admissions' counters, summed over the hosts (each worker shows
-        its own in its line of the tree)."""
-        total: collections.Counter[str] = collections.Counter()
-        for admission in self._admissions.values():
-            total.update(admission.counters())
-        return dict(total)
+        """The connect admission's counters."""
+        return self._admission.counters()
 
     async def count_worker_objects(self) -> dict[str, dict[str, Any]]:
         """The leak check of each running worker process, by its name (one
@@ -96,15 +92,9 @@ class RoomHosts:
             WorkerGone, WorkerError: a worker did not answer.
         """
         counts = {}
-        for host in self._admissions:
+        for host in self._hosts:
             connection = host.connection if isinstance(host, WorkerSlot) else None
             if connection is not None:
                 counts[host.name] = await connection.request("live_objects")
         return counts
 
-
-def _delays_of_links_on(host: RoomHost, links: Callable[[], Iterable[RoomLink]]
-                        ) -> Callable[[float], list[float | None]]:
-    def delays(now: float) -> list[float | None]:
-        return [link.take_delay(now) for link in links() if link.host is host]
-    return delays
