@@ -371,3 +371,32 @@ async def test_the_asyncio_loop_drops_cancelled_timers_as_asyncio_does() -> None
         assert len(loop._timers) <= 101, "cancelled timers were kept"
         with trio.fail_after(5):
             await fired.wait()
+
+
+
+async def test_a_policy_that_restarts_a_failed_start_starts_it_again_until_it_starts_or_gives_up(
+        autojump_clock) -> None:
+    """restarts_failed_start: start() returns once a later incarnation has
+    started; when the policy gives up first, start() raises the last failure."""
+    attempts = {"flaky": 0, "broken": 0}
+
+    class Flaky(EchoActor):
+        """Fails its first two starts, then runs."""
+
+        async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+            attempts[self.name] += 1
+            if self.name == "broken" or attempts[self.name] < 3:
+                raise ConnectionError(f"{self.name}: attempt {attempts[self.name]} failed")
+            await super().run(task_status)
+
+    async with trio.open_nursery() as nursery:
+        supervisor = Supervisor(nursery)
+        child = await supervisor.start(lambda: Flaky("flaky"),
+                                       policy=RestartPolicy(max_restarts=2, restarts_failed_start=True))
+        assert (child.state, child.restarts, attempts["flaky"]) == (ChildState.RUNNING, 2, 3)
+        assert await child.ask(Echo("up"), timeout=1) == "up"
+        with pytest.raises(ConnectionError, match="broken: attempt 2 failed"):
+            await supervisor.start(lambda: Flaky("broken"),
+                                   policy=RestartPolicy(max_restarts=1, restarts_failed_start=True))
+        assert len(supervisor) == 1
+        nursery.cancel_scope.cancel()

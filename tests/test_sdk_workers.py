@@ -403,3 +403,31 @@ def test_a_worker_spawned_while_its_group_is_signalled_survives_it() -> None:
                           capture_output=True, text=True, timeout=120, start_new_session=True)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {"exit_codes": {"0": 20}, "ready": 20, "own_group": 20}, done.stderr
+
+
+async def test_a_worker_that_dies_before_it_was_ready_is_started_again_and_nothing_else_restarts(
+        bridge_settings, livekit, log_records) -> None:
+    """The worker process is SIGKILLed as soon as it exists, long before its
+    imports are done: its supervisor starts another (WORKER_POLICY restarts
+    a failed start), the session supervisor does not restart, and a user
+    joins and is heard through the new process."""
+    settings = dataclasses.replace(bridge_settings, sdk_workers=1)
+    async with running_bridge(settings) as bridge, cloud(bridge.address) as client, \
+            phone_in_room(livekit, "early") as phone:
+        with trio.fail_after(10):
+            while not (workers := await workers_in_tree(client)) or not workers[0]["details"]["pid"]:
+                await trio.sleep(0.005)
+        first_pid = workers[0]["details"]["pid"]
+        os.kill(first_pid, signal.SIGKILL)
+        (worker,) = await running_workers(client, 1)
+        assert worker["restarts"] == 1 and worker["details"]["pid"] != first_pid
+        assert not [r for r in log_records if r["message"].endswith(f"started (pid {first_pid})")], \
+            "the worker was killed after it was ready: this test needs it killed before"
+        sessions = (await client.actor_tree())["children"][0]
+        assert sessions["kind"] == "SessionSupervisor" and sessions["restarts"] == 0, sessions
+        assert (await client.join(join_request(livekit, "early"))).success
+        async with client.audio_stream("early") as stream, trio.open_nursery() as nursery:
+            nursery.start_soon(phone.keep_talking)
+            with trio.fail_after(20):
+                assert await stream.recv() is not None
+            nursery.cancel_scope.cancel()

@@ -70,7 +70,10 @@ class RestartPolicy:
     that ``escalates`` takes its supervisor's owner down when it is given up
     on (the owner's nursery fails with ChildGivenUp), as an Erlang supervisor
     terminates when its restart intensity is exceeded: for a child the owner
-    cannot do without.
+    cannot do without. A child that ``restarts_failed_start`` is restarted
+    as its policy allows even when it fails before it first reported started
+    (start() then waits for a start that succeeds); otherwise start() raises
+    that failure, so the caller learns its child cannot start.
     """
 
     restart: Restart = Restart.TRANSIENT
@@ -78,6 +81,7 @@ class RestartPolicy:
     within_seconds: float = 60.0
     backoff: Backoff = Backoff()
     escalate: bool = False
+    restarts_failed_start: bool = False
 
 
 NEVER_RESTART = RestartPolicy(restart=Restart.TEMPORARY, max_restarts=0)
@@ -180,14 +184,17 @@ class Supervisor:
         return len(self._children)
 
     async def start(self, factory: Callable[[], Actor], *, policy: RestartPolicy = NEVER_RESTART) -> Child:
-        """Start a child and return once it reported itself started.
+        """Start a child and return once it reported itself started (after
+        restarts, when its policy ``restarts_failed_start``).
 
         The child's ``run`` is called with a task status; the value it passes
         to ``started()`` is kept as ``child.start_value``.
 
         Raises:
-            Exception: whatever the child raised before it had started; nothing
-                of it is left running.
+            Exception: whatever the child raised before it had started (its
+                last failure, once its policy gives up); nothing of it is left
+                running.
+            ChildGivenUp: the policy escalates and gave up before it started.
         """
         child = Child(factory, policy)
         child.start_value = await self._nursery.start(self._supervise, child)
@@ -242,15 +249,18 @@ class Supervisor:
                 child.done.set()
         if crash is not None and child.given_up is not None and child.policy.escalate:
             raise ChildGivenUp(f"{child.name} was given up on after {child.given_up}: {child.last_error}") from crash
+        if crash is not None and not start_signal.fired:
+            raise crash  # it never started: start() reports its last failure
 
     async def _run_until_given_up(self, child: Child, start_signal: _StartSignal) -> Exception | None:
         """Run the child, restarting it as its policy allows; return the crash
         that ended it, or None when it returned or was cancelled.
 
-        Only a failure of the first start is raised (start() reports it);
-        anything later is a crash, including an error raised while the child
-        was being cancelled, so no child's failure reaches the nursery that
-        other children share, unless its policy escalates (see _supervise).
+        Only a failure of the first start is raised (start() reports it),
+        unless the policy restarts_failed_start; anything later is a crash,
+        including an error raised while the child was being cancelled, so no
+        child's failure reaches the nursery that other children share, unless
+        its policy escalates (see _supervise).
         """
         restart = child.policy.restart
         while True:
@@ -261,7 +271,7 @@ class Supervisor:
                 crash = _crash_in(raised)
                 if crash is None:
                     raise  # cancelled, nothing else
-                if not start_signal.fired and child.restarts == 0:
+                if not start_signal.fired and child.restarts == 0 and not child.policy.restarts_failed_start:
                     raise
                 child.last_error = _describe(crash)
             if crash is None and restart is not Restart.PERMANENT:
@@ -281,7 +291,8 @@ class Supervisor:
             if self._on_restart is not None:
                 self._on_restart(child)
             child.state = ChildState.STARTING
-            start_signal = _StartSignal(child, trio.TASK_STATUS_IGNORED)
+            if start_signal.fired:  # (one that never fired still tells start() when it does)
+                start_signal = _StartSignal(child, trio.TASK_STATUS_IGNORED)
 
 
 def _cancel(child: Child) -> None:

@@ -29,12 +29,13 @@ from ..sdk_workers.worker import SdkWorker, WorkerSlot
 from .connect_admission import AdmissionRule, ConnectAdmission
 from .room_link import RoomLink
 
-#: A worker process that dies is started again at once, then after up to 5 s;
-#: one that dies more than 10 times a minute is given up on, and that takes
-#: the session supervisor down (its own supervisor starts it anew, every
-#: worker with it).
+#: A worker process that dies, even before it was first ready, is started
+#: again at once, then after up to 5 s; one that dies more than 10 times a
+#: minute is given up on, and that takes the session supervisor down (its own
+#: supervisor starts it anew, every worker with it).
 WORKER_POLICY = RestartPolicy(restart=Restart.PERMANENT, max_restarts=10, within_seconds=60,
-                              backoff=Backoff(initial=0.2, maximum=5.0), escalate=True)
+                              backoff=Backoff(initial=0.2, maximum=5.0), escalate=True,
+                              restarts_failed_start=True)
 
 
 class RoomHosts:
@@ -55,8 +56,8 @@ class RoomHosts:
         now, whose packets set it), and start the worker processes under
         ``supervisor``, side by side and in the background: a join placed on
         a worker that is not ready yet waits for it (WorkerSlot.open_room),
-        so the front door can serve at once. A worker that cannot start at
-        all fails ``nursery``."""
+        so the front door can serve at once. A worker given up on before it
+        ever started fails ``nursery`` (ChildGivenUp)."""
         nursery.start_soon(self._admission.run, lambda now: [link.take_delay(now) for link in links()])
         for host in self._hosts:
             if isinstance(host, WorkerSlot):
