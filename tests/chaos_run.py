@@ -444,8 +444,11 @@ def rss_kib(pid: int) -> int:
     return rss_bytes(pid) // 1024
 
 
-#: A leak of one object per session fits about 1.0 here; the bridge measures 0.00.
-LEAK_OBJECTS_PER_SESSION = 0.25
+#: A leak of one object per session fits about 1.0 here. The bridge measures 0.00 to 0.26: objects
+#: in flight in an SDK worker, or made on a worker's first use of a path, as the rounds are counted
+#: (one fresh-clone run saw +4 such, all in sdk-worker:1, over 15 sessions: 0.26). Half a leak of one
+#: object per session is still caught.
+LEAK_OBJECTS_PER_SESSION = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
