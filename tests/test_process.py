@@ -81,7 +81,9 @@ async def test_sigterm_drains_streams_end_unavailable_health_says_not_serving_an
                     with trio.fail_after(10):
                         assert await stream.status() == Status.UNAVAILABLE
                 exit_code = await trio.to_thread.run_sync(lambda: process.wait(timeout=30))
-                assert exit_code == 0 and trio.current_time() - signalled_at < 5
+                # Well inside a service manager's patience (compose.yaml's stop_grace_period: 30 s);
+                # a loaded 2-core CI machine once took 5.8 s (drain grace 0.5 s, then the teardowns).
+                assert exit_code == 0 and trio.current_time() - signalled_at < 20
                 await until_room_is_empty(livekit, "room-drained")
     finally:
         if process.poll() is None:
