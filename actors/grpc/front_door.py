@@ -22,13 +22,14 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 from grpclib.health.check import ServiceStatus
 from loguru import logger
-from trio_asyncio import aio_as_trio, trio_as_aio
+from trio_asyncio import aio_as_trio, run_aio_future, trio_as_aio
 
 from proto.mentra.livekit import bridge as pb
 from proto.mentra.livekit.bridge import debug as debug_pb
 from proto.runtime_messages import AudioChunk
 
 from ..audio.fetch import FetchError, check_url
+from ..eager_start import start_eagerly
 from ..operations.live_objects import add_worker_counts, live_objects
 from ..operations.metrics import (JOIN_TOKEN_IDENTITY_UNEXPECTED, MIC_FORWARDED, MIC_GRPC_WRITE, MIC_QUEUED,
                                   MIC_TO_KERNEL, RPC_SECONDS, STREAMS)
@@ -396,9 +397,9 @@ class FrontDoor:
             raise GRPCError(Status.UNAVAILABLE, lease.lost)
 
     async def _send_mic_audio(self, stream: grpclib.server.Stream, lease: StreamLease, user_id: str) -> None:
-        # What waits is sent together: one crossing into asyncio for a
-        # backlog (a stream that took over a line with the gap's audio, a
-        # moment of load) instead of one per packet.
+        # What waits is sent together: one pass for a backlog (a stream that
+        # took over a line with the gap's audio, a moment of load) instead of
+        # one per packet.
         while True:
             try:
                 chunks = await lease.mic.get_batch(MIC_BATCH)
@@ -412,13 +413,18 @@ class FrontDoor:
                 MIC_QUEUED.observe(sending_at - chunk.queued_at)
                 messages.append(AudioChunk(pcm_data=chunk.pcm, sample_rate=MIC_SAMPLE_RATE, channels=MIC_CHANNELS,
                                            timestamp_ms=chunk.timestamp_ms, user_id=user_id))
-            # A message cut in half would corrupt the stream, so a send is not
-            # cancelled midway; a client that stops reading for longer is dropped.
-            with trio.CancelScope(shield=True) as sending:
-                sending.deadline = trio.current_time() + SEND_GRACE_SECONDS
-                written_at, in_kernel_at = await aio_as_trio(_send_each)(stream, messages)
-            if sending.cancelled_caught:
-                raise GRPCError(Status.UNAVAILABLE, f"client of user {user_id!r} stopped reading audio")
+            # Sent from this task when gRPC need not wait (the client's window
+            # is open): no crossing into asyncio for the common case.
+            sent = start_eagerly(_send_each(stream, messages))
+            if not sent.done():
+                # A message cut in half would corrupt the stream, so a send is not
+                # cancelled midway; a client that stops reading for longer is dropped.
+                with trio.CancelScope(shield=True) as sending:
+                    sending.deadline = trio.current_time() + SEND_GRACE_SECONDS
+                    await run_aio_future(sent)
+                if sending.cancelled_caught:
+                    raise GRPCError(Status.UNAVAILABLE, f"client of user {user_id!r} stopped reading audio")
+            written_at, in_kernel_at = sent.result()
             for _ in chunks:
                 MIC_GRPC_WRITE.observe(written_at - sending_at)
                 MIC_TO_KERNEL.observe(in_kernel_at - written_at)
