@@ -38,7 +38,7 @@ async def round_trips(requests: int) -> dict[str, float]:
         [sys.executable, "-m", "actors.sdk_workers.worker_process", str(theirs.fileno()), "bench-worker", "WARNING",
          "text"], pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env=dict(os.environ))
     theirs.close()
-    channel = FrameChannel(trio.SocketStream(trio.socket.from_stdlib_socket(ours)))
+    channel = FrameChannel(ours)
     connection = WorkerConnection(channel, "bench-worker")
     took: list[float] = []
     try:

@@ -424,8 +424,10 @@ class WorkerLines:
             dropped = self.buffer.dropped
             lines = self.buffer.take(MAX_REQUEST_BYTES)
             if lines or dropped != reported:
+                # Counted before the put: a put may write its frame at once.
+                written_after = outbox.frames
                 outbox.put(("log", lines, dropped - reported))
-                reported, written_after = dropped, outbox.frames
+                reported = dropped
             if len(self.buffer):
                 self._wakeup.set()
 

@@ -10,6 +10,7 @@ written, so a burst of microphone packets crosses in one frame.
 from __future__ import annotations
 
 import pickle
+import socket
 from typing import Any
 
 import trio
@@ -20,15 +21,36 @@ MAX_FRAME = 64 * 1024 * 1024
 
 
 class FrameChannel:
-    """Lists of messages over a Trio stream; one writer at a time (an Outbox)."""
+    """Lists of messages over a connected socket; one writer at a time (an Outbox)."""
 
-    def __init__(self, stream: trio.abc.Stream) -> None:
-        self._stream = stream
+    def __init__(self, sock: socket.socket) -> None:
+        self._socket = sock
+        self._stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
         self._buffer = bytearray()
 
-    async def send(self, messages: list[Any]) -> None:
+    @staticmethod
+    def encode(messages: list[Any]) -> bytes:
+        """``messages`` as one frame's bytes."""
         data = pickle.dumps(messages, protocol=pickle.HIGHEST_PROTOCOL)
-        await self._stream.send_all(len(data).to_bytes(_LENGTH, "big") + data)
+        return len(data).to_bytes(_LENGTH, "big") + data
+
+    async def send(self, messages: list[Any]) -> None:
+        await self.send_encoded(self.encode(messages))
+
+    async def send_encoded(self, data: bytes) -> None:
+        await self._stream.send_all(data)
+
+    def send_now(self, data: bytes) -> int:
+        """Write what of ``data`` the socket takes without waiting: how many
+        bytes (0 when its buffer is full). Only while no send is under way.
+
+        Raises:
+            OSError: the connection failed.
+        """
+        try:
+            return self._socket.send(data)
+        except BlockingIOError:
+            return 0
 
     async def receive(self) -> list[Any]:
         """The next frame's messages.
@@ -56,9 +78,12 @@ class FrameChannel:
 
 
 class Outbox:
-    """What one side sends, written by :meth:`run` in frames.
+    """What one side sends, in frames, in the order put.
 
     ``put`` never blocks and keeps everything: replies, events, requests.
+    While nothing waits to be written, it writes the message's frame at once
+    (one wake-up less per microphone packet); what the socket does not take
+    then, and what is put meanwhile, :meth:`run` writes, gathered in frames.
     ``put_droppable`` (microphone packets) refuses once ``droppable_limit``
     messages wait, so a side that stops reading costs bounded memory; the
     refusals are counted in ``dropped``.
@@ -67,21 +92,43 @@ class Outbox:
     def __init__(self, channel: FrameChannel, droppable_limit: int = 10_000) -> None:
         self._channel = channel
         self._pending: list[Any] = []
+        #: The rest of a frame written in part at once; run() writes it first.
+        self._unsent = b""
+        self._writing = False
         self._droppable = 0
         self._droppable_limit = droppable_limit
         self._wake = trio.Event()
         self.dropped = 0
         self.frames = 0
 
+    def _behind_others(self) -> bool:
+        """Whether a message put now must wait behind others: a frame being
+        written, or messages and bytes not yet written."""
+        return self._writing or bool(self._pending) or bool(self._unsent)
+
     def put(self, message: Any) -> None:
-        self._pending.append(message)
-        self._wake.set()
+        if self._behind_others():
+            self._pending.append(message)
+            self._wake.set()
+            return
+        data = self._channel.encode([message])
+        try:
+            written = self._channel.send_now(data)
+        except OSError:  # run() meets the failure too, and reports it
+            self._pending.append(message)
+            self._wake.set()
+            return
+        if written < len(data):
+            self._unsent = data[written:]
+            self._wake.set()
+        self.frames += 1
 
     def put_droppable(self, message: Any) -> bool:
         if self._droppable >= self._droppable_limit:
             self.dropped += 1
             return False
-        self._droppable += 1
+        if self._behind_others():
+            self._droppable += 1
         self.put(message)
         return True
 
@@ -92,12 +139,20 @@ class Outbox:
         while True:
             await self._wake.wait()
             self._wake = trio.Event()
+            # Not reset when a write is cut short (cancelled, failed): a frame
+            # may be half written, and nothing may follow it.
+            self._writing = True
+            if self._unsent:
+                await self._channel.send_encoded(self._unsent)
+                self._unsent = b""
             batch, self._pending, self._droppable = self._pending, [], 0
             if self.dropped != reported:
                 batch.append(("dropped", self.dropped))
                 reported = self.dropped
-            await self._channel.send(batch)
-            self.frames += 1
+            if batch:
+                await self._channel.send(batch)
+                self.frames += 1
+            self._writing = False
 
     async def run_until_closed(self) -> None:
         """``run``, returning quietly once the other side has gone (its

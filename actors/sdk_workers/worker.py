@@ -392,7 +392,7 @@ class SdkWorker(Actor):
         finally:
             theirs.close()
         self._process = process
-        channel = FrameChannel(trio.SocketStream(trio.socket.from_stdlib_socket(ours)))
+        channel = FrameChannel(ours)
         connection = self._connection = WorkerConnection(channel, self.name)
         why, crashed = "stopped with the bridge", False
         try:

@@ -218,7 +218,7 @@ class RoomsHeld:
 async def serve_bridge(sock: socket.socket, log_lines: WorkerLines | None = None) -> None:
     """Serve the bridge on ``sock`` until it closes the connection; hand it
     ``log_lines`` meanwhile, if given."""
-    channel = FrameChannel(trio.SocketStream(trio.socket.from_stdlib_socket(sock)))
+    channel = FrameChannel(sock)
     async with trio.open_nursery() as nursery:
         outbox = Outbox(channel)
         nursery.start_soon(outbox.run_until_closed)
