@@ -3,8 +3,9 @@
 Each frame is a 4-byte length and a pickled list of messages (tuples whose
 first item names the kind). Pickle is safe here because both ends are this
 program, connected by a socketpair the bridge made; nothing else can write
-to it. An :class:`Outbox` gathers what is put while a frame is being
-written, so a burst of microphone packets crosses in one frame.
+to it. An :class:`Outbox` writes a message at once when nothing waits,
+and gathers what is put while a frame is being written, so a burst of
+microphone packets crosses in one frame.
 """
 
 from __future__ import annotations
