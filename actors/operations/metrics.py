@@ -29,8 +29,9 @@ MIC_STAGE_SECONDS = prometheus_client.Histogram(
     "Time a microphone packet spends in each stage from the SDK's callback to the kernel's socket: ffi_to_trio "
     "(the SDK's callback thread to the Trio thread of the process that holds the room), worker_hop (with SDK "
     "worker processes: from the worker's Trio thread to the bridge's, over their socket), queued (waiting for "
-    "the user's StreamAudio sender), grpc_write (through gRPC's write; into asyncio only when it must wait for the client's flow-control window), to_kernel (until the "
-    "connection's send buffer has handed it to the kernel: zero unless the socket was full).",
+    "the user's StreamAudio sender), grpc_write (through gRPC's write; into asyncio only when it must wait for "
+    "the client's flow-control window), to_kernel (until the connection's send buffer has handed it to the "
+    "kernel: zero unless the socket was full).",
     ["stage"], buckets=_STAGE_BUCKETS,
 )
 MIC_FFI_TO_TRIO = MIC_STAGE_SECONDS.labels("ffi_to_trio")
