@@ -109,29 +109,36 @@ class Outbox:
 
     def put(self, message: Any) -> None:
         if self._behind_others():
-            self._pending.append(message)
-            self._wake.set()
-            return
+            self._queue(message)
+        else:
+            self._write_now(message)
+
+    def put_droppable(self, message: Any) -> bool:
+        if not self._behind_others():
+            self._write_now(message)
+            return True
+        if self._droppable >= self._droppable_limit:
+            self.dropped += 1
+            return False
+        self._droppable += 1
+        self._queue(message)
+        return True
+
+    def _queue(self, message: Any) -> None:
+        self._pending.append(message)
+        self._wake.set()
+
+    def _write_now(self, message: Any) -> None:
         data = self._channel.encode([message])
         try:
             written = self._channel.send_now(data)
         except OSError:  # run() meets the failure too, and reports it
-            self._pending.append(message)
-            self._wake.set()
+            self._queue(message)
             return
         if written < len(data):
             self._unsent = data[written:]
             self._wake.set()
         self.frames += 1
-
-    def put_droppable(self, message: Any) -> bool:
-        if self._droppable >= self._droppable_limit:
-            self.dropped += 1
-            return False
-        if self._behind_others():
-            self._droppable += 1
-        self.put(message)
-        return True
 
     async def run(self) -> None:
         """Write what is put, until cancelled or the connection fails. A
