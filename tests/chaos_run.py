@@ -366,6 +366,13 @@ async def check_after_healing(chaos: Chaos) -> None:
     for user in chaos.users:
         if not await _connected(chaos, user):
             flows.fail(f"{user}: GetStatus says not connected 60 s after the faults stopped")
+    # ... and once each user's stream has carried a packet sent after that: a link rejoined at the
+    # settle's edge (a worker killed by a late fault) can be connected before its first packet comes
+    # through (a fresh-clone run missed the window's first packet of a user rejoined so).
+    settled = {user: chaos.sent.get(user, 0) for user in chaos.users}
+    with trio.move_on_after(10):
+        while [user for user in chaos.users if not chaos.received[user] or chaos.received[user][-1] < settled[user]]:
+            await trio.sleep(0.05)
     # The quiet window: no faults; every packet the phones send in it must
     # arrive once, in order (a second more is allowed for the last to arrive).
     first = {user: chaos.sent.get(user, 0) for user in chaos.users}
