@@ -47,13 +47,24 @@ proto: venv
 # What the bridge needs to run: the virtualenv, Debian's packages, livekit-server.
 setup: venv system-packages livekit-server
 
-# What the tests and the bench need besides: grpcurl, the cloud's grpc-js client, podman and its bases, the drop-in bundle.
-test-tools: grpcurl node-client image-tools bundle
+# What the tests and the bench need besides: grpcurl, the cloud's grpc-js client, podman and its bases, the drop-in bundle, Redis.
+test-tools: grpcurl node-client image-tools bundle redis
 
 # (Also part of `just test`; args as pytest's.)
 # The image tests alone: those marked `image` (pytest.mark.image), which build and run containers with podman.
 image-test *args: venv system-packages livekit-server node-client image-tools bundle
     tests/isolated {{python}} -m pytest -m image {{args}}
+
+# (The tests' LiveKit cluster shares it: tests/livekit_cluster.py starts it on loopback, without persistence.)
+# Redis from Debian, for the tests' and the bench's 3-node LiveKit cluster.
+redis:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if ! command -v redis-server >/dev/null; then
+        echo "installing redis-server (needs root or sudo)"
+        sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+        $sudo apt-get update -qq && $sudo apt-get install -y -qq redis-server >/dev/null
+    fi
 
 # (Kept while its sources are unchanged; the cloud image's stage, deploy/Dockerfile.stage, runs the same script.)
 # The drop-in for the cloud's image: the bridge frozen by PyInstaller into build/bundle/livekit-bridge/.
