@@ -19,9 +19,12 @@ win over a bound field of the same name.
 
 :class:`Redactor` takes secrets out of every string of a line (message,
 error, traceback, fields): the values it is given (the bridge's secret
-settings), JWTs (LiveKit tokens), URL query strings (signed URLs), bearer
+settings), JWTs (LiveKit tokens) and their parts (JWT_SHAPED: a payload
+alone, or with its signature), URL query strings (signed URLs), bearer
 credentials, and values assigned to names such as token, secret, password
-or signature; and the whole value of a field so named.
+or signature; and the whole value of a field so named. (A line is searched
+for JWT_SHAPED when it holds ``eyJ`` or a secret's name, as every LiveKit
+token does: the search costs more than the rest of a line's redaction.)
 """
 
 from __future__ import annotations
@@ -45,7 +48,13 @@ REDACTED = "[redacted]"
 MIN_SECRET_LENGTH = 6
 
 _SECRET_NAMES = r"(?:access_?token|token|secret|password|passwd|signature|authorization|credentials?)"
-_JWT = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
+#: Anything of a JWT's shape: three base64url segments joined by dots, each of 16 characters or more (no host
+#: name, address or version number has that; a signed JWT's header, payload and signature all do), or a segment
+#: of base64url JSON ("eyJ...": a header or a payload, alone) with up to two segments after it (a payload and its
+#: signature). The first kind is tried only where a run of such characters begins, so a scan stays linear.
+JWT_SHAPED = (r"(?<![A-Za-z0-9_-])(?:[A-Za-z0-9_-]{16,}\.){2}[A-Za-z0-9_-]{16,}"
+              r"|eyJ[A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]*){0,2}")
+_JWT = re.compile(JWT_SHAPED)
 _URL_QUERY = re.compile(r"((?:https?|wss?)://[^\s?#\"'<>]+)\?[^\s#\"'<>]*", re.IGNORECASE)
 _BEARER = re.compile(r"(\bbearer\s+)[^\s\"',;]+", re.IGNORECASE)
 _ASSIGNED = re.compile(_SECRET_NAMES + r"""(["']?\s*[=:]\s*["']?)(?!\[redacted)[^\s"'&,;]{6,}""", re.IGNORECASE)
