@@ -41,6 +41,7 @@ from actors.livekit.dev_server import start_dev_livekit
 from actors.operations.configuration import add_flags
 from actors.operations.log_setup import LogSettingError, configure_logging
 from actors.operations.settings import BridgeSettings, SettingsError
+from actors.operations.stderr_redaction import filter_own_stderr
 
 if TYPE_CHECKING:
     from actors.bridge import RunningBridge
@@ -127,9 +128,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         settings = BridgeSettings.load(os.environ, args)
+        log_lines = sys.stderr
         if args.command in ("serve", "dev"):
             settings = settings.for_command(args.command)
-        configure_logging(level=settings.log_level, log_format=settings.log_format, env=settings.log_env,
+            if not settings.sdk_worker_processes:
+                # The SDK runs in this process: what its core logs on fd 2 passes through the redactor
+                # (stderr_redaction.py); this process's own lines (loguru's) go past it.
+                log_lines = filter_own_stderr()
+        configure_logging(log_lines, level=settings.log_level, log_format=settings.log_format, env=settings.log_env,
                           secrets=settings.secret_values)
     except (SettingsError, LogSettingError) as error:
         print(f"bridge: {error}", file=sys.stderr)

@@ -11,7 +11,12 @@ more join, 2 connects in flight (BRIDGE_MAX_CONCURRENT_CONNECTS):
   during a connect burst of 10. Turned off, the core logs with env_logger on
   stderr at RUST_LOG's level (default here: warn). CPU per session-second at
   N=10 went from 25 to 14 ms; the streaming users' p99 during a storm of 10
-  from 310 to 107 ms (20 ms packets).
+  from 310 to 107 ms (20 ms packets). Its lines then never pass through the
+  bridge's loguru, and when LiveKit refuses a token they quote it whole: so
+  the fd 2 of every process hosting the core leads through a redactor
+  (actors/operations/stderr_redaction.py; set up by the process's entry
+  point: bridge_main.py with the SDK in process, worker.py for a worker),
+  which costs only the lines the core writes at that level.
 - Tokio workers. The core's tokio runtime has one worker per core (two
   here), and a connect blocks workers in synchronous libwebrtc calls that
   wait for its single signaling thread, so packets of other rooms wait for a
