@@ -15,6 +15,7 @@ discard_group_signals_and_unblock, which a worker calls first thing).
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 from collections.abc import Mapping, Sequence
@@ -25,6 +26,9 @@ import trio
 GROUP_STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
 #: The descriptor number the child finds its passed socket at.
 PASSED_FD = 3
+#: Where the child finds the bridge's own stderr, for log lines of its own that
+#: need not pass through the redactor its fd 2 leads to (see spawn).
+LOG_FD = 4
 
 
 class OwnGroupProcess:
@@ -45,27 +49,35 @@ class OwnGroupProcess:
             self._pidfd = None
 
     @classmethod
-    def spawn(cls, command: Sequence[str], environment: Mapping[str, str], passed: int) -> OwnGroupProcess:
+    def spawn(cls, command: Sequence[str], environment: Mapping[str, str], passed: int,
+              stderr: int | None = None) -> OwnGroupProcess:
         """Start ``command`` (its first item an absolute path) with ``environment``,
-        stdin from /dev/null, stdout and stderr shared with the bridge, and the
+        stdin from /dev/null, stdout shared with the bridge, and the
         descriptor ``passed`` at PASSED_FD (no other descriptor of ours).
+        Its stderr is ``stderr`` (a pipe the bridge reads, for instance),
+        with the bridge's own stderr at LOG_FD; or, when None, the bridge's.
 
         Raises:
             OSError: the process could not be started.
         """
-        # (dup2 onto itself would leave the descriptor close-on-exec with older C libraries.)
-        source = os.dup(passed) if passed == PASSED_FD else passed
+        given = {PASSED_FD: passed} if stderr is None else {PASSED_FD: passed, 2: stderr, LOG_FD: 2}
+        # Each source is copied above every target first: a source that is also a target (the bridge's
+        # stderr, 2, goes to LOG_FD while the pipe goes to 2) would otherwise be overwritten before it is
+        # copied, and dup2 onto itself would leave it close-on-exec with older C libraries.
+        sources: dict[int, int] = {}
         try:
+            for target, source in given.items():
+                sources[target] = fcntl.fcntl(source, fcntl.F_DUPFD_CLOEXEC, max(given) + 1)
             pid = os.posix_spawn(
                 command[0], list(command), dict(environment),
                 file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-                              (os.POSIX_SPAWN_DUP2, source, PASSED_FD)],
+                              *((os.POSIX_SPAWN_DUP2, source, target) for target, source in sources.items())],
                 setpgroup=0,
                 setsigmask=GROUP_STOP_SIGNALS,
                 # What Python's own start leaves ignored (subprocess's restore_signals does the same).
                 setsigdef=(signal.SIGPIPE, signal.SIGXFSZ))
         finally:
-            if source != passed:
+            for source in sources.values():
                 os.close(source)
         return cls(pid)
 

@@ -55,6 +55,7 @@ from ..operations.configuration import declared
 from ..operations.log_shipping import ship_worker_lines, shipping_active
 from ..operations.metrics import MIC_DROPPED, ROOM_CONNECT
 from ..operations.settings import BridgeSettings
+from ..operations.stderr_redaction import DRAIN_SECONDS, StderrRelay, open_child_stderr
 from ..runtime import Actor, Reply, only_cancelled
 from .command import worker_command, worker_environment
 from .frames import FrameChannel, Outbox
@@ -388,7 +389,7 @@ class SdkWorker(Actor):
         """Report started once the process is ready; crash (WorkerGone) when it exits."""
         ours, theirs = socket.socketpair()
         try:
-            process = self._start_process(theirs)
+            process, stderr_relay = self._start_process(theirs)
         finally:
             theirs.close()
         self._process = process
@@ -417,6 +418,8 @@ class SdkWorker(Actor):
             connection.close(why, rooms_lost=crashed)
             with trio.CancelScope(shield=True):
                 await self._end_process(process, channel)
+                # What it wrote last (a crash's last words) is still in the pipe: out before it is gone.
+                await trio.to_thread.run_sync(stderr_relay.join, DRAIN_SECONDS)
 
     async def _kill_if_hung(self, connection: WorkerConnection, process: OwnGroupProcess) -> None:
         """Ping the process until cancelled; kill it when a ping goes
@@ -432,7 +435,7 @@ class SdkWorker(Actor):
             process.kill()
             return
 
-    def _start_process(self, theirs: socket.socket) -> OwnGroupProcess:
+    def _start_process(self, theirs: socket.socket) -> tuple[OwnGroupProcess, StderrRelay]:
         settings = self._settings
         command = worker_command(str(PASSED_FD), self.name, settings.log_level, settings.log_format or "",
                                  *(["ship-logs"] if shipping_active() else []))
@@ -440,8 +443,14 @@ class SdkWorker(Actor):
         secrets = {declaration.env for _, declaration, _ in declared(BridgeSettings) if declaration.secret}
         environment = worker_environment(
             {name: value for name, value in os.environ.items() if name not in secrets})
-        # A signal to the bridge's group (Ctrl-C, a service manager's stop) must not reach it.
-        return OwnGroupProcess.spawn(command, environment, theirs.fileno())
+        # Its stderr, where the SDK core logs, reaches ours through the redactor (no token gets out: see
+        # stderr_redaction.py), read here to its end; its own log lines go to ours directly (LOG_FD).
+        stderr, relay = open_child_stderr(self.name)
+        try:
+            # A signal to the bridge's group (Ctrl-C, a service manager's stop) must not reach it.
+            return OwnGroupProcess.spawn(command, environment, theirs.fileno(), stderr), relay
+        finally:
+            os.close(stderr)  # (the relay ends when the process's copy closes too, or at once if none was made)
 
     async def _end_process(self, process: OwnGroupProcess, channel: FrameChannel) -> None:
         """Close the connection (the process leaves its rooms and exits);

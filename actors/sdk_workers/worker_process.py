@@ -6,7 +6,9 @@ __sdk_worker_process__ FD ...``: see command.py), with FD one end of a
 socketpair. It joins, publishes into and leaves rooms as the bridge asks (the
 messages are listed in worker.py), and sends back each room's microphone
 packets and events; with ``ship-logs``, its log lines too (the bridge ships
-them: it holds the token, the worker does not), beside writing them on its stderr.
+them: it holds the token, the worker does not), beside writing them on the
+bridge's stderr (LOG_FD). Its own fd 2, where the SDK core logs, is a pipe the
+bridge reads through a redactor (actors/operations/stderr_redaction.py).
 
 It guarantees: when the bridge closes the connection, or dies, every room it
 holds is left (tracks unpublished, disconnected) before it exits. It ignores
@@ -21,7 +23,7 @@ import os
 import socket
 import sys
 import time
-from typing import Any
+from typing import Any, TextIO
 
 import trio
 import trio_asyncio
@@ -33,8 +35,9 @@ from ..livekit.sdk_core import configure_sdk_core
 from ..livekit.sdk_room import SdkAudioOutput, SdkHost, SdkRoom
 from ..operations.log_setup import configure_logging
 from ..operations.log_shipping import WorkerLines
+from ..operations.stderr_redaction import log_stream
 from .frames import FrameChannel, Outbox
-from .own_group_process import discard_group_signals_and_unblock
+from .own_group_process import LOG_FD, discard_group_signals_and_unblock
 
 
 class RoomsHeld:
@@ -236,11 +239,22 @@ async def serve_bridge(sock: socket.socket, log_lines: WorkerLines | None = None
         nursery.cancel_scope.cancel()
 
 
+def _own_log_lines() -> TextIO:
+    """Where this process's own log lines go: the bridge's stderr, passed at
+    LOG_FD. They need not pass through the redactor that this process's fd 2
+    leads to (worker.py), which the SDK core's log and Python's own stderr
+    (tracebacks) do. A worker started without it (bench/worker_hop.py) logs on fd 2."""
+    try:
+        return log_stream(LOG_FD)
+    except OSError:
+        return sys.stderr
+
+
 def main(argv: list[str]) -> None:
     fd, name, log_level, log_format, *options = argv
     # The bridge drains on a stop of its group; it closes this process's connection when done.
     discard_group_signals_and_unblock()
-    configure_logging(level=log_level, log_format=log_format or None)
+    configure_logging(_own_log_lines(), level=log_level, log_format=log_format or None)
     log_lines = None
     if "ship-logs" in options:
         log_lines = WorkerLines()
