@@ -14,7 +14,7 @@ from .livekit.sdk_core import configure_sdk_core
 from .operations.log_shipping import ship_logs
 from .operations.metrics import count_restart, serve_metrics
 from .operations.settings import BridgeSettings
-from .runtime import Child, RestartPolicy, Supervisor
+from .runtime import Child, RestartPolicy, open_supervisor
 from .session.supervisor import SessionSupervisor
 
 
@@ -62,25 +62,24 @@ async def _run(settings: BridgeSettings, listener: socket.socket | None,
 async def _run_actors(settings: BridgeSettings, listener: socket.socket | None,
                       task_status: trio.TaskStatus[RunningBridge]) -> None:
     async with trio.open_nursery() as nursery:
-        root = Supervisor(nursery, on_restart=count_restart)
-        # A crashed session supervisor loses its sessions (they live in its
-        # nursery) but comes back clean; the cloud's next JoinRoom recreates them.
-        sessions = await root.start(
-            lambda: SessionSupervisor(settings), policy=RestartPolicy(max_restarts=3, within_seconds=60)
-        )
-        front_door = FrontDoor(sessions, settings, root.describe)
         # The front door closes last: when the bridge stops, the sessions stop
         # first (rooms left, then their audio streams end) while it still
         # carries the streams' last words (UNAVAILABLE when draining).
         door = trio.CancelScope(shield=True)
-        address = await nursery.start(_serve_front_door_in, door, front_door, settings, listener)
-        task_status.started(RunningBridge(address, sessions, front_door))
         try:
-            await trio.sleep_forever()
+            # Stopping the session supervisor waits as long as its own
+            # shutdown order needs (SessionSupervisor.teardown_bound).
+            async with open_supervisor(on_restart=count_restart) as root:
+                # A crashed session supervisor loses its sessions (they live in its
+                # nursery) but comes back clean; the cloud's next JoinRoom recreates them.
+                sessions = await root.start(
+                    lambda: SessionSupervisor(settings), policy=RestartPolicy(max_restarts=3, within_seconds=60)
+                )
+                front_door = FrontDoor(sessions, settings, root.describe)
+                address = await nursery.start(_serve_front_door_in, door, front_door, settings, listener)
+                task_status.started(RunningBridge(address, sessions, front_door))
+                await trio.sleep_forever()
         finally:
-            # Each teardown is bounded on its own; this bounds them all (sessions, then links).
-            with trio.CancelScope(shield=True), trio.move_on_after(settings.teardown_timeout * 8):
-                await root.stop(sessions)
             door.cancel()
 
 

@@ -11,7 +11,7 @@ import trio
 from loguru import logger
 
 from actors.runtime import (Actor, ActorGone, Backoff, ChildGivenUp, ChildState, MailboxFull, Mailbox, Request, Restart,
-                            RestartPolicy, Supervisor)
+                            RestartPolicy, ShutdownOrder, Supervisor, open_supervisor)
 
 
 @dataclasses.dataclass
@@ -310,24 +310,142 @@ async def test_a_child_that_escalates_takes_its_supervisors_owner_down_once_give
     assert child.restarts == 2
 
 
-async def test_a_teardown_that_overruns_is_counted_and_never_hangs_its_supervisor(autojump_clock) -> None:
-    class StuckInTeardown(EchoActor):
-        async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
-            try:
-                task_status.started()
-                await trio.sleep_forever()
-            finally:
-                with trio.CancelScope(shield=True):
-                    await trio.sleep(60)  # a leave that never answers
+class StuckInTeardown(EchoActor):
+    """A teardown that never ends by itself; ``bound``: its declared teardown bound."""
 
+    def __init__(self, name: str = "stuck", bound: float | None = None) -> None:
+        super().__init__(name)
+        self._bound = bound
+
+    async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            task_status.started()
+            await trio.sleep_forever()
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.sleep(60)  # a leave that never answers
+
+    def teardown_bound(self) -> float | None:
+        return self._bound
+
+
+async def test_a_teardown_that_overruns_is_counted_and_never_hangs_its_supervisor(autojump_clock) -> None:
     async with trio.open_nursery() as nursery:
-        supervisor = Supervisor(nursery, teardown_timeout=5)
+        supervisor = Supervisor(nursery, shutdown=ShutdownOrder(teardown_timeout=5))
         child = await supervisor.start(StuckInTeardown)
         started = trio.current_time()
         await supervisor.stop(child)
         assert trio.current_time() - started == pytest.approx(5)
         assert supervisor.teardown_overruns == 1 and not child.done.is_set()
         await child.done.wait()  # it does finish, in the background
+
+
+class LogsItsTeardown(EchoActor):
+    """Logs when its teardown begins and when it has finished."""
+
+    async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            task_status.started()
+            await trio.sleep_forever()
+        finally:
+            self.log.append(f"{self.name} stopping")
+            with trio.CancelScope(shield=True):
+                await trio.sleep(1)  # a teardown that takes time, like leaving a room
+            self.log.append(f"{self.name} stopped")
+
+
+async def test_the_owners_cancellation_stops_the_groups_one_after_the_other_in_the_declared_order(
+        autojump_clock) -> None:
+    log: list[str] = []
+    order = ShutdownOrder(groups=("links", "sessions", "workers"), teardown_timeout=10)
+    with trio.CancelScope() as owner:
+        async with open_supervisor(shutdown=order) as supervisor:
+            # Started in another order than they stop in, and some while others run.
+            for name, group in [("worker-1", "workers"), ("link-a", "links"), ("session-a", "sessions"),
+                                ("link-b", "links"), ("worker-2", "workers"), ("session-b", "sessions")]:
+                await supervisor.start(functools.partial(LogsItsTeardown, name, log), group=group)
+            with pytest.raises(ValueError, match="shutdown groups"):
+                await supervisor.start(functools.partial(LogsItsTeardown, "nowhere", log), group="elsewhere")
+            owner.cancel()
+            await trio.sleep_forever()
+    # Each group's teardowns run at once, and the next group's begin only once they have ended.
+    phases = [(line.split("-")[0], line.split()[1]) for line in log]
+    assert phases == [("link", "stopping")] * 2 + [("link", "stopped")] * 2 + \
+        [("session", "stopping")] * 2 + [("session", "stopped")] * 2 + \
+        [("worker", "stopping")] * 2 + [("worker", "stopped")] * 2
+
+
+async def test_stopping_them_all_is_bounded_by_each_groups_bound_in_sequence(autojump_clock) -> None:
+    async with trio.open_nursery() as nursery:
+        supervisor = Supervisor(nursery, shutdown=ShutdownOrder(groups=("first", "second"), teardown_timeout=5))
+        await supervisor.start(functools.partial(StuckInTeardown, "stuck"), group="first")
+        assert supervisor.teardown_bound == 10
+        # A child that declares a bound of its own (a supervisor of its own children) is waited for that long.
+        await supervisor.start(functools.partial(StuckInTeardown, "nested", bound=7), group="second")
+        assert supervisor.teardown_bound == 12
+        started = trio.current_time()
+        await supervisor.stop_all()
+        assert trio.current_time() - started == pytest.approx(12)
+        assert supervisor.teardown_overruns == 2
+        nursery.cancel_scope.cancel()
+
+
+async def test_an_escalation_stops_the_siblings_in_the_shutdown_order_then_raises(autojump_clock) -> None:
+    class CrashesWhenTold(EchoActor):
+        async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+            task_status.started()
+            await self.mailbox.receive()
+            self.log.append(f"{self.name} crashed")
+            raise RuntimeError("crash")
+
+    log: list[str] = []
+    policy = RestartPolicy(restart=Restart.PERMANENT, max_restarts=0, escalate=True)
+    with pytest.raises(ChildGivenUp, match="worker was given up on"):
+        async with open_supervisor(shutdown=ShutdownOrder(groups=("links", "workers"))) as supervisor:
+            worker = await supervisor.start(functools.partial(CrashesWhenTold, "worker", log), policy=policy,
+                                            group="workers")
+            await supervisor.start(functools.partial(LogsItsTeardown, "link", log), group="links")
+            await supervisor.start(functools.partial(LogsItsTeardown, "late-worker", log), group="workers")
+            worker.tell("crash")
+            await trio.sleep_forever()
+    assert log == ["worker crashed", "link stopping", "link stopped", "late-worker stopping", "late-worker stopped"]
+
+
+async def test_a_stopped_child_is_never_restarted_nor_escalates_whatever_its_teardown_raises(autojump_clock) -> None:
+    class FailsInTeardown(EchoActor):
+        async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+            try:
+                task_status.started()
+                await trio.sleep_forever()
+            finally:
+                raise RuntimeError("teardown failed")
+
+    exits: list[BaseException | None] = []
+    policy = RestartPolicy(restart=Restart.PERMANENT, max_restarts=0, escalate=True)
+    async with trio.open_nursery() as nursery:
+        supervisor = Supervisor(nursery, on_exit=lambda child, error: exits.append(error))
+        child = await supervisor.start(FailsInTeardown, policy=policy)
+        await supervisor.stop(child)
+        await trio.sleep(10)
+        assert child.done.is_set() and child.restarts == 0 and child.given_up is None
+        assert [str(error) for error in exits] == ["teardown failed"]
+        nursery.cancel_scope.cancel()
+
+
+async def test_each_restart_knows_its_incarnation(autojump_clock) -> None:
+    incarnations: list[int] = []
+
+    class CrashesAtOnce(EchoActor):
+        async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+            incarnations.append(self.incarnation)
+            task_status.started()
+            raise RuntimeError("crash")
+
+    async with trio.open_nursery() as nursery:
+        supervisor = Supervisor(nursery)
+        child = await supervisor.start(CrashesAtOnce, policy=RestartPolicy(max_restarts=2))
+        await child.done.wait()
+    assert incarnations == [0, 1, 2]
 
 
 async def test_the_asyncio_loop_takes_a_negative_delay_as_now_as_asyncio_does() -> None:

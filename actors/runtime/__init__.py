@@ -7,7 +7,8 @@ from .actor import Actor
 from .buffer import DropOldestBuffer
 from .cancellation import only_cancelled
 from .mailbox import ActorGone, Mailbox, MailboxFull, Reply, Request
-from .supervisor import NEVER_RESTART, Backoff, Child, ChildGivenUp, ChildState, Restart, RestartPolicy, Supervisor
+from .supervisor import (NEVER_RESTART, Backoff, Child, ChildGivenUp, ChildState, Restart, RestartPolicy, ShutdownOrder,
+                         Supervisor, open_supervisor)
 
 __all__ = [
     "Actor",
@@ -24,6 +25,8 @@ __all__ = [
     "Request",
     "Restart",
     "RestartPolicy",
+    "ShutdownOrder",
     "Supervisor",
+    "open_supervisor",
     "only_cancelled",
 ]

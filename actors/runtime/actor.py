@@ -29,6 +29,10 @@ class Actor:
     def __init__(self, name: str) -> None:
         self.name = name
         self.mailbox = Mailbox(self.mailbox_capacity)
+        #: 0 for a child's first start, n for its n-th restart (set by its
+        #: supervisor). A restart that finds nothing left to serve (what it
+        #: served has ended meanwhile) returns rather than crash again.
+        self.incarnation = 0
 
     async def run(self, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -50,6 +54,12 @@ class Actor:
 
     async def handle(self, message: Any) -> None:
         raise NotImplementedError(f"{type(self).__name__} does not handle {type(message).__name__}")
+
+    def teardown_bound(self) -> float | None:
+        """How long this actor's teardown may take, for an actor that knows
+        (one that stops children of its own: their groups' bounds in
+        sequence); None leaves it to its supervisor's shutdown order."""
+        return None
 
     def log_fields(self) -> dict[str, Any]:
         """Fields that every log line of this actor carries (its supervisor

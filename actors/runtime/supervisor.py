@@ -6,16 +6,23 @@ crashed), restarts a crashed child when its policy allows, and describes its
 subtree for operators. Stopping a child is *cancel, then wait for the whole
 teardown*: when :meth:`Supervisor.stop` returns, the child's ``finally``
 blocks have finished.
+
+Stopping them all follows a :class:`ShutdownOrder` the owner declares: each
+child is started into a named group, and the groups are stopped one after
+the other, as OTP supervisors stop their children in a declared order.
+:func:`open_supervisor` gives an owner children that outlive its own
+cancellation until they have been stopped in that order.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import trio
@@ -87,6 +94,27 @@ class RestartPolicy:
 NEVER_RESTART = RestartPolicy(restart=Restart.TEMPORARY, max_restarts=0)
 
 
+@dataclasses.dataclass(frozen=True)
+class ShutdownOrder:
+    """How a supervisor stops all its children, as data: group by group in
+    the order of ``groups``; the children of one group at once, and the next
+    group once they have all finished their teardown or ``teardown_timeout``
+    has passed. A child is put in its group when it starts, whenever that is,
+    so children added later are stopped in their place too.
+
+    ``teardown_timeout`` is also how long stopping one child waits for it,
+    unless the child's actor declares a bound of its own
+    (:meth:`Actor.teardown_bound`, e.g. a supervisor of its own children).
+    """
+
+    groups: tuple[str, ...] = ("children",)
+    teardown_timeout: float = math.inf
+
+    def __post_init__(self) -> None:
+        if not self.groups or len(set(self.groups)) != len(self.groups):
+            raise ValueError(f"a shutdown order needs distinct groups, not {self.groups!r}")
+
+
 class ChildGivenUp(Exception):
     """A child whose policy escalates was given up on; the message says which and why."""
 
@@ -98,9 +126,11 @@ class Child:
     incarnation. ``done`` is set once the child has finished for good.
     """
 
-    def __init__(self, factory: Callable[[], Actor], policy: RestartPolicy) -> None:
+    def __init__(self, factory: Callable[[], Actor], policy: RestartPolicy, group: str) -> None:
         self.factory = factory
         self.policy = policy
+        #: Its group in its supervisor's ShutdownOrder.
+        self.group = group
         self.actor = factory()
         self.state = ChildState.STARTING
         self.started_at = time.time()
@@ -164,68 +194,99 @@ class Supervisor:
     ``child.done``. ``on_restart(child)`` is called as a child is restarted
     (for metrics).
 
-    ``teardown_timeout`` bounds how long :meth:`stop` waits: a child whose
-    teardown takes longer is logged and counted in ``teardown_overruns``, and
-    ``stop`` returns while it finishes in the background (cancelled, it is
-    never restarted). Children bound their own teardown; this is the backstop
-    that keeps one stuck child from hanging its supervisor.
+    ``shutdown`` names the groups children start in and the order
+    :meth:`stop_all` stops them in. Its ``teardown_timeout`` bounds how long
+    stopping waits: a child whose teardown takes longer is logged and counted
+    in ``teardown_overruns``, and the stop goes on while it finishes in the
+    background (cancelled, it is never restarted). Children bound their own
+    teardown; this is the backstop that keeps one stuck child from hanging
+    its supervisor.
     """
 
-    def __init__(self, nursery: trio.Nursery, *, on_exit: ExitCallback | None = None,
-                 on_restart: Callable[[Child], None] | None = None, teardown_timeout: float = math.inf) -> None:
+    def __init__(self, nursery: trio.Nursery, *, shutdown: ShutdownOrder = ShutdownOrder(),
+                 on_exit: ExitCallback | None = None, on_restart: Callable[[Child], None] | None = None,
+                 on_given_up: Callable[[ChildGivenUp], None] | None = None) -> None:
         self._nursery = nursery
+        self.shutdown = shutdown
         self._on_exit = on_exit
         self._on_restart = on_restart
+        #: Where an escalating child's ChildGivenUp goes once it had started
+        #: (open_supervisor's orderly stop); without it, into the nursery.
+        self._on_given_up = on_given_up
         self._children: set[Child] = set()
-        self._teardown_timeout = teardown_timeout
         self.teardown_overruns = 0
 
     def __len__(self) -> int:
         return len(self._children)
 
-    async def start(self, factory: Callable[[], Actor], *, policy: RestartPolicy = NEVER_RESTART) -> Child:
-        """Start a child and return once it reported itself started (after
-        restarts, when its policy ``restarts_failed_start``).
+    async def start(self, factory: Callable[[], Actor], *, policy: RestartPolicy = NEVER_RESTART,
+                    group: str | None = None) -> Child:
+        """Start a child in ``group`` (one of the shutdown order's groups;
+        may be left out when there is only one) and return once it reported
+        itself started (after restarts, when its policy ``restarts_failed_start``).
 
         The child's ``run`` is called with a task status; the value it passes
         to ``started()`` is kept as ``child.start_value``.
 
         Raises:
+            ValueError: ``group`` is not one of the shutdown order's groups.
             Exception: whatever the child raised before it had started (its
                 last failure, once its policy gives up); nothing of it is left
                 running.
             ChildGivenUp: the policy escalates and gave up before it started.
         """
-        child = Child(factory, policy)
+        groups = self.shutdown.groups
+        if group is None and len(groups) == 1:
+            group = groups[0]
+        if group not in groups:
+            raise ValueError(f"a child must start in one of its supervisor's shutdown groups {groups!r}, "
+                             f"not {group!r}")
+        child = Child(factory, policy, group)
         child.start_value = await self._nursery.start(self._supervise, child)
         return child
 
     async def stop(self, child: Child) -> None:
         """Cancel the child and wait until its teardown has finished (at most
-        ``teardown_timeout``)."""
-        _cancel(child)
-        await self._await_teardown([child])
+        its teardown bound). A stopped child is never restarted and never
+        counts toward its policy's restarts or escalation, whatever its
+        teardown raises: stopping is also how a child is retired."""
+        await self._stop_at_once([child])
 
     async def stop_all(self) -> None:
-        """Cancel every child at once, then wait for all their teardowns."""
-        await self.stop_each(list(self._children))
+        """Stop every child in the shutdown order: each group's children at
+        once, the next group once they are gone (each group within its
+        bound), children that start meanwhile in their group's turn."""
+        for group in self.shutdown.groups:
+            await self._stop_at_once([child for child in self._children if child.group == group])
+        started_meanwhile = [child for child in self._children if not child._cancel_scope.cancel_called]
+        if started_meanwhile:  # into a group whose turn had passed
+            await self._stop_at_once(started_meanwhile)
 
-    async def stop_each(self, children: list[Child]) -> None:
-        """Cancel ``children`` at once, then wait for all their teardowns (at
-        most ``teardown_timeout``)."""
+    @property
+    def teardown_bound(self) -> float:
+        """How long :meth:`stop_all` takes at the most: for each group in
+        sequence, the longest bound of its children (the shutdown order's
+        teardown_timeout unless a child declares its own)."""
+        return sum(max([self._bound_of(child) for child in self._children if child.group == group],
+                       default=self.shutdown.teardown_timeout)
+                   for group in self.shutdown.groups)
+
+    def _bound_of(self, child: Child) -> float:
+        declared = child.actor.teardown_bound()
+        return self.shutdown.teardown_timeout if declared is None else declared
+
+    async def _stop_at_once(self, children: list[Child]) -> None:
         for child in children:
             _cancel(child)
-        await self._await_teardown(children)
-
-    async def _await_teardown(self, children: list[Child]) -> None:
-        with trio.move_on_after(self._teardown_timeout):
+        bound = max((self._bound_of(child) for child in children), default=0.0)
+        with trio.move_on_after(bound):
             for child in children:
                 await child.done.wait()
         for child in children:
             if not child.done.is_set():
                 self.teardown_overruns += 1
                 logger.error("actor {} did not finish its teardown within {:g} s; going on without it",
-                             child.name, self._teardown_timeout)
+                             child.name, bound)
 
     def describe(self) -> list[dict[str, Any]]:
         return [child.describe() for child in sorted(self._children, key=lambda c: c.started_at)]
@@ -248,7 +309,12 @@ class Supervisor:
                     self._on_exit(child, crash)
                 child.done.set()
         if crash is not None and child.given_up is not None and child.policy.escalate:
-            raise ChildGivenUp(f"{child.name} was given up on after {child.given_up}: {child.last_error}") from crash
+            given_up = ChildGivenUp(f"{child.name} was given up on after {child.given_up}: {child.last_error}")
+            given_up.__cause__ = crash
+            if not start_signal.fired or self._on_given_up is None:
+                raise given_up  # (before it started, to start()'s caller)
+            self._on_given_up(given_up)
+            return
         if crash is not None and not start_signal.fired:
             raise crash  # it never started: start() reports its last failure
 
@@ -288,11 +354,56 @@ class Supervisor:
             await trio.sleep(delay)
             child.restarts += 1
             child.actor = child.factory()
+            child.actor.incarnation = child.restarts
             if self._on_restart is not None:
                 self._on_restart(child)
             child.state = ChildState.STARTING
             if start_signal.fired:  # (one that never fired still tells start() when it does)
                 start_signal = _StartSignal(child, trio.TASK_STATUS_IGNORED)
+
+
+@contextlib.asynccontextmanager
+async def open_supervisor(*, shutdown: ShutdownOrder = ShutdownOrder(), on_exit: ExitCallback | None = None,
+                          on_restart: Callable[[Child], None] | None = None) -> AsyncIterator[Supervisor]:
+    """A supervisor whose children live in a nursery of their own, which the
+    owner's cancellation does not reach: when the block ends (returns,
+    raises, or is cancelled), they are stopped in the shutdown order, within
+    its bound, before this returns, so no group ends before the one declared
+    ahead of it.
+
+    A child whose policy escalates, given up on after it had started, ends
+    the block (cancelled), its siblings are stopped in the same order, and
+    then this raises ChildGivenUp.
+    """
+    given_up: list[ChildGivenUp] = []
+    children_scope = trio.CancelScope(shield=True)
+    body = trio.CancelScope()
+
+    def escalate(error: ChildGivenUp) -> None:
+        given_up.append(error)
+        body.cancel()
+
+    async with trio.open_nursery() as nursery:
+        children = await nursery.start(_nursery_in, children_scope)
+        supervisor = Supervisor(children, shutdown=shutdown, on_exit=on_exit, on_restart=on_restart,
+                                on_given_up=escalate)
+        try:
+            with body:
+                yield supervisor
+        finally:
+            with trio.CancelScope(shield=True):
+                await supervisor.stop_all()
+            children_scope.cancel()
+    if given_up:
+        raise given_up[0]
+
+
+async def _nursery_in(scope: trio.CancelScope, task_status: trio.TaskStatus[trio.Nursery]) -> None:
+    """A nursery inside ``scope``, open until ``scope`` is cancelled."""
+    with scope:
+        async with trio.open_nursery() as nursery:
+            task_status.started(nursery)
+            await trio.sleep_forever()
 
 
 def _cancel(child: Child) -> None:

@@ -64,7 +64,7 @@ class RoomHosts:
                 nursery.start_soon(self._start_worker, supervisor, host)
 
     async def _start_worker(self, supervisor: Supervisor, slot: WorkerSlot) -> None:
-        await supervisor.start(lambda: SdkWorker(slot, self._settings), policy=WORKER_POLICY)
+        await supervisor.start(lambda: SdkWorker(slot, self._settings), policy=WORKER_POLICY, group="workers")
 
     @contextlib.contextmanager
     def placing(self, links: Iterable[RoomLink]) -> Iterator[RoomHost]:

@@ -28,7 +28,8 @@ It guarantees, by structure rather than by checks:
   the rooms are joined in those processes, supervised here: a new link is
   placed on the running worker that holds the fewest links (room_hosts.py),
   and a worker that dies is started again, its links rejoining there by
-  themselves. The workers stop last.
+  themselves. On the way out the links stop first, then the sessions, then
+  the workers (shutdown_order).
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ from loguru import logger
 from ..livekit.room import PendingConnect, RoomConnectError
 from ..operations.metrics import JOINS, SESSIONS, SESSIONS_ENDED, count_restart
 from ..operations.settings import BridgeSettings
-from ..runtime import Actor, ActorGone, Child, MailboxFull, Request, Restart, RestartPolicy, Supervisor
+from ..runtime import (Actor, ActorGone, Child, MailboxFull, Request, Restart, RestartPolicy, ShutdownOrder,
+                       Supervisor, open_supervisor)
 from ..sdk_workers.worker import SdkWorker, WorkerError, WorkerGone
 from .messages import (AtCapacity, AttachStream, CountWorkerObjects, Fault, GetHealth, GetStatus, Health, Join,
                        Joined, Leave, Play, SessionStatus, StopPlayback)
@@ -68,6 +70,18 @@ class _EndUser(Request[None]):
 
 
 UserCommand = Join | Leave | _EndUser
+
+
+def shutdown_order(settings: BridgeSettings) -> ShutdownOrder:
+    """The links first: each leaves its room, then ends its line's stream,
+    so the cloud's audio streams end only once there is no more audio (see
+    FrontDoor.drain); an adopted link may have outlived the session it was
+    lent to, so start order would not do. Then the sessions, whose streams
+    the links' end has closed. The SDK worker processes that held the rooms
+    go last. A link's or a session's own teardown is bounded (leave, stream
+    end); ``teardown_timeout`` three times over is the backstop of each group."""
+    return ShutdownOrder(groups=("links", "sessions", "workers"), teardown_timeout=settings.teardown_timeout * 3)
+
 
 class SessionSupervisor(Actor):
     mailbox_capacity = 4096
@@ -98,40 +112,33 @@ class SessionSupervisor(Actor):
         self._ended: dict[str, tuple[float, int, str]] = {}
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        # The children (links, sessions, workers) run in a shielded scope of
-        # their own: cancelling this supervisor must not cancel them all at
-        # once, or a session would end its stream while its link is still
-        # in the room. They are stopped in order on the way out, below.
-        children_scope = trio.CancelScope(shield=True)
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            children = await nursery.start(_nursery_in, children_scope)
-            # A session's own teardown is bounded (leave, stream end); this is the backstop.
-            self._supervisor = Supervisor(children, on_exit=self._on_exit, on_restart=count_restart,
-                                          teardown_timeout=self._settings.teardown_timeout * 3)
-            SESSIONS.set_function(lambda: len(self._sessions))
-            nursery.start_soon(self._reap_unattended_sessions)
-            self._hosts.start(self._supervisor, nursery, lambda: [link.actor for link in self._links.values()])
-            task_status.started()
-            try:
-                await self.serve()
-            finally:
-                # Stopped by us: nothing of theirs to queue on the way out.
-                links, sessions = list(self._links.values()), list(self._sessions.values())
-                self._sessions.clear()
-                self._links.clear()
-                with trio.CancelScope(shield=True):
-                    # The links first: each leaves its room, then ends its
-                    # line's stream, so the cloud's audio streams end only
-                    # once there is no more audio (see FrontDoor.drain).
-                    # The worker processes that held the rooms go last.
-                    await self._supervisor.stop_each(links)
-                    await self._supervisor.stop_each(sessions)
-                    await self._supervisor.stop_all()
-                    with trio.move_on_after(self._settings.teardown_timeout):
-                        for abandoned in self._abandoned_connects.values():
-                            await abandoned.settle(self._settings.teardown_timeout)
-                children_scope.cancel()
+        try:
+            async with open_supervisor(shutdown=shutdown_order(self._settings), on_exit=self._on_exit,
+                                       on_restart=count_restart) as supervisor:
+                self._supervisor = supervisor
+                try:
+                    async with trio.open_nursery() as nursery:
+                        self._nursery = nursery
+                        SESSIONS.set_function(lambda: len(self._sessions))
+                        nursery.start_soon(self._reap_unattended_sessions)
+                        self._hosts.start(supervisor, nursery, lambda: [link.actor for link in self._links.values()])
+                        task_status.started()
+                        await self.serve()
+                finally:
+                    # Stopped by us: nothing of theirs to queue on the way out.
+                    self._sessions.clear()
+                    self._links.clear()
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(self._settings.teardown_timeout):
+                for abandoned in self._abandoned_connects.values():
+                    await abandoned.settle(self._settings.teardown_timeout)
+
+    def teardown_bound(self) -> float | None:
+        """Its children's groups in sequence, then the abandoned connects'
+        settling (one teardown_timeout)."""
+        if self._supervisor is None:
+            return None
+        return self._supervisor.teardown_bound + self._settings.teardown_timeout
 
     async def handle(self, message: Any) -> None:
         if isinstance(message, (Join, Leave)):
@@ -263,7 +270,8 @@ class SessionSupervisor(Actor):
         policy = RestartPolicy(restart=Restart.TRANSIENT, max_restarts=self._settings.session_max_restarts,
                                within_seconds=60)
         try:
-            child = await self._supervisor.start(lambda: UserSession(join, self._settings, link), policy=policy)
+            child = await self._supervisor.start(lambda: UserSession(join, self._settings, link), policy=policy,
+                                                 group="sessions")
         except Exception as error:
             await self._stop_link(join.user_id)
             return self._failed_join(join, error)
@@ -313,7 +321,7 @@ class SessionSupervisor(Actor):
         # Placed while it joins, so that joins at once spread over the hosts.
         with self._hosts.placing(link.actor for link in self._links.values()) as host:
             try:
-                link = await self._supervisor.start(lambda: RoomLink(join, self._settings, line, host))
+                link = await self._supervisor.start(lambda: RoomLink(join, self._settings, line, host), group="links")
             except Exception as error:
                 line.close()
                 return None, self._failed_join(join, error).error
@@ -410,10 +418,7 @@ class SessionSupervisor(Actor):
         actor = child.actor
         if isinstance(actor, SdkWorker):
             if child.given_up is not None and child.policy.escalate:
-                # This supervisor goes down with it, and every session with it.
-                for link in self._links.values():
-                    link.actor.line.mark_lost(f"the bridge lost its sessions ({child.name} was given up on); "
-                                              "call JoinRoom again")
+                self._lose_every_session(child)
             return  # else restarted by its policy
         user_id = actor.user_id
         if isinstance(actor, RoomLink):
@@ -430,6 +435,17 @@ class SessionSupervisor(Actor):
             return  # stopped by us, or ended by its link, whose end is queued
         self._remember_end(user_id, why)
         self._enqueue(_EndUser(user_id, child, why, "given_up" if crash is not None else None))
+
+    def _lose_every_session(self, worker: Child) -> None:
+        """``worker`` was given up on: its escalation (RestartPolicy.escalate)
+        stops this supervisor, every session with it, in the shutdown order.
+        Each stream must then end UNAVAILABLE, not OK, so the cloud joins its
+        user again. That is what losing a session means to the cloud, not to
+        the runtime, which only knows that children stop: so the lines are
+        marked here, before the runtime stops the links that end them."""
+        for link in self._links.values():
+            link.actor.line.mark_lost(f"the bridge lost its sessions ({worker.name} was given up on); "
+                                      "call JoinRoom again")
 
     # -- what GetStatus says of a session that ended ---------------------------
 
@@ -471,9 +487,3 @@ class SessionSupervisor(Actor):
             message.reply.fail(error)
 
 
-async def _nursery_in(scope: trio.CancelScope, task_status: trio.TaskStatus[trio.Nursery]) -> None:
-    """A nursery inside ``scope``, open until ``scope`` is cancelled."""
-    with scope:
-        async with trio.open_nursery() as nursery:
-            task_status.started(nursery)
-            await trio.sleep_forever()
