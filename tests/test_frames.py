@@ -75,3 +75,27 @@ async def test_after_a_write_cut_short_nothing_more_is_written(sockets) -> None:
     outbox.put(("data", 2))
     with pytest.raises(BlockingIOError):  # nothing follows the half-written frame
         theirs.recv(65536)
+
+
+async def test_a_full_outbox_drops_the_oldest_packets_and_keeps_every_event_in_order(connected) -> None:
+    ours, theirs = connected
+    outbox = Outbox(ours, droppable_limit=5)
+    large = b"x" * 1_000_000  # far more than the socket's buffers hold: the rest waits behind it
+    outbox.put(("capture", 1, large))
+    dropped = [outbox.put_droppable(("data", 7, "phone", bytes([sequence]))) for sequence in range(20)]
+    outbox.put(("event", 7, "reconnecting"))
+    dropped += [outbox.put_droppable(("data", 7, "phone", bytes([sequence]))) for sequence in range(20, 23)]
+    assert dropped == [False] * 5 + [True] * 18 and outbox.dropped == 18
+    received: list = []
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(outbox.run)
+            while not received or received[-1][0] != "dropped":
+                received += await theirs.receive()
+            nursery.cancel_scope.cancel()
+    # The freshest five packets, the event where it was put among them, and the count of the drops last.
+    assert received == [("capture", 1, large),
+                        ("data", 7, "phone", bytes([18])), ("data", 7, "phone", bytes([19])),
+                        ("event", 7, "reconnecting"),
+                        ("data", 7, "phone", bytes([20])), ("data", 7, "phone", bytes([21])),
+                        ("data", 7, "phone", bytes([22])), ("dropped", 18)]

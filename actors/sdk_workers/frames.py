@@ -10,6 +10,7 @@ microphone packets crosses in one frame.
 
 from __future__ import annotations
 
+import collections
 import pickle
 import socket
 from typing import Any
@@ -19,6 +20,8 @@ import trio
 _LENGTH = 4
 #: A frame longer than this is a bug on the other side, not a message.
 MAX_FRAME = 64 * 1024 * 1024
+#: What a dropped message leaves in the outbox's queue until run() skips it.
+_DROPPED = object()
 
 
 class FrameChannel:
@@ -85,9 +88,12 @@ class Outbox:
     While nothing waits to be written, it writes the message's frame at once
     (one wake-up less per microphone packet); what the socket does not take
     then, and what is put meanwhile, :meth:`run` writes, gathered in frames.
-    ``put_droppable`` (microphone packets) refuses once ``droppable_limit``
-    messages wait, so a side that stops reading costs bounded memory; the
-    refusals are counted in ``dropped``.
+    ``put_droppable`` (microphone packets) never blocks either: once
+    ``droppable_limit`` of them wait, the oldest waiting one is dropped, as
+    the bridge's microphone buffers do (actors/runtime/buffer.py), so a side
+    that stops reading costs bounded memory and what it reads is the
+    freshest audio; the drops are counted in ``dropped``. Whatever is not
+    dropped is written in the order put.
     """
 
     def __init__(self, channel: FrameChannel, droppable_limit: int = 10_000) -> None:
@@ -96,7 +102,8 @@ class Outbox:
         #: The rest of a frame written in part at once; run() writes it first.
         self._unsent = b""
         self._writing = False
-        self._droppable = 0
+        #: Where in _pending the droppable messages wait, oldest first.
+        self._droppable_at: collections.deque[int] = collections.deque()
         self._droppable_limit = droppable_limit
         self._wake = trio.Event()
         self.dropped = 0
@@ -114,15 +121,18 @@ class Outbox:
             self._write_now(message)
 
     def put_droppable(self, message: Any) -> bool:
+        """Put ``message``; True if the oldest droppable message waiting was
+        dropped to make room for it."""
         if not self._behind_others():
             self._write_now(message)
-            return True
-        if self._droppable >= self._droppable_limit:
-            self.dropped += 1
             return False
-        self._droppable += 1
+        dropped = len(self._droppable_at) >= self._droppable_limit
+        if dropped:
+            self._pending[self._droppable_at.popleft()] = _DROPPED
+            self.dropped += 1
+        self._droppable_at.append(len(self._pending))
         self._queue(message)
-        return True
+        return dropped
 
     def _queue(self, message: Any) -> None:
         self._pending.append(message)
@@ -153,8 +163,10 @@ class Outbox:
             if self._unsent:
                 await self._channel.send_encoded(self._unsent)
                 self._unsent = b""
-            batch, self._pending, self._droppable = self._pending, [], 0
+            batch, self._pending = self._pending, []
+            self._droppable_at.clear()
             if self.dropped != reported:
+                batch = [message for message in batch if message is not _DROPPED]
                 batch.append(("dropped", self.dropped))
                 reported = self.dropped
             if batch:
