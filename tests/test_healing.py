@@ -431,3 +431,41 @@ async def test_a_link_that_livekit_ended_does_not_rejoin(bridge, livekit) -> Non
     async with cloud(bridge.address) as client, trio.open_nursery() as nursery:
         for user, (reason, ending) in endings.items():
             nursery.start_soon(end, client, f"final-{user}", reason, ending)
+
+
+async def test_a_session_restarted_after_its_link_ended_ends_quietly_instead_of_crashing_again(
+        bridge, bridge_settings, livekit) -> None:
+    """A session that crashed is restarted after its backoff; if LiveKit ended
+    its link meanwhile, the restart finds no room. The first start of a
+    session on an ended link fails its JoinRoom; a restart ends as the link's
+    session does, without a crash (which would restart it again, until given
+    up on). Both incarnations are started here on the real, ended link."""
+    from actors.livekit.room import RoomConnectError
+    from actors.runtime import ChildState, Supervisor
+    from actors.session.user_session import UserSession
+    from bridge_harness import remove_participant
+
+    user = "restarted-after-its-link-ended"
+    async with cloud(bridge.address) as client:
+        assert (await client.join(join_request(livekit, user))).success
+        sessions = bridge.sessions.actor
+        link, session = sessions._links[user], sessions._sessions[user]
+        join = session.actor._join
+        await remove_participant(livekit, f"room-{user}", bridge_identity(user))
+        with trio.fail_after(15):
+            await link.done.wait()
+            await session.done.wait()  # ended by its link: the link is lent to nobody now
+
+    def restart() -> UserSession:
+        session = UserSession(join, bridge_settings, link)
+        session.incarnation = 1  # as its supervisor numbers a first restart
+        return session
+
+    async with trio.open_nursery() as nursery:
+        supervisor = Supervisor(nursery)
+        with pytest.RaisesGroup(pytest.RaisesExc(RoomConnectError, match="link ended before the session started")):
+            await supervisor.start(lambda: UserSession(join, bridge_settings, link))
+        restarted = await supervisor.start(restart)
+        with trio.fail_after(10):
+            await restarted.done.wait()
+    assert (restarted.state, restarted.last_error) == (ChildState.STOPPED, None)

@@ -81,7 +81,11 @@ class UserSession(Actor):
                 lent = await self._link.next_room()
             except LinkEnded as ended:
                 if task_status is not trio.TASK_STATUS_IGNORED:
-                    raise RoomConnectError(f"the LiveKit link ended before the session started: {ended}") from None
+                    if self.incarnation == 0:  # the JoinRoom fails
+                        raise RoomConnectError(f"the LiveKit link ended before the session started: {ended}") from None
+                    # A restart after a crash, whose link ended meanwhile: it ends as the
+                    # link's session does, rather than crash again until given up on.
+                    task_status.started()
                 session_scope.cancel()
                 return
             async with self._room_resources(lent):
