@@ -69,7 +69,7 @@ async def test_no_join_token_payload_or_signature_reaches_stdout_stderr_or_the_s
     if rust_log is not None:
         environment["RUST_LOG"] = rust_log
     tokens = {
-        "wrong-secret": minted(bridge_identity("wrong-secret"), "room-wrong-secret", livekit.api_key, WRONG_SECRET),
+        "wrong-signer": minted(bridge_identity("wrong-signer"), "room-wrong-signer", livekit.api_key, WRONG_SECRET),
         "unknown-key": minted(bridge_identity("unknown-key"), "room-unknown-key", "APIunknownKey7f3",
                               livekit.api_secret),
         "accepted": join_request(livekit, "accepted").token,
@@ -81,7 +81,7 @@ async def test_no_join_token_payload_or_signature_reaches_stdout_stderr_or_the_s
                                    env=environment, cwd=REPO, stdout=stdout, stderr=stderr)
     try:
         async with trio_asyncio.open_loop(), cloud(f"unix:{socket_path}") as client:
-            for user in ("wrong-secret", "unknown-key"):
+            for user in ("wrong-signer", "unknown-key"):
                 refused = await join_once_listening(client, join_request(livekit, user, token=tokens[user]))
                 assert not refused.success and "refused" in refused.error, refused
             assert (await client.join(join_request(livekit, "accepted", token=tokens["accepted"]))).success
