@@ -69,6 +69,22 @@ def test_text_lines_show_fields_before_the_message(lines: list[str]) -> None:
     assert "user_id=b{o}b test_log_setup:" in lines[0] and lines[0].rstrip().endswith("- left")
 
 
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_a_token_in_a_message_or_a_traceback_is_redacted_in_either_format(lines: list[str], log_format: str) -> None:
+    import jwt
+
+    token = jwt.encode({"sub": "cloud-agent:ann", "video": {"room": "room-ann"}}, "s" * 32, algorithm="HS256")
+    configure_logging(lines.append, level="INFO", log_format=log_format)
+    logger.info("joining with {}", token)
+    try:
+        raise RuntimeError(f"401 Unauthorized - invalid token: {token}")
+    except RuntimeError as error:
+        logger.opt(exception=error).error("JoinRoom failed")
+    text = "".join(lines)
+    assert "JoinRoom failed" in text and text.count("[redacted]") >= 2, text
+    assert all(part not in text for part in token.split(".")), text
+
+
 @pytest.mark.parametrize("setting", [dict(log_format="xml"), dict(level="LOUD")])
 def test_bad_log_settings_are_refused_by_name(setting) -> None:
     with pytest.raises(LogSettingError) as caught:

@@ -55,11 +55,13 @@ def configure_logging(sink: Any = sys.stderr, *, level: str = "INFO", log_format
         raise LogSettingError(f"LOG_LEVEL={level!r} is not a level; use DEBUG, INFO, WARNING or ERROR") from None
     logger.remove()
     options: dict[str, Any] = dict(level=level.upper(), diagnose=False, backtrace=False)
+    redactor = Redactor(secrets)
     if log_format == "json":
         # (format: loguru still renders one; the message alone is the cheapest)
-        handler = logger.add(json_lines(sink, env=env, redactor=Redactor(secrets)), format="{message}", **options)
+        handler = logger.add(json_lines(sink, env=env, redactor=redactor), format="{message}", **options)
     else:
-        handler = logger.add(sink, format=_text_format, **options)
+        colorize = getattr(sink, "isatty", lambda: False)()  # (loguru's own choice for a stream)
+        handler = logger.add(text_lines(sink, redactor=redactor), format=_text_format, colorize=colorize, **options)
     logging.basicConfig(handlers=[_IntoLoguru()], level=logging.DEBUG if level.upper() == "DEBUG" else logging.INFO,
                         force=True)
     for library in QUOTING_LOGGERS:
@@ -82,6 +84,19 @@ def json_lines(sink: Any, *, env: str | None, redactor: Redactor) -> Callable[[A
 
     def write_line(message: Any) -> None:
         write(encode(redactor.line(flat_line(message.record, env=env))) + "\n")
+        flush()
+
+    return write_line
+
+
+def text_lines(sink: Any, *, redactor: Redactor) -> Callable[[Any], None]:
+    """A loguru sink writing each formatted line to ``sink``, secrets taken out
+    as in JSON lines (a terminal's lines are as secret as a shipped one's)."""
+    write: Callable[[str], Any] = getattr(sink, "write", sink)
+    flush: Callable[[], Any] = getattr(sink, "flush", lambda: None)
+
+    def write_line(message: Any) -> None:
+        write(redactor.text(str(message)))
         flush()
 
     return write_line
