@@ -44,6 +44,11 @@ bench/results/. Then the single-session benchmarks, printed as a table:
   20 users streaming through a bridge at DEBUG, and 1,000 lines/s through
   the real shipper to a local HTTPS ingest host: the users' latency, CPU,
   the Trio loop's lag, lines shipped and dropped (bench/log_shipping.py).
+- memory (bench/memory.py; `python -m bench.memory [--quick]`): the PSS of
+  the bridge's process family and of the floor (the bare SDK, publishing the
+  cloud's audio back) before any user, with 20 streaming both ways, after
+  they left and per join under churn, split by process into Python's
+  arenas, native and file-backed memory.
 - a 3-node LiveKit cluster losing the room's node (killed, and stopped by
   force): how long after the phone the cloud has audio again on the same
   StreamAudio (bench/cluster.py; `python -m bench.cluster`).
@@ -76,7 +81,7 @@ from bench.ladder import RESULTS, RungPlan, ladder, percentile as nearest_rank  
 from bench.profile_summary import perf_summary, summarize  # noqa: E402
 from bench.stamps import STAMP  # noqa: E402
 from bench.playback import playback_latency  # noqa: E402
-from bench import cloud_restart, cluster, cold_start, flood, heal, join_profile, log_shipping, processes  # noqa: E402
+from bench import cloud_restart, cluster, cold_start, flood, heal, join_profile, log_shipping, memory, processes  # noqa: E402
 
 JOINS = 30
 PACKETS = 300
@@ -222,6 +227,7 @@ def main() -> None:
         cold_start.main(["--python"])
         flood.main([])
         log_shipping.main([])
+        memory.main([])
         cluster.main([])
 
 

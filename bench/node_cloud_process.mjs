@@ -10,6 +10,8 @@
 //   {"op": "leave", "users": [...]}    one after the other
 //   {"op": "counters"}                 the bridge's session counters, summed (DescribeActors)
 //   {"op": "arrivals"}                 the stamped packets received since the last time
+//   {"op": "talk", "on": true|false}   every open StreamAudio sends the cloud's audio back: 100 ms of
+//                                      16 kHz PCM16 every 100 ms (the memory rung, bench/memory.py)
 // A packet's arrival is read in the stream's "data" callback, where the cloud's code gets it,
 // on CLOCK_MONOTONIC (process.hrtime), the clock of the phones' stamps (bench/stamps.py).
 import { createRequire } from "node:module";
@@ -54,6 +56,8 @@ const unary = (stub, method, request) =>
 
 let arrivals = {};
 const streams = new Map();
+let talking = null;
+const talkChunk = Buffer.alloc(3200);
 
 function openStream(user) {
   streams.get(user)?.cancel();
@@ -125,6 +129,14 @@ const commands = {
     }
     return sums;
   },
+  async talk({ on }) {
+    clearInterval(talking);
+    talking = on ? setInterval(() => {
+      for (const [user, call] of streams) call.write({ user_id: user, pcm_data: talkChunk, sample_rate: 16000,
+                                                       channels: 1 });
+    }, 100) : null;
+    return { talking: on ? streams.size : 0 };
+  },
   async arrivals() {
     const taken = arrivals;
     arrivals = {};
@@ -145,6 +157,7 @@ for await (const line of lines) {
   }
   console.log(JSON.stringify(answer));
 }
+clearInterval(talking);
 for (const call of streams.values()) call.cancel();
 client.close();
 process.exit(0);

@@ -96,3 +96,17 @@ def idle_share(before: tuple[float, float], after: tuple[float, float]) -> float
     load generator and the target together saturate it, and what is measured
     is the machine, not the target."""
     return (after[0] - before[0]) / max(1e-9, after[1] - before[1])
+
+
+def pss_kib(pid: int) -> dict[str, int]:
+    """The process's proportional set size from /proc/PID/smaps_rollup, in
+    KiB: "pss" (a page shared by k processes counts 1/k in each, so summing
+    a family's counts each page once), and its parts "pss_anon" (heaps,
+    stacks: Python's and native), "pss_file" (code, libraries, mapped files)
+    and "pss_shmem"."""
+    fields = {}
+    for line in pathlib.Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+        name, _, value = line.partition(":")
+        if name.startswith("Pss"):
+            fields[name.lower()] = int(value.split()[0])
+    return fields
