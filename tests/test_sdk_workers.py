@@ -303,13 +303,35 @@ async def test_a_worker_dying_more_than_10_times_a_minute_ends_the_sessions_and_
 async def test_a_worker_gets_none_of_the_bridges_secrets(bridge_settings, livekit, monkeypatch) -> None:
     monkeypatch.setenv("BRIDGE_AUTH_TOKEN", "not-for-workers")
     monkeypatch.setenv("LIVEKIT_API_SECRET", "not-for-workers-either")
+    monkeypatch.setenv("RUST_BACKTRACE", "1")  # an operator's setting for the SDK core
     async with running_bridge(dataclasses.replace(bridge_settings, sdk_workers=1)) as bridge, \
             cloud(bridge.address) as client:
         (worker,) = await running_workers(client, 1)
         with open(f"/proc/{worker['details']['pid']}/environ", "rb") as environ:
             variables = dict(item.split(b"=", 1) for item in environ.read().split(b"\0") if b"=" in item)
     assert b"BRIDGE_AUTH_TOKEN" not in variables and b"LIVEKIT_API_SECRET" not in variables
-    assert variables[b"PATH"] == os.environ["PATH"].encode()  # the rest of the environment is passed on
+    assert variables[b"RUST_BACKTRACE"] == b"1"  # the rest of the environment is passed on
+
+
+async def test_a_join_through_a_worker_starts_no_program(bridge_settings, livekit, monkeypatch, tmp_path) -> None:
+    """The SDK core looks for `lsb_release` and `getconf` on PATH at every
+    connect (to tell LiveKit the OS) and runs them, costing each join CPU and
+    a blocked tokio worker; a worker's PATH finds no program. Stand-ins
+    first on the bridge's PATH record any run of theirs."""
+    ran = tmp_path / "ran"
+    stand_ins = tmp_path / "bin"
+    stand_ins.mkdir()
+    for program in ("lsb_release", "getconf"):
+        stand_in = stand_ins / program
+        stand_in.write_text(f'#!/bin/sh\necho "{program} $*" >> {ran}\nexec /usr/bin/{program} "$@"\n')
+        stand_in.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{stand_ins}{os.pathsep}{os.environ['PATH']}")
+    async with running_bridge(dataclasses.replace(bridge_settings, sdk_workers=1)) as bridge, \
+            cloud(bridge.address) as client:
+        joined = await client.join(join_request(livekit, "no-programs"))
+        assert joined.success, joined.error
+        assert (await client.status("no-programs")).connected
+    assert not ran.exists(), ran.read_text()
 
 
 async def test_a_worker_exits_when_the_bridge_is_killed(livekit, tmp_path) -> None:

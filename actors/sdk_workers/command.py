@@ -34,10 +34,21 @@ def worker_command(*arguments: str) -> list[str]:
     return [sys.executable, "-m", "actors.sdk_workers.worker_process", *arguments]
 
 
+#: A worker's PATH, which finds no program (no such directory). The SDK core
+#: runs `lsb_release -a` and `getconf LONG_BIT` as child processes on every
+#: connect (the os_info crate, telling LiveKit the client's OS), blocking a
+#: tokio worker meanwhile: 13-15 ms of CPU and 10-20 ms of wall time a join
+#: (bench/reports/join-cost-2026-12-08.md, `python -m bench.join_cost`).
+#: Without them it reads /etc/os-release. The worker itself starts no
+#: program, and is started by absolute path (worker_command).
+NO_PROGRAMS_PATH = "/nonexistent-sdk-worker-path"
+
+
 def worker_environment(environment: Mapping[str, str]) -> dict[str, str]:
     """``environment``, with what worker_command needs to find the bridge's
-    code: the project's root on PYTHONPATH (a bundle holds the code itself)."""
-    environment = dict(environment)
+    code: the project's root on PYTHONPATH (a bundle holds the code itself);
+    its PATH finds no program (NO_PROGRAMS_PATH)."""
+    environment = dict(environment, PATH=NO_PROGRAMS_PATH)
     if not _frozen():
         environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_PROJECT_ROOT),
                                                                    environment.get("PYTHONPATH")]))
