@@ -24,9 +24,9 @@ page shared by k processes counts once) at:
 
 Each process's PSS is split into anonymous memory (heaps: Python's and
 native) and file-backed (code, libraries); its Python small-object heap
-(obmalloc's arenas) is read by bench/memory_probe/sitecustomize.py inside the
-process, which nothing of the bridge carries. native = anonymous - Python
-arenas. The machine's idle share is given for each target's run (the bench
+(obmalloc's arenas) and glibc malloc's totals (in use, kept free) are read
+by bench/memory_probe/sitecustomize.py inside the process, which nothing of
+the bridge carries. native = anonymous - Python arenas. The machine's idle share is given for each target's run (the bench
 and another agent share the 2 cores). Results: bench/results/memory-*.json, .md.
 """
 
@@ -85,7 +85,9 @@ class Probe:
                                   "pss_kib": pss["pss"], "anon_kib": pss.get("pss_anon", 0),
                                   "file_kib": pss.get("pss_file", 0), "python_arenas_kib": python,
                                   "python_allocated_kib": answers.get(member, {}).get("allocated_bytes", 0) // 1024,
-                                  "native_kib": pss.get("pss_anon", 0) - python, "probed": member in answers})
+                                  "native_kib": pss.get("pss_anon", 0) - python, "probed": member in answers,
+                                  **{key.replace("_bytes", "_kib"): value // 1024
+                                     for key, value in answers.get(member, {}).items() if key.startswith("malloc_")}})
         return {"pss_kib": sum(p["pss_kib"] for p in processes), "processes": processes}
 
 
@@ -192,7 +194,9 @@ def _split(reading: dict[str, Any]) -> str:
     for process in reading["processes"]:
         name = "bridge" if process["role"] == "main" else "worker"
         parts.append(f"{name} {_mib(process['pss_kib'])} (py {_mib(process['python_arenas_kib'])}, "
-                     f"native {_mib(process['native_kib'])}, files {_mib(process['file_kib'])})")
+                     f"native {_mib(process['native_kib'])}, files {_mib(process['file_kib'])}; malloc in use "
+                     f"{_mib(process.get('malloc_in_use_kib', 0))}, free in its heaps "
+                     f"{_mib(process.get('malloc_free_kib', 0))})")
     return "; ".join(parts)
 
 
@@ -208,7 +212,7 @@ def markdown(results: list[dict[str, Any]], command: str) -> str:
             f"{_mib(r['after_churn']['pss_kib'])} | {r['churn_kib_per_join']:.1f} ± "
             f"{r['churn_kib_per_join_ci95']:.1f} ({r['churn_joins_fitted']} joins) |")
     lines += ["", "Per process, MiB of PSS (py: Python's obmalloc arenas; native: the rest of the anonymous "
-                  "memory; files: code and libraries):", ""]
+                  "memory; files: code and libraries; malloc: glibc's mallinfo2, in use and kept free):", ""]
     for r in results:
         for moment in ("idle", "streaming", "after_leaving", "after_churn"):
             lines.append(f"- {r['target']} {moment}: {_split(r[moment])}")

@@ -7,7 +7,8 @@ Contract: only when BENCH_MEMORY_PROBE names a directory. A daemon thread
 stats ``$BENCH_MEMORY_PROBE/request`` every PROBE_INTERVAL seconds; when its
 content (a counter the bench writes) changes, it writes
 ``$BENCH_MEMORY_PROBE/<pid>.json``: {"request": counter, "pid",
-"argv", "arenas", "arena_bytes", "allocated_bytes", "allocated_blocks"}.
+"argv", "arenas", "arena_bytes", "allocated_bytes", "allocated_blocks"} and
+glibc's malloc totals (_glibc_stats).
 
 Why this and not tracemalloc or gc: tracemalloc hooks every allocation, and
 counting objects walks every one of them; both change what they measure.
@@ -55,6 +56,25 @@ def _malloc_stats() -> dict[str, int]:
             "allocated_bytes": numbers.get("bytes in allocated blocks", 0)}
 
 
+class _Mallinfo2(__import__("ctypes").Structure):
+    _fields_ = [(name, __import__("ctypes").c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+
+
+def _glibc_stats() -> dict[str, int]:
+    """glibc malloc's own totals over all its arenas (mallinfo2): what the
+    process's native allocations hold in use, what malloc keeps free in its
+    heaps (what malloc_trim could give back at most), and its mmapped blocks."""
+    import ctypes
+
+    libc = ctypes.CDLL(None)
+    libc.mallinfo2.restype = _Mallinfo2
+    info = libc.mallinfo2()
+    return {"malloc_in_use_bytes": info.uordblks + info.hblkhd, "malloc_free_bytes": info.fordblks,
+            "malloc_mmapped_bytes": info.hblkhd, "malloc_heap_bytes": info.arena}
+
+
 def _serve(directory: str) -> None:
     import json
     import sys
@@ -72,7 +92,7 @@ def _serve(directory: str) -> None:
         if counter == last:
             continue
         last = counter
-        answer = dict(_malloc_stats(), request=counter, pid=os.getpid(), argv=sys.argv[:3],
+        answer = dict(_malloc_stats(), **_glibc_stats(), request=counter, pid=os.getpid(), argv=sys.argv[:3],
                       allocated_blocks=sys.getallocatedblocks())
         target = os.path.join(directory, f"{os.getpid()}.json")
         with open(target + ".tmp", "w") as out:
