@@ -17,6 +17,7 @@ from actors.operations.log_records import Redactor
 from actors.operations.log_setup import configure_logging, json_lines
 from actors.operations.settings import BridgeSettings
 from bridge_harness import running_bridge
+from ingest_server import INGEST_TOKEN, IngestCA, IngestServer, ingest_server, make_ca
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -86,3 +87,17 @@ async def bridge(bridge_settings: BridgeSettings) -> AsyncIterator[RunningBridge
     asyncio loop (trio-asyncio), which the test can use too."""
     async with running_bridge(bridge_settings) as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def ingest_ca(tmp_path_factory: pytest.TempPathFactory) -> IngestCA:
+    return make_ca(tmp_path_factory.mktemp("ingest-ca"))
+
+
+@pytest.fixture
+def ingest(ingest_ca: IngestCA, monkeypatch: pytest.MonkeyPatch) -> Iterator[IngestServer]:
+    """A Better Stack ingest server on loopback (tests/ingest_server.py), trusted
+    by the bridge through SSL_CERT_FILE (and by nothing else)."""
+    monkeypatch.setenv("SSL_CERT_FILE", str(ingest_ca.ca_file))
+    with ingest_server(ingest_ca, INGEST_TOKEN) as server:
+        yield server

@@ -31,28 +31,14 @@ from actors.operations.settings import BridgeSettings
 from bridge_harness import (REPO, bridge_identity, cloud, expect_status, forged, join_once_listening, join_request,
                             phone_in_room, running_bridge, token)
 from http_audio import audio_http_server
-from ingest_server import IngestCA, IngestServer, closed_port, hanging_listener, ingest_server, make_ca
+from ingest_server import INGEST_TOKEN, IngestCA, closed_port, hanging_listener, ingest_server
 from proto.mentra.livekit import bridge as pb
 
 # Built, so that no source line (which a traceback could quote) shows them whole.
-INGEST_TOKEN = "-".join(["ingest", "source", "token", "4f1c9e"])
 AUTH_TOKEN = "-".join(["bridge", "auth", "token", "77aa0d"])
 RFC3339_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 #: The smallest buffer the settings allow: a flood of lines overflows it.
 SMALL_BUFFER = 64 * 1024
-
-
-@pytest.fixture(scope="session")
-def ingest_ca(tmp_path_factory: pytest.TempPathFactory) -> IngestCA:
-    return make_ca(tmp_path_factory.mktemp("ingest-ca"))
-
-
-@pytest.fixture
-def ingest(ingest_ca: IngestCA, monkeypatch: pytest.MonkeyPatch) -> Iterator[IngestServer]:
-    """The ingest server, trusted by the bridge through SSL_CERT_FILE (and by nothing else)."""
-    monkeypatch.setenv("SSL_CERT_FILE", str(ingest_ca.ca_file))
-    with ingest_server(ingest_ca, INGEST_TOKEN) as server:
-        yield server
 
 
 def shipping_to(settings: BridgeSettings, host: str, **overrides: Any) -> BridgeSettings:

@@ -42,7 +42,7 @@ from actors.operations.stderr_redaction import (DRAIN_SECONDS, MAX_LINE, PIPE_BY
 from actors.sdk_workers import worker as sdk_worker
 from actors.sdk_workers.worker import SdkWorker, WorkerGone, WorkerSlot
 from bridge_harness import REPO, bridge_identity, cloud, join_once_listening, join_request
-from test_log_shipping import INGEST_TOKEN, ingest, ingest_ca  # noqa: F401 (the ingest server's fixtures)
+from ingest_server import INGEST_TOKEN
 
 #: Built, so that no source line shows it whole.
 WRONG_SECRET = "-".join(["not", "the", "servers", "secret", "5be0c7a94d1e"])
@@ -58,7 +58,7 @@ def minted(identity: str, room: str, api_key: str, api_secret: str) -> str:
 @pytest.mark.parametrize("rust_log", [None, "info"], ids=["rust-log-default", "rust-log-info"])
 @pytest.mark.parametrize("sdk_workers", ["2", "0"], ids=["sdk-in-workers", "sdk-in-process"])
 async def test_no_join_token_payload_or_signature_reaches_stdout_stderr_or_the_shipped_lines(
-        livekit, ingest, tmp_path, sdk_workers, rust_log) -> None:  # noqa: F811 (ingest: a fixture)
+        livekit, ingest, tmp_path, sdk_workers, rust_log) -> None:
     socket_path = tmp_path / "secrecy.sock"
     environment = {name: value for name, value in os.environ.items()
                    if name not in ("RUST_LOG", "LOG_FORMAT")}
