@@ -21,11 +21,12 @@ import os
 import socket
 import statistics
 import subprocess
-import sys
 import time
 
 import trio
 
+from actors.operations.stderr_redaction import DRAIN_SECONDS, open_child_stderr
+from actors.sdk_workers.command import worker_command, worker_environment
 from actors.sdk_workers.frames import FrameChannel
 from actors.sdk_workers.worker import WorkerConnection
 from bench.ladder import percentile
@@ -34,10 +35,15 @@ from bench.proc_stats import cpu_seconds, idle_share, machine_idle
 
 async def round_trips(requests: int) -> dict[str, float]:
     ours, theirs = socket.socketpair()
-    process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "actors.sdk_workers.worker_process", str(theirs.fileno()), "bench-worker", "WARNING",
-         "text"], pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env=dict(os.environ))
-    theirs.close()
+    # Started as the bridge starts its workers: the same command and environment, its fd 2 through the redactor.
+    stderr, relay = open_child_stderr("bench-worker")
+    try:
+        process = await trio.lowlevel.open_process(
+            worker_command(str(theirs.fileno()), "bench-worker", "WARNING", "text"), pass_fds=(theirs.fileno(),),
+            stdin=subprocess.DEVNULL, stderr=stderr, env=worker_environment(os.environ))
+    finally:
+        theirs.close()
+        os.close(stderr)
     channel = FrameChannel(ours)
     connection = WorkerConnection(channel, "bench-worker")
     took: list[float] = []
@@ -65,6 +71,7 @@ async def round_trips(requests: int) -> dict[str, float]:
             await process.wait()
         if process.returncode is None:
             process.kill()
+        await trio.to_thread.run_sync(relay.join, DRAIN_SECONDS)
     return result
 
 
